@@ -1,0 +1,60 @@
+"""One module per command group; each exposes `register(subparsers)`.
+
+A handler is `handler(args, context) -> exit code`. `Context` loads settings and opens
+the store on first use, so `--help` and usage errors touch neither.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from nbwss import logs, properties
+from nbwss.properties import Settings
+from nbwss.store import Store
+
+
+class Context:
+    """What every command needs, made lazily: settings, logging, the store."""
+
+    def __init__(self, config: Path | None) -> None:
+        self.config = config
+        self._settings: Settings | None = None
+        self._store: Store | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = properties.load(self.config)
+            logs.configure(self._settings.log_level, self._settings.log_format)
+            log = logs.get_logger("nbwss.config")
+            for warning in self._settings.warnings:
+                log.warning("config.unknown_key", detail=warning)
+        return self._settings
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            settings = self.settings
+            self._store = Store(settings.database, settings.key_file)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """A plain aligned table for people (scripts use --json)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for line in [headers, *rows]:
+        sys.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+        sys.stdout.write("\n")

@@ -1,0 +1,42 @@
+"""The seam between a live connection and what runs over it.
+
+`session.py` owns the socket; delivery (NOTIFICATION) and the proxy (COMMAND) plug in
+through these protocols and never touch aiohttp. A test can drive either side with a
+plain object that has these methods.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from nbwss.messages import Message
+
+
+class Link(Protocol):
+    """What a handler may do with the connection it runs on."""
+
+    @property
+    def group_id(self) -> str: ...
+
+    @property
+    def host_name(self) -> str: ...
+
+    async def send(self, message: Message) -> None:
+        """Send one message; raises `TimeoutError` past `notification.sendTimeout`,
+        `ConnectionError` when the connection is gone."""
+
+
+class CommandHandler(Protocol):
+    """Carries out one COMMAND request; always returns its COMMAND response."""
+
+    async def __call__(self, request: Message, link: Link) -> Message: ...
+
+
+class GroupDelivery(Protocol):
+    """The notification pump of one server group; it outlives each connection."""
+
+    async def run(self, link: Link) -> None:
+        """Deliver over `link` until cancelled (the connection closed) or it fails."""
+
+    def on_response(self, response: Message) -> None:
+        """A NOTIFICATION RESPONSE arrived on the group's connection."""

@@ -1,0 +1,88 @@
+"""Structured logs: one event per line, JSON for the journal, console for a terminal.
+
+Redaction happens here, in one processor, so no call site can forget it: fields whose
+name says secret are masked, and every registered secret (each token the daemon
+decrypts) is scrubbed from every string value, wherever it turns up.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+REDACTED = "[redacted]"
+# Field names whose values are never logged, compared case-insensitively.
+SECRET_FIELDS = frozenset(
+    {"token", "authorization", "password", "body", "parameters", "api_key", "apikey", "cookie"}
+)
+_MIN_SECRET_LENGTH = 4
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(secret: str) -> None:
+    """Scrub `secret` from every later log event (tokens, API keys, passwords, JWTs)."""
+    if len(secret) >= _MIN_SECRET_LENGTH:
+        with _secrets_lock:
+            _secrets.add(secret)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        for secret in _secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {k: REDACTED if _is_secret_name(k) else _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def _is_secret_name(name: Any) -> bool:
+    return isinstance(name, str) and name.lower() in SECRET_FIELDS
+
+
+def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: mask secret fields, scrub registered secrets everywhere."""
+    for key in list(event_dict):
+        event_dict[key] = REDACTED if _is_secret_name(key) else _scrub(event_dict[key])
+    return event_dict
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Set up structlog once per process; `fmt` is json, console, or auto (by terminal)."""
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if fmt == "console"
+        else structlog.processors.JSONRenderer(sort_keys=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,199 @@
+"""The NBWSS envelope: decode, validate and build messages (spec section 3).
+
+Pure functions over values: no sockets, no clock (the caller passes `now`). Every
+frame that is not a valid envelope raises `DecodeError` with a one-line reason, so the
+I/O layer can apply `exception.ignoreDecoder` without knowing why a frame was bad.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final
+
+from nbwss.errors import DecodeError
+
+VERSION: Final = "1.0"
+
+JsonObject = dict[str, Any]
+Payload = JsonObject | list[Any]
+
+
+class MessageType(enum.StrEnum):
+    CONNECT = "CONNECT"
+    COMMAND = "COMMAND"
+    NOTIFICATION = "NOTIFICATION"
+
+
+class SubType(enum.StrEnum):
+    REQUEST = "REQUEST"
+    RESPONSE = "RESPONSE"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One NBWSS message. `payload` is an object, except for NOTIFICATION (an array)."""
+
+    id: str
+    type: MessageType
+    sub_type: SubType
+    time_stamp: int
+    payload: Payload
+    version: str = VERSION
+
+    @property
+    def is_request(self) -> bool:
+        return self.sub_type is SubType.REQUEST
+
+    def to_json(self) -> JsonObject:
+        return {
+            "version": self.version,
+            "id": self.id,
+            "type": str(self.type),
+            "subType": str(self.sub_type),
+            "timeStamp": self.time_stamp,
+            "payload": self.payload,
+        }
+
+
+def new_id() -> str:
+    """A fresh request id: an upper-case UUID, as in the guide's examples."""
+    return str(uuid.uuid4()).upper()
+
+
+def encode(message: Message) -> str:
+    """The text frame for `message`: compact, valid JSON (the guide's typos are not ours)."""
+    return json.dumps(message.to_json(), separators=(",", ":"), ensure_ascii=False)
+
+
+# -- decoding ------------------------------------------------------------------------------
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> JsonObject:
+    obj: JsonObject = {}
+    for key, value in pairs:
+        if key in obj:
+            raise DecodeError(f"duplicate key {key!r} in message")
+        obj[key] = value
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise DecodeError(f"{name} is not valid JSON")
+
+
+def parse_json(text: str | bytes, max_bytes: int | None = None) -> Any:
+    """Strict JSON: UTF-8 only, no duplicate keys, no NaN/Infinity, bounded size and depth."""
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if max_bytes is not None and size > max_bytes:
+        raise DecodeError(f"message of {size} bytes exceeds the limit of {max_bytes} bytes")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"message is not valid UTF-8 ({exc.reason})") from None
+    try:
+        return json.loads(
+            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        )
+    except json.JSONDecodeError as exc:
+        raise DecodeError(f"message is not JSON: {exc.msg} at position {exc.pos}") from None
+    except RecursionError:
+        raise DecodeError("message is nested too deeply") from None
+
+
+def _field(obj: JsonObject, key: str) -> Any:
+    if key not in obj:
+        raise DecodeError(f"message has no {key!r}")
+    return obj[key]
+
+
+def _enum_field(obj: JsonObject, key: str, kind: type[enum.StrEnum]) -> Any:
+    value = _field(obj, key)
+    try:
+        return kind(value)
+    except (ValueError, TypeError):
+        allowed = ", ".join(kind)
+        raise DecodeError(f"{key!r} is {_show(value)}, expected one of {allowed}") from None
+
+
+def _show(value: Any) -> str:
+    """A short rendering of a bad value for an error line (never a whole payload)."""
+    text = json.dumps(value, ensure_ascii=True, default=repr)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def decode(text: str | bytes, max_bytes: int | None = None) -> Message:
+    """Parse and validate one frame into a `Message`, or raise `DecodeError` saying why."""
+    obj = parse_json(text, max_bytes)
+    if not isinstance(obj, dict):
+        raise DecodeError(f"message is a JSON {type(obj).__name__}, expected an object")
+    version = _field(obj, "version")
+    if version != VERSION:
+        raise DecodeError(f"'version' is {_show(version)}, expected {VERSION!r}")
+    message_id = _field(obj, "id")
+    if not isinstance(message_id, str) or not message_id.strip():
+        raise DecodeError(f"'id' is {_show(message_id)}, expected a non-empty string")
+    message_type = _enum_field(obj, "type", MessageType)
+    sub_type = _enum_field(obj, "subType", SubType)
+    time_stamp = _field(obj, "timeStamp")
+    # The guide says epoch seconds as an integer; a float is tolerated and truncated.
+    if (
+        isinstance(time_stamp, bool)
+        or not isinstance(time_stamp, int | float)
+        or not math.isfinite(time_stamp)
+    ):
+        raise DecodeError(f"'timeStamp' is {_show(time_stamp)}, expected epoch seconds")
+    payload = _field(obj, "payload")
+    expected: type = list if message_type is MessageType.NOTIFICATION else dict
+    if not isinstance(payload, expected):
+        kind = "an array" if expected is list else "an object"
+        raise DecodeError(f"'payload' of a {message_type} message must be {kind}")
+    return Message(
+        id=message_id,
+        type=message_type,
+        sub_type=sub_type,
+        time_stamp=int(time_stamp),
+        payload=payload,
+        version=version,
+    )
+
+
+# -- building ------------------------------------------------------------------------------
+
+
+def request(message_type: MessageType, payload: Payload, now: float, *, id: str = "") -> Message:
+    return Message(
+        id=id or new_id(),
+        type=message_type,
+        sub_type=SubType.REQUEST,
+        time_stamp=int(now),
+        payload=payload,
+    )
+
+
+def response_to(req: Message, payload: Payload, now: float) -> Message:
+    """The response to `req`: same id and type, as every request has exactly one."""
+    return Message(
+        id=req.id, type=req.type, sub_type=SubType.RESPONSE, time_stamp=int(now), payload=payload
+    )
+
+
+def connect_request(token: str, now: float) -> Message:
+    return request(MessageType.CONNECT, {"token": token}, now)
+
+
+def connect_valid(response: Message) -> bool:
+    """Whether a CONNECT RESPONSE accepts the token; a malformed answer is a DecodeError."""
+    assert isinstance(response.payload, dict)
+    valid = response.payload.get("valid")
+    if not isinstance(valid, bool):
+        raise DecodeError(f"CONNECT response 'valid' is {_show(valid)}, expected true or false")
+    return valid
+
+
+def notification_response(req: Message, now: float) -> Message:
+    return response_to(req, [], now)

@@ -1,0 +1,411 @@
+"""`nbwss.properties`: a faithful Java `.properties` reader and the typed `Settings`.
+
+The file is read once, at the edge, into one frozen `Settings` that is passed down;
+nothing else reads the file or the environment. Durations become float seconds here,
+with the unit in the field name. The table `PROPERTIES` is the single source of every
+key, its default and its meaning (docs and `config/nbwss.properties` follow it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from nbwss.errors import ConfigError
+
+# -- the .properties syntax ------------------------------------------------------------------
+
+_WHITESPACE = " \t\f"
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One key/value pair and the line its logical line starts on (for error messages)."""
+
+    key: str
+    value: str
+    line: int
+
+
+def _logical_lines(text: str) -> list[tuple[int, str]]:
+    """Join continued lines as java.util.Properties does; return (first line no, text)."""
+    natural = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    result: list[tuple[int, str]] = []
+    index = 0
+    while index < len(natural):
+        start = index
+        line = natural[index].lstrip(_WHITESPACE)
+        index += 1
+        if not line or line[0] in "#!":
+            continue  # blank and comment lines are never continued
+        while _ends_with_odd_backslashes(line) and index < len(natural):
+            line = line[:-1] + natural[index].lstrip(_WHITESPACE)
+            index += 1
+        if _ends_with_odd_backslashes(line):
+            line = line[:-1]  # a continuation at end of file continues into nothing
+        result.append((start + 1, line))
+    return result
+
+
+def _ends_with_odd_backslashes(line: str) -> bool:
+    return (len(line) - len(line.rstrip("\\"))) % 2 == 1
+
+
+def _unescape(raw: str, line_no: int) -> str:
+    out: list[str] = []
+    index = 0
+    while index < len(raw):
+        char = raw[index]
+        index += 1
+        if char != "\\" or index >= len(raw):
+            out.append(char)
+            continue
+        char = raw[index]
+        index += 1
+        if char == "u":
+            digits = raw[index : index + 4]
+            if len(digits) != 4 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+                raise ConfigError(f"line {line_no}: malformed \\uXXXX escape")
+            out.append(chr(int(digits, 16)))
+            index += 4
+        else:
+            out.append(_ESCAPES.get(char, char))
+    return "".join(out)
+
+
+def _split_key(line: str) -> tuple[str, str]:
+    """Split at the first unescaped '=', ':' or white space, as Java does."""
+    index = 0
+    while index < len(line):
+        char = line[index]
+        if char == "\\":
+            index += 2
+            continue
+        if char in "=:" or char in _WHITESPACE:
+            break
+        index += 1
+    key, rest = line[:index], line[index:]
+    rest = rest.lstrip(_WHITESPACE)
+    if rest[:1] in ("=", ":"):
+        rest = rest[1:].lstrip(_WHITESPACE)
+    return key, rest
+
+
+def parse_properties(text: str) -> list[Entry]:
+    """Every entry of a `.properties` text in file order (a later duplicate wins on use)."""
+    entries = []
+    for line_no, line in _logical_lines(text):
+        raw_key, raw_value = _split_key(line)
+        entries.append(Entry(_unescape(raw_key, line_no), _unescape(raw_value, line_no), line_no))
+    return entries
+
+
+# -- typed values --------------------------------------------------------------------------
+
+Converter = Callable[[str], Any]
+
+
+def _integer(text: str, minimum: int = 0) -> int:
+    try:
+        value = int(text.strip(), 10)
+    except ValueError:
+        raise ValueError(f"an integer >= {minimum}") from None
+    if value < minimum:
+        raise ValueError(f"an integer >= {minimum}")
+    return value
+
+
+def _seconds(text: str, positive: bool = True, scale: float = 1.0) -> float:
+    """A duration. The guide's values are whole numbers; fractions are our extension."""
+    expectation = "a number of seconds > 0" if positive else "a number of seconds >= 0"
+    if scale != 1.0:
+        expectation = expectation.replace("seconds", "milliseconds")
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(expectation) from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(expectation)
+    return value * scale
+
+
+def _boolean(text: str) -> bool:
+    # java.lang.Boolean.parseBoolean reads anything but "true" as false; we refuse typos.
+    value = text.strip().lower()
+    if value in ("true", "false"):
+        return value == "true"
+    raise ValueError("true or false")
+
+
+def _optional_boolean(text: str) -> bool | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return _boolean(text)
+    except ValueError:
+        raise ValueError("true, false or auto") from None
+
+
+def _text(text: str) -> str:
+    value = text.strip()
+    if not value:
+        raise ValueError("a non-empty value")
+    return value
+
+
+def _optional_text(text: str) -> str | None:
+    return text.strip() or None
+
+
+def _optional_path(text: str) -> Path | None:
+    value = text.strip()
+    return Path(value).expanduser() if value else None
+
+
+def _choice(*choices: str) -> Converter:
+    def convert(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(" or ".join(choices))
+        return value
+
+    return convert
+
+
+def _url(text: str) -> str:
+    value = text.strip().rstrip("/")
+    if not value.startswith(("https://", "http://")) or len(value.split("://", 1)[1]) == 0:
+        raise ValueError("an http(s):// URL")
+    return value
+
+
+def _prefixes(text: str) -> tuple[str, ...]:
+    values = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not values or any(not p.startswith("/") for p in values):
+        raise ValueError("a comma-separated list of paths beginning with '/'")
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class Property:
+    """One documented key: where it goes in `Settings`, how it is read, what it means."""
+
+    key: str
+    field: str
+    convert: Converter
+    default: str  # as written in the file, so docs and the sample file show it verbatim
+    doc: str
+
+
+_MIB = 1024 * 1024
+
+PROPERTIES: tuple[Property, ...] = (
+    # The vendor's keys (spec section 5), with the vendor's defaults.
+    Property("exception.ignoreDecoder", "ignore_decoder", _boolean, "false",
+             "On a frame that cannot be decoded: false closes the connection, true logs "
+             "and ignores it."),
+    Property("notification.sendTimeout", "send_timeout_s", partial(_seconds, scale=0.001),
+             "2000", "Milliseconds a send (or the CONNECT answer) may take before it counts "
+             "as not done."),
+    Property("notification.scheduledRate", "notification_rate_s", _seconds, "5",
+             "Seconds to wait for a NOTIFICATION acknowledgement before sending the same "
+             "message again; also the database fallback poll for new notifications."),
+    Property("keepAlive.scheduledRate", "keepalive_rate_s", _seconds, "30",
+             "Seconds between WebSocket pings to each connected endpoint."),
+    Property("keepAlive.maxPongMissAllowed", "max_pong_misses", partial(_integer, minimum=1),
+             "10", "Consecutive missed pongs after which the connection is closed."),
+    Property("connectionInfo.period", "connection_period_s", _seconds, "60",
+             "Seconds between runs of the connection process (reads endpoints, connects "
+             "groups, drops deleted and disabled endpoints)."),
+    Property("scheduledExecutor.threadPoolSize", "thread_pool_size",
+             partial(_integer, minimum=1), "1",
+             "Worker threads for blocking work (database); connections are asyncio tasks."),
+    # Ours, in the same style.
+    Property("store.path", "store_path", _optional_path, "",
+             "SQLite database. Empty: $STATE_DIRECTORY/nbwss.db, else "
+             "$XDG_STATE_HOME/nbwss/nbwss.db (~/.local/state/nbwss/nbwss.db)."),
+    Property("store.keyFile", "key_path", _optional_path, "",
+             "Token encryption key. Empty: $CREDENTIALS_DIRECTORY/nbwss.key when set, else "
+             "nbwss.key beside the database (created 0600 on first use)."),
+    Property("message.maxBytes", "message_max_bytes", partial(_integer, minimum=1024),
+             str(16 * _MIB), "Largest frame accepted from or sent to an endpoint, in bytes."),
+    Property("notification.maxBatch", "notification_max_batch", partial(_integer, minimum=1),
+             "500", "Most notifications in one NOTIFICATION message."),
+    Property("notification.retentionDays", "notification_retention_days",
+             partial(_seconds, positive=True), "30",
+             "Days an unacknowledged notification is kept before it is dropped (loudly)."),
+    Property("restApi.baseUrl", "rest_api_base_url", _url, "https://localhost:1556",
+             "Scheme, host and port of the local NetBackup REST API."),
+    Property("restApi.caFile", "rest_api_ca_file", _optional_path, "",
+             "CA bundle (PEM) that signed the REST API's certificate. Empty: system CAs."),
+    Property("restApi.verify", "rest_api_verify", _boolean, "true",
+             "false disables TLS verification of the local REST API (logged as a warning)."),
+    Property("restApi.apiKeyFile", "rest_api_key_file", _optional_path, "",
+             "File holding an API key for the poller (sent as Authorization)."),
+    Property("restApi.userName", "rest_api_user_name", _optional_text, "",
+             "User name for the poller's POST /login (with restApi.passwordFile)."),
+    Property("restApi.passwordFile", "rest_api_password_file", _optional_path, "",
+             "File holding the password for restApi.userName."),
+    Property("command.maxConcurrent", "command_max_concurrent", partial(_integer, minimum=1),
+             "16", "COMMAND requests run at once per connection; more wait their turn."),
+    Property("command.timeout", "command_timeout_s", _seconds, "60",
+             "Seconds a COMMAND's REST call may take before it is answered with 504."),
+    Property("command.allowedPrefixes", "command_allowed_prefixes", _prefixes, "/netbackup/",
+             "Comma-separated URI prefixes a COMMAND may reach on the local REST API."),
+    Property("command.maxBodyBytes", "command_max_body_bytes", partial(_integer, minimum=1),
+             str(16 * _MIB), "Largest COMMAND request or response body, in bytes."),
+    Property("poller.enabled", "poller_enabled", _optional_boolean, "auto",
+             "Poll the REST API for jobs and images: true, false, or auto (when API "
+             "credentials are configured)."),
+    Property("poller.jobsRate", "poller_jobs_rate_s", _seconds, "5",
+             "Seconds between polls of /admin/jobs."),
+    Property("poller.imagesRate", "poller_images_rate_s", _seconds, "5",
+             "Seconds between polls of /catalog/images."),
+    Property("poller.imageWindowDays", "poller_image_window_days", partial(_integer, minimum=1),
+             "30", "Days of images tracked for UPDATE and DELETE detection."),
+    Property("poller.pageSize", "poller_page_size", partial(_integer, minimum=1), "100",
+             "page[limit] used when paging through the REST API."),
+    Property("status.listen", "status_listen", _optional_text, "",
+             "Where /status and /metrics are served: a Unix socket path, or 127.0.0.1:PORT. "
+             "Empty: nbwss.sock beside the database."),
+    Property("log.level", "log_level", _choice("debug", "info", "warning", "error"), "info",
+             "Least severe log events written."),
+    Property("log.format", "log_format", _choice("auto", "json", "console"), "auto",
+             "json for the journal, console for people; auto picks by whether stderr is a "
+             "terminal."),
+)
+
+_BY_KEY = {prop.key: prop for prop in PROPERTIES}
+IGNORED_PREFIXES = ("hibernate.",)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of the daemon and the CLI, typed, with the spec's defaults."""
+
+    ignore_decoder: bool = False
+    send_timeout_s: float = 2.0
+    notification_rate_s: float = 5.0
+    keepalive_rate_s: float = 30.0
+    max_pong_misses: int = 10
+    connection_period_s: float = 60.0
+    thread_pool_size: int = 1
+    store_path: Path | None = None
+    key_path: Path | None = None
+    message_max_bytes: int = 16 * _MIB
+    notification_max_batch: int = 500
+    notification_retention_days: float = 30.0
+    rest_api_base_url: str = "https://localhost:1556"
+    rest_api_ca_file: Path | None = None
+    rest_api_verify: bool = True
+    rest_api_key_file: Path | None = None
+    rest_api_user_name: str | None = None
+    rest_api_password_file: Path | None = None
+    command_max_concurrent: int = 16
+    command_timeout_s: float = 60.0
+    command_allowed_prefixes: tuple[str, ...] = ("/netbackup/",)
+    command_max_body_bytes: int = 16 * _MIB
+    poller_enabled: bool | None = None
+    poller_jobs_rate_s: float = 5.0
+    poller_images_rate_s: float = 5.0
+    poller_image_window_days: int = 30
+    poller_page_size: int = 100
+    status_listen: str | None = None
+    log_level: str = "info"
+    log_format: str = "auto"
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    source: Path | None = field(default=None, compare=False)
+
+    @property
+    def database(self) -> Path:
+        """The store path; `resolve_paths` has filled it in by the time anyone asks."""
+        if self.store_path is None:
+            raise ConfigError("store.path is not resolved")
+        return self.store_path
+
+    @property
+    def key_file(self) -> Path:
+        return self.key_path or self.database.with_name("nbwss.key")
+
+    @property
+    def status_address(self) -> str:
+        return self.status_listen or str(self.database.with_name("nbwss.sock"))
+
+    @property
+    def wake_socket(self) -> Path:
+        """The datagram socket `nbwss notify` pokes so the daemon sends without waiting."""
+        return self.database.with_name("nbwss.wake")
+
+    @property
+    def poller_active(self) -> bool:
+        if self.poller_enabled is not None:
+            return self.poller_enabled
+        return self.rest_api_key_file is not None or (
+            self.rest_api_user_name is not None and self.rest_api_password_file is not None
+        )
+
+
+def default_store_path(env: Mapping[str, str]) -> Path:
+    """`$STATE_DIRECTORY` (systemd), else `$XDG_STATE_HOME/nbwss`, else ~/.local/state/nbwss."""
+    state_directory = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if state_directory:
+        return Path(state_directory) / "nbwss.db"
+    xdg = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "~")) / ".local" / "state")
+    return Path(xdg).expanduser() / "nbwss" / "nbwss.db"
+
+
+def resolve_paths(settings: Settings, env: Mapping[str, str]) -> Settings:
+    """Fill in the store and key paths from the environment when the file left them empty."""
+    store_path = settings.store_path or default_store_path(env)
+    key_path = settings.key_path
+    if key_path is None and env.get("CREDENTIALS_DIRECTORY"):
+        key_path = Path(env["CREDENTIALS_DIRECTORY"]) / "nbwss.key"
+    return replace(settings, store_path=store_path, key_path=key_path)
+
+
+def settings_from_text(text: str, source: Path | None = None) -> Settings:
+    """Build `Settings` from a file's text; bad values raise, unknown keys become warnings."""
+    where = f"{source}:" if source else "line "
+    values: dict[str, Any] = {}
+    warnings: list[str] = []
+    for entry in parse_properties(text):
+        if entry.key.startswith(IGNORED_PREFIXES):
+            continue
+        prop = _BY_KEY.get(entry.key)
+        if prop is None:
+            warnings.append(f"{where}{entry.line}: unknown key {entry.key!r} ignored")
+            continue
+        try:
+            values[prop.field] = prop.convert(entry.value)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{where}{entry.line}: {entry.key}={entry.value.strip()!r} is not valid, "
+                f"expected {exc}"
+            ) from None
+    return Settings(**values, warnings=tuple(warnings), source=source)
+
+
+def load(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read `path` (None: built-in defaults) and resolve paths from `env` (default: os.environ)."""
+    env = os.environ if env is None else env
+    if path is None:
+        return resolve_paths(Settings(), env)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read properties file {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # what Java 8 reads; Java 9+ reads UTF-8, as we do first
+    return resolve_paths(settings_from_text(text, source=path), env)
+
+
+def settings_fields() -> set[str]:
+    return {f.name for f in fields(Settings)}

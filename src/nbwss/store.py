@@ -1,0 +1,297 @@
+"""The SQLite store: schema, migrations, and the endpoint + trust-store tables.
+
+One file, WAL mode, shared by the daemon and the CLI. Every admin operation is one
+transaction, so a crash never leaves half an endpoint. Tokens are sealed by
+`TokenVault` before they reach SQL. The outbox and poller tables are declared here (one
+schema, one version number) and used by `outbox.py` and the poller.
+
+Calls are short and synchronous; the connection may be used from a worker thread
+(`asyncio.to_thread`), so access is serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from nbwss.endpoints import EndpointDetails
+from nbwss.errors import (
+    MSG_EXISTS,
+    MSG_NOT_FOUND,
+    MSG_TRUSTSTORE_WRITE,
+    AlreadyExistsError,
+    NotFoundError,
+    StoreError,
+)
+from nbwss.vault import TokenVault, create_private_file
+
+# Each entry upgrades the schema by one version; never edit a released one, append.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE endpoints (
+        host_name       TEXT PRIMARY KEY,
+        url             TEXT NOT NULL,
+        group_id        TEXT NOT NULL,
+        priority        INTEGER NOT NULL,
+        token_sealed    BLOB NOT NULL,
+        enabled         INTEGER NOT NULL DEFAULT 1,
+        certificate_der BLOB NOT NULL,
+        fingerprint     TEXT NOT NULL,
+        added_at        REAL NOT NULL,
+        updated_at      REAL NOT NULL
+    );
+    CREATE INDEX endpoints_by_group ON endpoints (group_id, priority, host_name);
+    -- Written by the daemon, read by `endpoint list`, kept apart so admin edits never race it.
+    CREATE TABLE endpoint_status (
+        host_name   TEXT PRIMARY KEY,
+        connected   INTEGER NOT NULL,
+        since       REAL NOT NULL,
+        last_error  TEXT
+    );
+    -- Every notification in intake order: seq is the global delivery order.
+    CREATE TABLE outbox (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        object     TEXT NOT NULL CHECK (object IN ('JOB', 'IMAGE')),
+        data       TEXT NOT NULL,
+        queued_at  REAL NOT NULL
+    );
+    -- Per server group: the last seq it acknowledged
+    CREATE TABLE group_cursors (
+        group_id    TEXT PRIMARY KEY,
+        acked_seq   INTEGER NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    -- Per server group: the batch in flight, so a resend after a restart keeps its id.
+    CREATE TABLE group_batches (
+        group_id    TEXT PRIMARY KEY,
+        message_id  TEXT NOT NULL,
+        first_seq   INTEGER NOT NULL,
+        last_seq    INTEGER NOT NULL,
+        sent_at     REAL NOT NULL
+    );
+    -- The REST poller's watermarks and what it has seen (advanced with the outbox insert).
+    CREATE TABLE poller_state (
+        name   TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    CREATE TABLE poller_jobs (
+        job_id       INTEGER PRIMARY KEY,
+        state        TEXT NOT NULL,
+        status       INTEGER,
+        last_update  TEXT NOT NULL
+    );
+    CREATE TABLE poller_images (
+        backup_id    TEXT PRIMARY KEY,
+        digest       TEXT NOT NULL,
+        backup_time  INTEGER NOT NULL,
+        data         TEXT NOT NULL
+    );
+    """,
+)
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRecord:
+    """An endpoint as stored, without its token (that takes an explicit `Store.token`)."""
+
+    host_name: str
+    url: str
+    group_id: str
+    priority: int
+    enabled: bool
+    fingerprint: str
+    certificate_der: bytes
+    updated_at: float
+    connected: bool
+    status_since: float | None
+    last_error: str | None
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """Open (creating 0600 if new) the database in WAL mode and migrate it."""
+    if not path.exists():
+        try:
+            create_private_file(path, b"")
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"cannot create database {path}: {exc.strerror}") from None
+    try:
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        _migrate(conn)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database {path}: {exc}") from None
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"database schema version {version} is newer than this nbwss "
+                f"({len(MIGRATIONS)}); upgrade nbwss"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            # Statements are split on ";": the DDL above keeps that character out of comments.
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+class Store:
+    """The daemon's and the CLI's one handle on the database."""
+
+    def __init__(self, path: Path, key_path: Path) -> None:
+        self.path = path
+        self._key_path = key_path
+        self._vault: TokenVault | None = None
+        self._lock = threading.Lock()
+        self.conn = open_database(path)
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    @property
+    def vault(self) -> TokenVault:
+        # Made on first use, so read-only commands (list) never create a key file.
+        if self._vault is None:
+            self._vault = TokenVault(self._key_path)
+        return self._vault
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any error."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self.conn
+
+    # -- endpoints and their pinned certificates -----------------------------------------
+
+    def add_endpoint(self, details: EndpointDetails, certificate_der: bytes, fingerprint: str) -> None:
+        """Store details, sealed token and pinned certificate; a new group starts at the head."""
+        sealed = self.vault.encrypt(details.token, details.host_name)
+        now = time.time()
+        try:
+            with self.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO endpoints (host_name, url, group_id, priority, token_sealed,"
+                    " enabled, certificate_der, fingerprint, added_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+                    (details.host_name, details.url, details.group_id, details.priority,
+                     sealed, certificate_der, fingerprint, now, now),
+                )
+                conn.execute(
+                    "INSERT OR IGNORE INTO group_cursors (group_id, acked_seq, updated_at)"
+                    " VALUES (?, (SELECT COALESCE(MAX(seq), 0) FROM outbox), ?)",
+                    (details.group_id, now),
+                )
+        except sqlite3.IntegrityError:
+            raise AlreadyExistsError(f"{MSG_EXISTS}: {details.host_name}") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"{MSG_TRUSTSTORE_WRITE}: {exc}") from None
+
+    def endpoints(self) -> list[EndpointRecord]:
+        """Every endpoint, by group, then priority (lowest first), then host name."""
+        with self.reading() as conn:
+            rows = conn.execute(
+                "SELECT e.host_name, e.url, e.group_id, e.priority, e.enabled, e.fingerprint,"
+                " e.certificate_der, e.updated_at, COALESCE(s.connected, 0), s.since,"
+                " s.last_error FROM endpoints e"
+                " LEFT JOIN endpoint_status s ON s.host_name = e.host_name"
+                " ORDER BY e.group_id, e.priority, e.host_name"
+            ).fetchall()
+        return [
+            EndpointRecord(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], bool(r[8]),
+                           r[9], r[10])
+            for r in rows
+        ]
+
+    def endpoint(self, host_name: str) -> EndpointRecord:
+        for record in self.endpoints():
+            if record.host_name == host_name:
+                return record
+        raise NotFoundError(f"{MSG_NOT_FOUND}: {host_name}")
+
+    def token(self, host_name: str) -> str:
+        with self.reading() as conn:
+            row = conn.execute(
+                "SELECT token_sealed FROM endpoints WHERE host_name = ?", (host_name,)
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"{MSG_NOT_FOUND}: {host_name}")
+        return self.vault.decrypt(row[0], host_name)
+
+    def set_enabled(self, host_name: str, enabled: bool) -> None:
+        with self.transaction() as conn:
+            changed = conn.execute(
+                "UPDATE endpoints SET enabled = ?, updated_at = ? WHERE host_name = ?",
+                (int(enabled), time.time(), host_name),
+            ).rowcount
+        if not changed:
+            raise NotFoundError(f"{MSG_NOT_FOUND}: {host_name}")
+
+    def delete_endpoint(self, host_name: str) -> None:
+        """Remove credentials and certificate; a group left empty forgets its cursor."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT group_id FROM endpoints WHERE host_name = ?", (host_name,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"{MSG_NOT_FOUND}: {host_name}")
+            conn.execute("DELETE FROM endpoints WHERE host_name = ?", (host_name,))
+            conn.execute("DELETE FROM endpoint_status WHERE host_name = ?", (host_name,))
+            # A group added again later starts from the head (spec section 7), and a
+            # forgotten group must not hold back the purge of acknowledged events.
+            for table in ("group_cursors", "group_batches"):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE group_id = ?"  # noqa: S608 - fixed names
+                    " AND NOT EXISTS (SELECT 1 FROM endpoints WHERE group_id = ?)",
+                    (row[0], row[0]),
+                )
+
+    # -- connection status (written by the daemon) -----------------------------------------
+
+    def set_status(self, host_name: str, connected: bool, last_error: str | None = None) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO endpoint_status (host_name, connected, since, last_error)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (host_name) DO UPDATE SET"
+                " connected = excluded.connected, since = excluded.since,"
+                " last_error = COALESCE(excluded.last_error, endpoint_status.last_error)",
+                (host_name, int(connected), time.time(), last_error),
+            )
+
+    def reset_status(self) -> None:
+        """At daemon start nothing is connected, whatever a killed daemon left behind."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE endpoint_status SET connected = 0, since = ?", (time.time(),))

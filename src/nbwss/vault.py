@@ -1,0 +1,69 @@
+"""Tokens encrypted at rest: AES-256-GCM with a key kept in its own 0600 file.
+
+The key lives apart from the database (beside it, or in systemd's credentials
+directory), so a copy of the database alone reveals no token. Each ciphertext is bound
+to its endpoint's host name (associated data), so rows cannot be swapped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from nbwss.errors import MSG_KEYSTORE, StoreError
+
+_KEY_BYTES = 32
+_NONCE_BYTES = 12
+
+
+def create_private_file(path: Path, data: bytes) -> None:
+    """Write a new file readable by its owner only; never widen an existing one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class TokenVault:
+    """Encrypts and decrypts endpoint tokens with the key at `key_path` (made on first use)."""
+
+    def __init__(self, key_path: Path) -> None:
+        self._aead = AESGCM(self._load_or_create(key_path))
+
+    @staticmethod
+    def _load_or_create(key_path: Path) -> bytes:
+        try:
+            key = key_path.read_bytes()
+        except FileNotFoundError:
+            key = AESGCM.generate_key(bit_length=_KEY_BYTES * 8)
+            try:
+                create_private_file(key_path, key)
+            except FileExistsError:
+                key = key_path.read_bytes()  # another process made it first: use theirs
+            except OSError as exc:
+                raise StoreError(f"{MSG_KEYSTORE}: cannot create {key_path}: {exc.strerror}")
+        except OSError as exc:
+            raise StoreError(f"{MSG_KEYSTORE}: cannot read {key_path}: {exc.strerror}") from None
+        if len(key) != _KEY_BYTES:
+            raise StoreError(f"{MSG_KEYSTORE}: {key_path} is not a {_KEY_BYTES}-byte key")
+        return key
+
+    def encrypt(self, token: str, host_name: str) -> bytes:
+        nonce = os.urandom(_NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, token.encode(), host_name.encode())
+
+    def decrypt(self, sealed: bytes, host_name: str) -> str:
+        try:
+            plain = self._aead.decrypt(
+                sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], host_name.encode()
+            )
+        except (InvalidTag, ValueError):
+            raise StoreError(
+                f"{MSG_KEYSTORE}: the token of {host_name} cannot be decrypted with this key"
+            ) from None
+        return plain.decode()

@@ -1,0 +1,66 @@
+"""Shared fixtures: real TLS material from trustme, temporary state, scaled timeouts.
+
+Timeouts in integration tests are multiplied by `NBWSS_TESTS_TIMEOUT_FACTOR` (default 1)
+for slow or loaded machines, as websockets does with WEBSOCKETS_TESTS_TIMEOUT_FACTOR.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+
+TIMEOUT_FACTOR = float(os.environ.get("NBWSS_TESTS_TIMEOUT_FACTOR", "1"))
+
+
+def timeout(seconds: float) -> float:
+    """A test deadline, scaled for slow machines."""
+    return seconds * TIMEOUT_FACTOR
+
+
+@dataclass
+class TlsMaterial:
+    """A CA and a server certificate for localhost / 127.0.0.1, as files and contexts."""
+
+    ca: trustme.CA
+    server_cert: trustme.LeafCert
+    ca_file: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.server_cert.configure_cert(context)
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+
+def make_tls(directory: Path, *names: str) -> TlsMaterial:
+    ca = trustme.CA()
+    leaf = ca.issue_cert(*(names or ("localhost", "127.0.0.1")))
+    ca_file = directory / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return TlsMaterial(ca=ca, server_cert=leaf, ca_file=ca_file)
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> TlsMaterial:
+    return make_tls(tmp_path)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private state directory; the environment points the store at it."""
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    monkeypatch.setenv("STATE_DIRECTORY", str(directory))
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("NBWSS_CONFIG", raising=False)
+    yield directory
