@@ -1,0 +1,55 @@
+"""Prometheus metrics of the daemon, in one registry, defined once.
+
+Modules increment these; the status server renders `REGISTRY` at /metrics. Figures
+that live in the database (backlog, oldest unacknowledged age, queued total) are read
+at scrape time by a collector in the status server, since `nbwss notify` queues from
+another process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+CONNECTED = Gauge(
+    "nbwss_connected", "1 while the server group has a CONNECTED endpoint.",
+    ["group", "host"], registry=REGISTRY,
+)
+HANDSHAKES = Counter(
+    "nbwss_handshakes", "CONNECT handshakes by result (valid, invalid, timeout, error).",
+    ["group", "host", "result"], registry=REGISTRY,
+)
+FAILOVERS = Counter(
+    "nbwss_failovers", "Connections made to an endpoint other than the group's last one.",
+    ["group"], registry=REGISTRY,
+)
+PONG_MISSES = Counter(
+    "nbwss_pong_misses", "Keepalive pings that got no pong in time.",
+    ["group", "host"], registry=REGISTRY,
+)
+NOTIFICATIONS_SENT = Counter(
+    "nbwss_notifications_sent", "Notifications sent for the first time (per event).",
+    ["group"], registry=REGISTRY,
+)
+NOTIFICATIONS_RESENT = Counter(
+    "nbwss_notifications_resent", "Notifications sent again for want of an ack (per event).",
+    ["group"], registry=REGISTRY,
+)
+NOTIFICATIONS_ACKED = Counter(
+    "nbwss_notifications_acked", "Notifications acknowledged (per event).",
+    ["group"], registry=REGISTRY,
+)
+DECODE_ERRORS = Counter(
+    "nbwss_decode_errors", "Frames from an endpoint that could not be decoded.",
+    ["group", "host"], registry=REGISTRY,
+)
+COMMANDS = Counter(
+    "nbwss_commands", "COMMAND requests answered, by HTTP status of the answer.",
+    ["status"], registry=REGISTRY,
+)
+COMMAND_SECONDS = Histogram(
+    "nbwss_command_duration_seconds", "Time from COMMAND request to response.",
+    registry=REGISTRY,
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
