@@ -1,4 +1,4 @@
-"""Pinned TLS: fingerprints and SSL contexts that trust exactly one certificate.
+"""Pinned TLS: fetch what a server presents, fingerprints, contexts that trust one certificate.
 
 The guide's trust store holds, per endpoint, the certificate the admin accepted. The
 daemon trusts that certificate and nothing else: not the system CAs, not another
@@ -7,10 +7,18 @@ certificate from the same CA. The host name is still checked.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import ipaddress
 import ssl
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from nbwss.errors import MSG_CERT_MISMATCH, TrustError
+from cryptography import x509
+
+from nbwss.errors import MSG_CERT_MISMATCH, MSG_NO_SSL, TrustError, unable_to_connect
 
 _HEX = set("0123456789ABCDEF")
 
@@ -51,3 +59,141 @@ def check_peer(presented_der: bytes | None, pinned_der: bytes, host: str) -> Non
     """After the handshake: the server must have presented exactly the pinned certificate."""
     if presented_der != pinned_der:
         raise TrustError(f"{MSG_CERT_MISMATCH}: {host} presented another certificate")
+
+
+# -- what a server presents (for `endpoint validate` and `add`) ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateInfo:
+    """The server certificate as an admin judges it; `der` is what gets pinned."""
+
+    subject: str
+    issuer: str
+    sans: tuple[str, ...]
+    not_before: datetime
+    not_after: datetime
+    fingerprint: str
+    der: bytes
+
+    def is_valid_at(self, now: datetime) -> bool:
+        return self.not_before <= now <= self.not_after
+
+    def names_host(self, host: str) -> bool:
+        """Whether the daemon's host-name check would accept this certificate for `host`."""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            address = None
+        if address is not None:
+            return f"IP:{address}" in self.sans
+        dns_names = [san.removeprefix("DNS:") for san in self.sans if san.startswith("DNS:")]
+        return any(_dns_name_matches(pattern, host) for pattern in dns_names)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "issuer": self.issuer,
+            "subjectAltNames": list(self.sans),
+            "notBefore": self.not_before.isoformat(),
+            "notAfter": self.not_after.isoformat(),
+            "sha256": self.fingerprint,
+        }
+
+
+def _dns_name_matches(pattern: str, host: str) -> bool:
+    """RFC 6125: case-insensitive; a wildcard only as the whole left-most label."""
+    pattern_labels = pattern.lower().rstrip(".").split(".")
+    host_labels = host.lower().rstrip(".").split(".")
+    if len(pattern_labels) != len(host_labels):
+        return False
+    if pattern_labels[0] == "*" and len(pattern_labels) > 2:
+        return pattern_labels[1:] == host_labels[1:]
+    return pattern_labels == host_labels
+
+
+def _san_text(name: x509.GeneralName) -> str:
+    if isinstance(name, x509.DNSName):
+        return f"DNS:{name.value}"
+    if isinstance(name, x509.IPAddress):
+        return f"IP:{name.value}"
+    if isinstance(name, x509.UniformResourceIdentifier):
+        return f"URI:{name.value}"
+    if isinstance(name, x509.RFC822Name):
+        return f"email:{name.value}"
+    return f"{type(name).__name__}:{name.value}"
+
+
+def certificate_info(der: bytes) -> CertificateInfo:
+    """Parse a DER certificate; a server sending garbage is 'no certificate'."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        raise TrustError(f"{MSG_NO_SSL}: the server's certificate cannot be parsed") from None
+    try:
+        san_extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        sans = tuple(_san_text(name) for name in san_extension.value)
+    except x509.ExtensionNotFound:
+        sans = ()
+    return CertificateInfo(
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        sans=sans,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        fingerprint=fingerprint(der),
+        der=der,
+    )
+
+
+def _inspection_context() -> ssl.SSLContext:
+    # Deliberately unverified: we only look at what the server presents; the admin decides,
+    # and from then on the daemon trusts exactly that certificate (`pinned_context`).
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+async def fetch_certificate(host: str, port: int, timeout_s: float) -> CertificateInfo:
+    """Connect to `host:port`, complete a TLS handshake, and return the server certificate.
+
+    The TCP connect and the handshake are timed separately so the error says which failed:
+    no connection is the guide's "Unable to establish connection", a peer that does not
+    complete TLS (not a TLS server, or silent) is "Failed to set up SSL security".
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            _reader, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError) as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise TrustError(f"{unable_to_connect(host)} (port {port}: {reason})") from None
+    try:
+        async with asyncio.timeout(timeout_s):
+            await writer.start_tls(_inspection_context(), server_hostname=host)
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    except (OSError, TimeoutError, EOFError) as exc:
+        writer.transport.abort()  # nothing worth a polite close: the handshake failed
+        reason = "timed out" if isinstance(exc, TimeoutError) else _ssl_reason(exc)
+        raise TrustError(
+            f"{MSG_NO_SSL}: TLS handshake with {host}:{port} failed ({reason})"
+        ) from None
+    await _close_quietly(writer)
+    if not der:
+        raise TrustError(f"{MSG_NO_SSL}: {host}:{port} presented no certificate")
+    return certificate_info(der)
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.lower().replace("_", " ")
+    return str(exc) or type(exc).__name__
+
+
+async def _close_quietly(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError):
+        async with asyncio.timeout(1.0):
+            await writer.wait_closed()
