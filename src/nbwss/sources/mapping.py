@@ -1,0 +1,380 @@
+"""From the NetBackup REST API's records to NBWSS notifications, and what to report when.
+
+Pure: values in (API attributes, the seen-state, the current time), decisions out
+(notifications, the new seen-state, the new watermark). The poller does the I/O and
+commits a decision in one transaction with the outbox insert, so a decision is applied
+exactly once. The mapping tables are documented in docs/poller.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from nbwss.errors import NbwssError
+
+JsonObject = dict[str, Any]
+
+# The API's job states -> the notification's three. A job that waits (requeued, suspended,
+# incomplete and resumable) is not running and not finished: QUEUED. DONE is final.
+JOB_STATES: Final[Mapping[str, str]] = {
+    "QUEUED": "QUEUED",
+    "REQUEUED": "QUEUED",
+    "WAITING_FOR_RETRY": "QUEUED",
+    "SUSPENDED": "QUEUED",
+    "INCOMPLETE": "QUEUED",
+    "ACTIVE": "ACTIVE",
+    "DONE": "DONE",
+}
+
+# The API's schedule types -> NetBackup's ST_* names, as the notifications carry them.
+SCHEDULE_TYPES: Final[Mapping[str, str]] = {
+    "FULL": "ST_FULL",
+    "DIFFERENTIAL_INCREMENTAL": "ST_INCR",
+    "DIFFERENTIAL_INCREMENTAL_BACKUP": "ST_INCR",
+    "INCR": "ST_INCR",
+    "CUMULATIVE_INCREMENTAL": "ST_CINC",
+    "CUMULATIVE_INCREMENTAL_BACKUP": "ST_CINC",
+    "CINC": "ST_CINC",
+    "USER_BACKUP": "ST_UBAK",
+    "UBAK": "ST_UBAK",
+    "USER_ARCHIVE": "ST_UARC",
+    "UARC": "ST_UARC",
+}
+
+# NetBackup's enums start at FULL and STANDARD (value 0): a job without a schedule or
+# policy type (a restore) is reported with these, as the guide's restore example shows.
+DEFAULT_SCHEDULE_TYPE: Final = "ST_FULL"
+DEFAULT_POLICY_TYPE: Final = "STANDARD"
+
+# Jobs are re-read from (watermark - overlap): a job whose update is stamped just before
+# the watermark but committed after the poll read past it is still seen. Dedup by the
+# seen-state keeps the overlap from repeating a notification.
+JOB_OVERLAP_S: Final = 60.0
+# A finished job's seen-state is kept this long past the watermark, then forgotten:
+# it can only come back if NetBackup updates a job that ended a week ago.
+DONE_JOB_RETENTION_S: Final = 7 * 86400.0
+# A tracked image must be missing from this many consecutive complete listings to be
+# reported DELETE: offset paging over a catalog that changes mid-listing can skip a row,
+# and a skipped row must not become an invented DELETE.
+DELETE_CONFIRMATIONS: Final = 2
+
+
+class MalformedRecordError(NbwssError):
+    """An API page or record does not have the documented shape."""
+
+
+# -- times ---------------------------------------------------------------------------------
+
+
+def parse_time(value: Any, what: str) -> float:
+    """An API time (ISO 8601, `Z` or offset; epoch numbers accepted too) -> epoch seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str) or not value:
+        raise MalformedRecordError(f"{what} is not a time: {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise MalformedRecordError(f"{what} is not an ISO 8601 time: {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)  # the API writes UTC
+    return parsed.timestamp()
+
+
+def format_time(epoch: float) -> str:
+    """Epoch seconds -> the API's filter form, e.g. 2016-04-05T04:14:58.000Z."""
+    moment = datetime.fromtimestamp(epoch, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+# -- jobs ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SeenJob:
+    """What the poller last reported for a job (`state` in notification form)."""
+
+    state: str
+    status: int
+    last_update: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApiJob:
+    """One job as read from a page: its notification (None: state not mappable)."""
+
+    job_id: int
+    last_update: float
+    notification: JsonObject | None
+    api_state: str
+
+
+def _int(attributes: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    value = attributes.get(key, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedRecordError(f"job attribute {key} is not an integer: {value!r}")
+    return value
+
+
+def _text(attributes: Mapping[str, Any], key: str, default: str | None = None) -> str:
+    value = attributes.get(key, default)
+    if value is None:
+        value = default
+    if not isinstance(value, str):
+        raise MalformedRecordError(f"attribute {key} is not a string: {value!r}")
+    return value
+
+
+def schedule_type(api_value: str) -> str:
+    """FULL -> ST_FULL; an unknown type keeps its name under the ST_ prefix."""
+    if not api_value:
+        return DEFAULT_SCHEDULE_TYPE
+    upper = api_value.upper()
+    if upper.startswith("ST_"):
+        return upper
+    return SCHEDULE_TYPES.get(upper, f"ST_{upper}")
+
+
+def parse_job(attributes: Mapping[str, Any]) -> ApiJob:
+    """One `/admin/jobs` record's attributes -> the job and its JOB notification."""
+    job_id = _int(attributes, "jobId")
+    api_state = _text(attributes, "state").upper()
+    state = JOB_STATES.get(api_state)
+    parent = _int(attributes, "parentJobId", 0)
+    start = attributes.get("startTime")
+    notification: JsonObject | None = None
+    if state is not None:
+        notification = {
+            "scheduleType": schedule_type(_text(attributes, "scheduleType", "")),
+            "clientName": _text(attributes, "clientName"),
+            "status": _int(attributes, "status", 0),
+            "startTime": int(parse_time(start, "startTime")) if start else 0,
+            "state": state,
+            "policyName": _text(attributes, "policyName", ""),
+            # NetBackup writes 0 for "no parent"; the guide shows a top job as its own parent.
+            "parentJobId": parent or job_id,
+            "jobId": job_id,
+            "policyType": _text(attributes, "policyType", "") or DEFAULT_POLICY_TYPE,
+            "jobType": _text(attributes, "jobType"),
+        }
+    last_update = parse_time(attributes.get("lastUpdateTime"), "lastUpdateTime")
+    return ApiJob(job_id, last_update, notification, api_state)
+
+
+@dataclass(frozen=True, slots=True)
+class JobsDecision:
+    """What one jobs poll changes: commit all of it, with the outbox insert, or none."""
+
+    notifications: list[JsonObject]
+    seen: dict[int, SeenJob]
+    watermark: float | None
+    forget_done_before: float | None
+    unmapped: dict[int, str] = field(default_factory=dict)
+
+
+def decide_jobs(
+    seen: Mapping[int, SeenJob], jobs: Iterable[ApiJob], watermark: float | None
+) -> JobsDecision:
+    """One notification per observed transition of a job's (mapped) state.
+
+    A job first seen is reported in its current state; after that, each change of state
+    is reported once (so a job is reported when it starts and again when DONE). A job
+    that appears twice in one listing (paging over a changing set) counts once, newest
+    record first. Notifications are in the order the changes happened (lastUpdateTime,
+    then jobId). The watermark only moves forward.
+    """
+    latest: dict[int, ApiJob] = {}
+    for job in jobs:
+        known = latest.get(job.job_id)
+        if known is None or job.last_update >= known.last_update:
+            latest[job.job_id] = job
+    changed: dict[int, SeenJob] = {}
+    reported: list[ApiJob] = []
+    unmapped: dict[int, str] = {}
+    new_watermark = watermark
+    for job in sorted(latest.values(), key=lambda j: (j.last_update, j.job_id)):
+        if new_watermark is None or job.last_update > new_watermark:
+            new_watermark = job.last_update
+        if job.notification is None:
+            unmapped[job.job_id] = job.api_state  # reported when it reaches a known state
+            continue
+        before = seen.get(job.job_id)
+        if before is not None and job.last_update < before.last_update:
+            continue  # an older record than the one already handled (overlap)
+        after = SeenJob(job.notification["state"], job.notification["status"], job.last_update)
+        if before is None or before.state != after.state:
+            reported.append(job)
+        if before != after:
+            changed[job.job_id] = after
+    forget = None if new_watermark is None else new_watermark - DONE_JOB_RETENTION_S
+    notifications = [job.notification for job in reported if job.notification is not None]
+    return JobsDecision(notifications, changed, new_watermark, forget, unmapped)
+
+
+def jobs_filter(watermark: float | None, now: float) -> str:
+    """The `filter` for the next jobs poll: everything updated since the watermark.
+
+    With no watermark yet (first start), history is not replayed: the poll starts from
+    now, minus the overlap.
+    """
+    since = (now if watermark is None else watermark) - JOB_OVERLAP_S
+    return f"lastUpdateTime gt {format_time(since)}"
+
+
+# -- images --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ApiImage:
+    """One catalog image: its id, backup time, digest of what can change, IMAGE fields."""
+
+    backup_id: str
+    backup_time: int
+    digest: str
+    base: JsonObject  # the IMAGE notification without operationId and createdTime
+    created_time: int | None = None  # when the API says the image was written
+    updated_time: int | None = None  # when the API says it last changed (if it says)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedImage:
+    """An image the poller has reported and watches for UPDATE and DELETE."""
+
+    digest: str
+    backup_time: int
+    base: JsonObject
+    missed: int = 0
+
+
+def image_digest(attributes: Mapping[str, Any]) -> str:
+    """A digest of every attribute, so any change (copies, expiration...) is an UPDATE."""
+    canonical = json.dumps(attributes, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_image(record: Mapping[str, Any]) -> ApiImage:
+    """One `/catalog/images` record (`id` + `attributes`) -> the image as tracked."""
+    attributes = record.get("attributes")
+    if not isinstance(attributes, dict):
+        raise MalformedRecordError("image record has no attributes object")
+    client = _text(attributes, "clientName")
+    backup_time = int(parse_time(attributes.get("backupTime"), "backupTime"))
+    record_id = record.get("id")
+    backup_id = _text(attributes, "backupId", record_id if isinstance(record_id, str) else None)
+    if not backup_id:
+        raise MalformedRecordError("image record has no backupId")
+    client_type = _text(attributes, "clientType", "") or _text(attributes, "policyType", "")
+    base = {
+        "clientType": client_type or DEFAULT_POLICY_TYPE,
+        "clientName": client,
+        "backupTime": backup_time,
+        "backupId": backup_id,
+    }
+    return ApiImage(
+        backup_id, backup_time, image_digest(attributes), base,
+        _optional_time(attributes, "createdTime"), _optional_time(attributes, "lastUpdateTime"),
+    )
+
+
+def _optional_time(attributes: Mapping[str, Any], key: str) -> int | None:
+    value = attributes.get(key)
+    return None if value in (None, "") else int(parse_time(value, key))
+
+
+def image_notification(base: Mapping[str, Any], operation: str, created_time: int) -> JsonObject:
+    """The IMAGE notification, fields in the guide's order; createdTime is the event's time."""
+    return {
+        "clientType": base["clientType"],
+        "clientName": base["clientName"],
+        "backupTime": base["backupTime"],
+        "createdTime": created_time,
+        "operationId": operation,
+        "backupId": base["backupId"],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ImagesDecision:
+    """What one complete images listing changes: commit all of it or none."""
+
+    notifications: list[JsonObject]
+    track: dict[str, TrackedImage]
+    untrack: list[str]
+
+
+def window_cutoff(now: float, window_days: int) -> int:
+    """Images with backupTime after this are listed and tracked; older ones age out."""
+    return int(now - window_days * 86400)
+
+
+def decide_images(
+    tracked: Mapping[str, TrackedImage],
+    listing: Iterable[ApiImage],
+    cutoff: int,
+    now: float,
+    *,
+    baseline: bool = False,
+) -> ImagesDecision:
+    """Compare one complete listing of the window with what is tracked.
+
+    New image: CREATE. Changed digest: UPDATE. Tracked, inside the window, but missing
+    from `DELETE_CONFIRMATIONS` listings in a row: DELETE. Older than the window:
+    forgotten silently (the documented limit). Order: creations, then updates, then
+    deletions, each by backupTime then backupId. With `baseline` (the first listing
+    ever), everything listed is tracked and nothing is reported: history is not replayed.
+    """
+    created_time = int(now)
+    listed = {image.backup_id: image for image in listing if image.backup_time > cutoff}
+    creates: list[ApiImage] = []
+    updates: list[ApiImage] = []
+    track: dict[str, TrackedImage] = {}
+    for image in listed.values():
+        before = tracked.get(image.backup_id)
+        if before is None:
+            creates.append(image)
+        elif before.digest != image.digest:
+            updates.append(image)
+        elif before.missed == 0:
+            continue
+        track[image.backup_id] = TrackedImage(image.digest, image.backup_time, image.base)
+    deletes: list[tuple[str, TrackedImage]] = []
+    untrack: list[str] = []
+    for backup_id, image_seen in tracked.items():
+        if backup_id in listed:
+            continue
+        if image_seen.backup_time <= cutoff:
+            untrack.append(backup_id)
+        elif image_seen.missed + 1 >= DELETE_CONFIRMATIONS:
+            deletes.append((backup_id, image_seen))
+            untrack.append(backup_id)
+        else:
+            track[backup_id] = TrackedImage(
+                image_seen.digest, image_seen.backup_time, image_seen.base, image_seen.missed + 1
+            )
+    if baseline:
+        return ImagesDecision([], track, untrack)
+
+    def order(image: ApiImage) -> tuple[int, str]:
+        return (image.backup_time, image.backup_id)
+
+    # createdTime is when the event happened: the API's own time when it gives one,
+    # else when the poller saw it (always so for DELETE: a gone image has no record).
+    notifications = [image_notification(i.base, "CREATE", i.created_time or created_time)
+                     for i in sorted(creates, key=order)]
+    notifications += [image_notification(i.base, "UPDATE", i.updated_time or created_time)
+                      for i in sorted(updates, key=order)]
+    notifications += [image_notification(t.base, "DELETE", created_time)
+                      for _, t in sorted(deletes, key=lambda d: (d[1].backup_time, d[0]))]
+    return ImagesDecision(notifications, track, untrack)
+
+
+def images_filter(cutoff: int) -> str:
+    """The `filter` for an images listing: the whole tracked window."""
+    return f"backupTime gt {format_time(cutoff)}"
