@@ -1,20 +1,29 @@
 """Endpoint details: the five-entry JSON that describes one endpoint (spec section 2).
 
 `parse_details` is pure and applies every rule of the guide, with the guide's messages
-(plus a reason after a colon, so an admin knows which field to fix).
+(plus a reason after a colon, so an admin knows which field to fix). `fetch_details` is
+the one piece of I/O: the details of a URL source, fetched over HTTPS.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import aiohttp
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from nbwss.errors import (
     MSG_INCORRECT_URL,
     MSG_INVALID_JSON,
+    MSG_INVALID_PARAMETER,
+    MSG_NO_URL_CONNECTION,
     MSG_ONLY_WSS,
+    MSG_UNPARSABLE,
     DecodeError,
     DetailsError,
 )
@@ -23,6 +32,8 @@ from nbwss.messages import parse_json
 REQUIRED_KEYS = ("token", "priority", "groupId", "hostName", "url")
 # Details are small; anything larger is not endpoint details.
 MAX_DETAILS_BYTES = 64 * 1024
+# The guide's priority is a Java int; a larger number would not even fit SQLite's INTEGER.
+JAVA_INT_MIN, JAVA_INT_MAX = -(2**31), 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +77,17 @@ def check_wss_url(url: str) -> str:
 
 
 def _has_apostrophe(value: Any) -> bool:
-    if isinstance(value, str):
-        return "'" in value
-    if isinstance(value, dict):
-        return any(_has_apostrophe(k) or _has_apostrophe(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_apostrophe(v) for v in value)
+    """Whether any key or string, at any depth, holds an apostrophe (walked without recursion)."""
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, str) and "'" in node:
+            return True
+        if isinstance(node, dict):
+            pending.extend(node.keys())
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
     return False
 
 
@@ -98,6 +114,8 @@ def details_from_object(obj: Any) -> EndpointDetails:
     priority = obj["priority"]
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise DetailsError(f"{MSG_INVALID_JSON}: 'priority' must be an unquoted integer")
+    if not JAVA_INT_MIN <= priority <= JAVA_INT_MAX:
+        raise DetailsError(f"{MSG_INVALID_JSON}: 'priority' is out of the integer range")
     return EndpointDetails(
         token=_string(obj, "token"),
         priority=priority,
@@ -128,3 +146,98 @@ def details_to_json(details: EndpointDetails) -> str:
         },
         indent=2,
     )
+
+
+# -- details served by the cloud app over HTTPS ----------------------------------------------
+
+FETCH_TIMEOUT_S = 10.0
+FETCH_ATTEMPTS = 3
+_MAX_REDIRECTS = 3
+
+
+def check_details_url(url: str) -> str:
+    """An `https://` URL with a host; the guide's "Invalid command parameter" otherwise."""
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise DetailsError(f"{MSG_INVALID_PARAMETER}: {MSG_INCORRECT_URL}: {url!r}") from None
+    if parts.scheme.lower() != "https" or not parts.hostname or any(c.isspace() for c in url):
+        raise DetailsError(
+            f"{MSG_INVALID_PARAMETER}: {MSG_INCORRECT_URL}: {url!r} is not an https:// URL "
+            "with a host"
+        )
+    return url.strip()
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Worth another try: the connection failed or dropped. TLS and HTTP answers are final."""
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return False
+    return isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError)
+
+
+async def _read_limited(response: aiohttp.ClientResponse, url: str) -> bytes:
+    too_large = DetailsError(f"{MSG_UNPARSABLE}: {url} serves more than {MAX_DETAILS_BYTES} bytes")
+    if (response.content_length or 0) > MAX_DETAILS_BYTES:
+        raise too_large
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(16 * 1024):
+        body += chunk
+        if len(body) > MAX_DETAILS_BYTES:
+            raise too_large
+    return bytes(body)
+
+
+async def _get_once(session: aiohttp.ClientSession, url: str, context: ssl.SSLContext) -> bytes:
+    async with session.get(url, ssl=context, max_redirects=_MAX_REDIRECTS) as response:
+        if response.url.scheme != "https":
+            raise DetailsError(f"{MSG_NO_URL_CONNECTION}: {url} redirects to plain http")
+        if response.status != 200:
+            raise DetailsError(
+                f"{MSG_NO_URL_CONNECTION}: {url} answered {response.status} {response.reason}"
+            )
+        return await _read_limited(response, url)
+
+
+async def fetch_details(
+    url: str,
+    *,
+    ca_file: Path | None = None,
+    timeout_s: float = FETCH_TIMEOUT_S,
+    attempts: int = FETCH_ATTEMPTS,
+    retry_wait_s: float = 0.2,
+) -> EndpointDetails:
+    """Fetch one endpoint's details over HTTPS and validate them.
+
+    The server's certificate is verified against the system trust store, or only against
+    `ca_file` (PEM) when given, for a cloud app whose certificate a private CA signed.
+    Connection failures are retried a few times (short, growing waits); anything the server
+    did answer (TLS failure, HTTP status, bad content) is final at once.
+    """
+    url = check_details_url(url)
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise DetailsError(f"cannot load CA file {ca_file}: {exc}") from None
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(_is_transient),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=retry_wait_s, max=2.0),
+        reraise=True,
+    )
+    try:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout_s), trust_env=False
+        ) as session:
+            body: bytes = await retrying(_get_once, session, url, context)
+    except aiohttp.ClientSSLError as exc:
+        raise DetailsError(f"{MSG_NO_URL_CONNECTION}: {url}: TLS failed ({exc})") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        raise DetailsError(f"{MSG_NO_URL_CONNECTION}: {url}: {reason}") from None
+    try:
+        obj = parse_json(body, MAX_DETAILS_BYTES)
+    except DecodeError as exc:
+        raise DetailsError(f"{MSG_UNPARSABLE}: {url}: {exc}") from None
+    return details_from_object(obj)
