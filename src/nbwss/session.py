@@ -1,0 +1,393 @@
+"""One live connection to an endpoint: dial, CONNECT, reader, keepalive, close.
+
+`connect()` dials over pinned TLS and completes the CONNECT handshake (spec section 3)
+or raises; the `Session` it returns is the group's `Link` until `run()` returns. `run()`
+owns three jobs in one TaskGroup: the reader (the only caller of `receive()`), the
+keepalive, and the group's notification pump; COMMAND requests run in their own tasks
+so a slow REST call never stalls the reader. Every way the connection ends goes through
+`_request_close`, so there is one close frame and one recorded reason.
+
+aiohttp's own heartbeat closes on the first missing pong, while NBWSS tolerates
+`keepAlive.maxPongMissAllowed` of them, so pings and pongs are ours (`autoping=False`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn
+
+import aiohttp
+
+from nbwss import messages
+from nbwss.errors import MSG_CERT_MISMATCH, ConnectError, DecodeError, TrustError, unable_to_connect
+from nbwss.link import CommandHandler, GroupDelivery
+from nbwss.logs import get_logger
+from nbwss.messages import Message, MessageType, SubType
+from nbwss.metrics import DECODE_ERRORS, HANDSHAKES, PONG_MISSES
+from nbwss.properties import Settings
+from nbwss.trust import check_peer
+
+log = get_logger("nbwss.session")
+
+# TCP + TLS + HTTP upgrade; the CONNECT answer then has `notification.sendTimeout`.
+DIAL_TIMEOUT_S: Final = 10.0
+# A frame this many times over `message.maxBytes` is not even read: the transport closes
+# with 1009. Below that, an oversized frame follows `exception.ignoreDecoder` like any
+# other undecodable one.
+HARD_SIZE_FACTOR: Final = 2
+CLOSE_NORMAL: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_PROTOCOL_ERROR: Final = 1002
+CLOSE_UNSUPPORTED_DATA: Final = 1003
+CLOSE_POLICY: Final = 1008
+CLOSE_INTERNAL_ERROR: Final = 1011
+_MAX_REASON_BYTES: Final = 123  # RFC 6455: a close reason fits in a control frame
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Everything needed to dial one endpoint; the token never shows in a repr."""
+
+    group_id: str
+    host_name: str
+    url: str
+    token: str
+    certificate_der: bytes
+
+    def __repr__(self) -> str:
+        return f"Target(group_id={self.group_id!r}, host_name={self.host_name!r}, url={self.url!r})"
+
+
+async def connect(
+    http: aiohttp.ClientSession,
+    target: Target,
+    settings: Settings,
+    ssl_context: ssl.SSLContext,
+    *,
+    delivery: GroupDelivery | None = None,
+    command_handler: CommandHandler | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Session:
+    """Dial `target` and complete CONNECT; raise `ConnectError`/`TrustError` saying why."""
+    ws = await _dial(http, target, settings, ssl_context)
+    session = Session(ws, target, settings, delivery, command_handler, clock)
+    try:
+        ssl_object = ws.get_extra_info("ssl_object")
+        presented = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        try:
+            check_peer(presented, target.certificate_der, target.host_name)
+        except TrustError:
+            _count_handshake(target, "error")
+            raise
+        await session.handshake()
+    except BaseException:
+        await session.abort()
+        raise
+    return session
+
+
+async def _dial(
+    http: aiohttp.ClientSession, target: Target, settings: Settings, context: ssl.SSLContext
+) -> aiohttp.ClientWebSocketResponse:
+    host = target.host_name
+    try:
+        async with asyncio.timeout(DIAL_TIMEOUT_S):
+            return await http.ws_connect(
+                target.url,
+                ssl=context,
+                autoping=False,
+                autoclose=True,
+                compress=0,  # a deflate context costs ~100s of KiB per connection
+                max_msg_size=settings.message_max_bytes * HARD_SIZE_FACTOR,
+                timeout=aiohttp.ClientWSTimeout(ws_close=settings.send_timeout_s),
+            )
+    except TimeoutError:
+        _count_handshake(target, "timeout")
+        why = f"no answer in {DIAL_TIMEOUT_S:g} s"
+        raise ConnectError(f"{unable_to_connect(host)}: {why}") from None
+    except aiohttp.ClientConnectorCertificateError as exc:
+        _count_handshake(target, "error")
+        raise TrustError(f"{MSG_CERT_MISMATCH}: {host}: {exc.certificate_error}") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        _count_handshake(target, "error")
+        raise ConnectError(f"{unable_to_connect(host)}: {exc or type(exc).__name__}") from None
+
+
+def _count_handshake(target: Target, result: str) -> None:
+    HANDSHAKES.labels(group=target.group_id, host=target.host_name, result=result).inc()
+
+
+def not_implemented_response(request: Message, now: float) -> Message:
+    """The answer to a COMMAND when no proxy is plugged in: never silence."""
+    body = {"error": "COMMAND is not available: this daemon has no REST proxy configured"}
+    payload = {
+        "headers": {"content-type": "application/json"},
+        "responseCode": 501,
+        "body": json.dumps(body),
+    }
+    return messages.response_to(request, payload, now)
+
+
+def _internal_error_response(request: Message, now: float) -> Message:
+    payload = {
+        "headers": {"content-type": "application/json"},
+        "responseCode": 500,
+        "body": json.dumps({"error": "the daemon failed to carry out the COMMAND"}),
+    }
+    return messages.response_to(request, payload, now)
+
+
+class Session:
+    """One CONNECTED endpoint of a server group; implements `nbwss.link.Link`."""
+
+    def __init__(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        target: Target,
+        settings: Settings,
+        delivery: GroupDelivery | None,
+        command_handler: CommandHandler | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._ws = ws
+        self.target = target
+        self._settings = settings
+        self._delivery = delivery
+        self._command_handler = command_handler
+        self._clock = clock
+        self._log = log.bind(group=target.group_id, host=target.host_name)
+        self._commands = asyncio.Semaphore(settings.command_max_concurrent)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._close_task: asyncio.Task[bool] | None = None
+        self._reason: str | None = None
+        self._awaiting_pong = False
+        self.pong_misses = 0
+        self.ended = asyncio.Event()
+
+    # -- Link ------------------------------------------------------------------------------
+
+    @property
+    def group_id(self) -> str:
+        return self.target.group_id
+
+    @property
+    def host_name(self) -> str:
+        return self.target.host_name
+
+    async def send(self, message: Message) -> None:
+        if self._reason is not None or self._ws.closed:
+            raise ConnectionError(f"connection to {self.host_name} is closed")
+        text = messages.encode(message)
+        try:
+            async with asyncio.timeout(self._settings.send_timeout_s):
+                await self._ws.send_str(text)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ConnectionError(f"connection to {self.host_name} failed: {exc}") from exc
+
+    # -- handshake -------------------------------------------------------------------------
+
+    async def handshake(self) -> None:
+        """Send CONNECT and require a `valid: true` answer with its id in time."""
+        request = messages.connect_request(self.target.token, self._clock())
+        timeout_ms = self._settings.send_timeout_s * 1000
+        try:
+            async with asyncio.timeout(self._settings.send_timeout_s):
+                await self._ws.send_str(messages.encode(request))
+                response = await self._connect_response()
+        except TimeoutError:
+            await self._refuse("timeout", f"no CONNECT response in {timeout_ms:g} ms", CLOSE_NORMAL)
+        except (aiohttp.ClientError, OSError) as exc:
+            await self._refuse("error", f"connection lost during CONNECT: {exc}", CLOSE_NORMAL)
+        except DecodeError as exc:
+            await self._refuse("error", f"malformed CONNECT response: {exc}", CLOSE_PROTOCOL_ERROR)
+        if response.id != request.id:
+            await self._refuse("error", "CONNECT response has another id", CLOSE_PROTOCOL_ERROR)
+        try:
+            valid = messages.connect_valid(response)
+        except DecodeError as exc:
+            await self._refuse("error", f"malformed CONNECT response: {exc}", CLOSE_PROTOCOL_ERROR)
+        if not valid:
+            await self._refuse("invalid", "the endpoint refused the token", CLOSE_POLICY)
+        _count_handshake(self.target, "valid")
+
+    async def _connect_response(self) -> Message:
+        while True:
+            frame = await self._ws.receive()
+            if frame.type is aiohttp.WSMsgType.PING:
+                await self._ws.pong(frame.data)
+            elif frame.type is aiohttp.WSMsgType.PONG:
+                continue
+            elif frame.type is aiohttp.WSMsgType.TEXT:
+                response = messages.decode(frame.data, self._settings.message_max_bytes)
+                if response.type is not MessageType.CONNECT or response.is_request:
+                    raise DecodeError(f"expected a CONNECT RESPONSE, got {response.type} "
+                                      f"{response.sub_type}")
+                return response
+            elif frame.type is aiohttp.WSMsgType.BINARY:
+                raise DecodeError("a binary frame is not a message")
+            else:
+                raise ConnectionError(f"the endpoint closed the connection ({frame.type.name})")
+
+    async def _refuse(self, result: str, reason: str, code: int) -> NoReturn:
+        """Count, close and raise: the supervisor goes on to the next endpoint."""
+        _count_handshake(self.target, result)
+        self._reason = reason
+        await self._close_now(code, reason)
+        raise ConnectError(f"{self.host_name}: {reason}")
+
+    async def abort(self) -> None:
+        """Close after a failed handshake (no-op if already closed)."""
+        await self._close_now(CLOSE_NORMAL, self._reason or "handshake failed")
+
+    async def _close_now(self, code: int, reason: str) -> None:
+        if not self._ws.closed:
+            await self._ws.close(code=code, message=_reason_bytes(reason))
+
+    # -- the live connection ---------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Serve the connection until it ends; return why it ended."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                helpers = [group.create_task(self._keepalive())]
+                if self._delivery is not None:
+                    helpers.append(group.create_task(self._deliver(self._delivery)))
+                await self._read(group)
+                if self._close_task is not None:
+                    await self._close_task
+                for task in (*helpers, *self._tasks):
+                    task.cancel()
+        finally:
+            # Cancelled from outside (shutdown): still say goodbye with a close frame.
+            self._reason = self._reason or "daemon stopping"
+            try:
+                if self._close_task is not None:
+                    await self._close_task
+                elif not self._ws.closed:
+                    await self._ws.close(code=CLOSE_NORMAL, message=_reason_bytes(self._reason))
+            finally:
+                self.ended.set()
+        return self._reason
+
+    async def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
+        """Ask the connection to close (normal close frame) and wait until it has."""
+        self._request_close(reason, code)
+        await self.ended.wait()
+
+    def _request_close(self, reason: str, code: int) -> None:
+        if self._close_task is not None or self._reason is not None:
+            return
+        self._reason = reason
+        self._log.info("connection.closing", reason=reason, code=code)
+        self._close_task = asyncio.ensure_future(
+            self._ws.close(code=code, message=_reason_bytes(reason))
+        )
+
+    async def _read(self, group: asyncio.TaskGroup) -> None:
+        kinds = aiohttp.WSMsgType
+        while True:
+            frame = await self._ws.receive()
+            if frame.type is kinds.TEXT:
+                self._on_text(frame.data, group)
+            elif frame.type is kinds.BINARY:
+                self._on_bad_frame("a binary frame is not a message", CLOSE_UNSUPPORTED_DATA)
+            elif frame.type is kinds.PING:
+                await self._pong(frame.data)
+            elif frame.type is kinds.PONG:
+                self._awaiting_pong = False
+                self.pong_misses = 0
+            elif frame.type is kinds.ERROR:
+                self._reason = self._reason or f"protocol error: {frame.data}"
+                return
+            else:  # CLOSE, CLOSING, CLOSED
+                code = self._ws.close_code
+                self._reason = self._reason or f"closed by the endpoint (code {code})"
+                return
+
+    async def _pong(self, data: bytes) -> None:
+        # A failed pong needs no handling: the reader sees the connection end next.
+        with contextlib.suppress(aiohttp.ClientError, OSError):
+            await self._ws.pong(data)
+
+    def _on_text(self, text: str, group: asyncio.TaskGroup) -> None:
+        try:
+            message = messages.decode(text, self._settings.message_max_bytes)
+        except DecodeError as exc:
+            self._on_bad_frame(str(exc), CLOSE_PROTOCOL_ERROR)
+            return
+        if message.type is MessageType.COMMAND and message.is_request:
+            task = group.create_task(self._answer_command(message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif message.type is MessageType.NOTIFICATION and not message.is_request:
+            if self._delivery is not None:
+                self._delivery.on_response(message)
+            else:
+                self._log.warning("response.unmatched", id=message.id, type=str(message.type))
+        elif message.sub_type is SubType.RESPONSE:
+            self._log.warning("response.unmatched", id=message.id, type=str(message.type))
+        else:
+            self._log.warning("request.unexpected", id=message.id, type=str(message.type))
+
+    def _on_bad_frame(self, why: str, code: int) -> None:
+        DECODE_ERRORS.labels(group=self.group_id, host=self.host_name).inc()
+        if self._settings.ignore_decoder:
+            self._log.warning("frame.ignored", reason=why)
+            return
+        self._log.warning("frame.rejected", reason=why)
+        self._request_close(f"undecodable frame: {why}", code)
+
+    async def _answer_command(self, request: Message) -> None:
+        async with self._commands:
+            if self._command_handler is None:
+                response = not_implemented_response(request, self._clock())
+            else:
+                try:
+                    response = await self._command_handler(request, self)
+                except Exception:
+                    self._log.exception("command.failed", id=request.id)
+                    response = _internal_error_response(request, self._clock())
+        try:
+            await self.send(response)
+        except (ConnectionError, TimeoutError) as exc:
+            self._log.warning("command.unanswered", id=request.id, reason=str(exc))
+
+    async def _keepalive(self) -> None:
+        """Ping every `keepAlive.scheduledRate`; close after exactly N missed pongs."""
+        allowed = self._settings.max_pong_misses
+        while True:
+            await asyncio.sleep(self._settings.keepalive_rate_s)
+            if self._awaiting_pong:
+                self.pong_misses += 1
+                PONG_MISSES.labels(group=self.group_id, host=self.host_name).inc()
+                self._log.info("keepalive.pong_missed", misses=self.pong_misses, allowed=allowed)
+                if self.pong_misses >= allowed:
+                    self._request_close(f"no pong for {allowed} pings", CLOSE_GOING_AWAY)
+                    return
+            self._awaiting_pong = True
+            try:
+                await self._ws.ping(b"nbwss")
+            except (aiohttp.ClientError, OSError):
+                return  # the reader sees the connection end
+
+    async def _deliver(self, delivery: GroupDelivery) -> None:
+        try:
+            await delivery.run(self)
+        except (ConnectionError, TimeoutError) as exc:
+            self._request_close(f"delivery stopped: {exc}", CLOSE_GOING_AWAY)
+        except Exception:
+            self._log.exception("delivery.failed")
+            self._request_close("delivery failed", CLOSE_INTERNAL_ERROR)
+
+
+def _reason_bytes(reason: str) -> bytes:
+    data = reason.encode("utf-8")
+    if len(data) <= _MAX_REASON_BYTES:
+        return data
+    return data[:_MAX_REASON_BYTES].decode("utf-8", "ignore").encode("utf-8")

@@ -1,0 +1,259 @@
+"""One connection against a real `wss://` endpoint built on `websockets` (tests/peers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from nbwss import messages
+from nbwss.errors import ConnectError, TrustError
+from nbwss.link import Link
+from nbwss.messages import Message, MessageType
+from nbwss.properties import Settings
+from nbwss.session import Session, Target, connect
+from nbwss.trust import pinned_context
+from tests.conftest import TlsMaterial, timeout
+from tests.peers import Ack, ConnectAnswer, Peer
+
+UUID_UPPER = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$")
+TOKEN = "qwerrtrtrtrt2234344==="
+FAST = Settings(send_timeout_s=0.5, keepalive_rate_s=30.0)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def peer(tls: TlsMaterial) -> AsyncIterator[Peer]:
+    async with Peer(tls.server_cert) as server:
+        yield server
+
+
+def target(peer: Peer, der: bytes | None = None) -> Target:
+    return Target("GROUP1", "ep1.test", peer.url, TOKEN, der or peer.certificate_der)
+
+
+async def dial(
+    http: aiohttp.ClientSession, peer: Peer, settings: Settings = FAST, **kwargs: Any
+) -> Session:
+    return await connect(
+        http, target(peer), settings, pinned_context(peer.certificate_der), **kwargs
+    )
+
+
+class Running:
+    """A session served in a task for the length of a test."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.task = asyncio.create_task(session.run())
+
+    async def ended(self) -> str:
+        async with asyncio.timeout(timeout(5)):
+            return await self.task
+
+
+async def test_connect_sends_the_token_in_a_spec_shaped_request(
+    http: aiohttp.ClientSession, peer: Peer
+) -> None:
+    session = await dial(http, peer)
+    running = Running(session)
+    (request,) = peer.received("CONNECT")
+    assert set(request) == {"version", "id", "type", "subType", "timeStamp", "payload"}
+    assert request["version"] == "1.0"
+    assert UUID_UPPER.match(request["id"])
+    assert type(request["timeStamp"]) is int
+    assert request["payload"] == {"token": TOKEN}
+    assert peer.connected
+    await session.close("test over")
+    assert await running.ended() == "test over"
+    await peer.wait_for(lambda: peer.connections[0].closed)
+    assert peer.connections[0].close_code == 1000
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (ConnectAnswer.INVALID, "refused the token"),
+        (ConnectAnswer.NEVER, "no CONNECT response in 500 ms"),
+        (ConnectAnswer.WRONG_ID, "another id"),
+    ],
+)
+async def test_a_connect_not_answered_valid_closes_and_raises(
+    http: aiohttp.ClientSession, peer: Peer, answer: ConnectAnswer, why: str
+) -> None:
+    peer.connect = answer
+    with pytest.raises(ConnectError, match=why):
+        await dial(http, peer)
+    await peer.wait_for(lambda: peer.connections[0].closed)
+    assert peer.connections[0].close_code is not None  # a close frame, not a dropped socket
+
+
+async def test_a_changed_server_certificate_is_refused(
+    http: aiohttp.ClientSession, tls: TlsMaterial, peer: Peer
+) -> None:
+    pinned = peer.certificate_der
+    await peer.stop()
+    # Same CA, same names, new key: only the pinned certificate itself is trusted.
+    await peer.start(certificate=tls.ca.issue_cert("localhost", "127.0.0.1"))
+    with pytest.raises(TrustError, match="did not match"):
+        await connect(http, target(peer, pinned), FAST, pinned_context(pinned))
+    assert peer.received("CONNECT") == []
+
+
+async def test_an_endpoint_that_is_down_cannot_be_connected(
+    http: aiohttp.ClientSession, peer: Peer
+) -> None:
+    await peer.stop()
+    with pytest.raises(ConnectError, match=r"Unable to establish connection with host: ep1\.test"):
+        await dial(http, peer)
+
+
+async def test_a_garbage_frame_closes_the_connection_by_default(
+    http: aiohttp.ClientSession, peer: Peer
+) -> None:
+    running = Running(await dial(http, peer))
+    await peer.send("this is not JSON")
+    reason = await running.ended()
+    assert reason.startswith("undecodable frame: message is not JSON")
+    await peer.wait_for(lambda: peer.connections[0].closed)
+    assert peer.connections[0].close_code == 1002
+
+
+async def test_a_binary_frame_closes_the_connection_by_default(
+    http: aiohttp.ClientSession, peer: Peer
+) -> None:
+    running = Running(await dial(http, peer))
+    await peer.send(b"\x00\x01")
+    assert "binary" in await running.ended()
+    await peer.wait_for(lambda: peer.connections[0].closed)
+    assert peer.connections[0].close_code == 1003
+
+
+async def test_with_ignore_decoder_bad_frames_are_skipped(
+    http: aiohttp.ClientSession, peer: Peer
+) -> None:
+    settings = Settings(send_timeout_s=0.5, ignore_decoder=True, message_max_bytes=1024)
+    running = Running(await dial(http, peer, settings))
+    for garbage in ("nope", b"\x00", '{"version":"2.0"}', "x" * 1500):
+        await peer.send(garbage)
+    command = messages.request(MessageType.COMMAND, {"uri": "/netbackup/x", "method": "GET"}, 0)
+    await peer.send(command.to_json())
+    await peer.wait_for(lambda: bool(peer.received("COMMAND", "RESPONSE")))
+    assert not running.task.done()
+    await running.session.close("done")
+    await running.ended()
+
+
+async def test_a_command_without_a_proxy_gets_a_501_that_says_why(
+    http: aiohttp.ClientSession, peer: Peer
+) -> None:
+    running = Running(await dial(http, peer))
+    command = messages.request(MessageType.COMMAND, {"uri": "/netbackup/x", "method": "GET"}, 0)
+    await peer.send(command.to_json())
+    await peer.wait_for(lambda: bool(peer.received("COMMAND", "RESPONSE")))
+    (response,) = peer.received("COMMAND", "RESPONSE")
+    assert response["id"] == command.id
+    assert response["payload"]["responseCode"] == 501
+    assert "no REST proxy" in json.loads(response["payload"]["body"])["error"]
+    await running.session.close("done")
+    await running.ended()
+
+
+async def test_a_slow_command_does_not_block_the_reader(
+    http: aiohttp.ClientSession, peer: Peer
+) -> None:
+    release = asyncio.Event()
+
+    async def handler(request: Message, link: Link) -> Message:
+        await release.wait()
+        return messages.response_to(request, {"headers": {}, "responseCode": 200, "body": ""}, 0)
+
+    running = Running(await dial(http, peer, command_handler=handler))
+    command = messages.request(MessageType.COMMAND, {"uri": "/netbackup/x", "method": "GET"}, 0)
+    await peer.send(command.to_json())
+    await peer.ping()  # answered while the command is still running
+    assert peer.received("COMMAND", "RESPONSE") == []
+    release.set()
+    await peer.wait_for(lambda: bool(peer.received("COMMAND", "RESPONSE")))
+    assert peer.received("COMMAND", "RESPONSE")[0]["payload"]["responseCode"] == 200
+    await running.session.close("done")
+    await running.ended()
+
+
+async def test_pong_misses_close_after_exactly_the_configured_count(
+    http: aiohttp.ClientSession, peer: Peer
+) -> None:
+    peer.answer_pongs = False
+    settings = Settings(send_timeout_s=0.5, keepalive_rate_s=0.05, max_pong_misses=3)
+    running = Running(await dial(http, peer, settings))
+    assert await running.ended() == "no pong for 3 pings"
+    await peer.wait_for(lambda: peer.connections[0].closed)
+    assert peer.connections[0].pings == 3
+    assert peer.connections[0].close_code == 1001
+
+
+async def test_answered_pings_keep_the_connection(
+    http: aiohttp.ClientSession, peer: Peer
+) -> None:
+    settings = Settings(send_timeout_s=0.5, keepalive_rate_s=0.02, max_pong_misses=1)
+    running = Running(await dial(http, peer, settings))
+    await peer.wait_for(lambda: peer.connections[0].pings >= 5)
+    assert not running.task.done()
+    assert running.session.pong_misses == 0
+    await running.session.close("done")
+    await running.ended()
+
+
+class Pump:
+    """A delivery that sends one NOTIFICATION and records what the session routes back."""
+
+    def __init__(self) -> None:
+        self.request = messages.request(
+            MessageType.NOTIFICATION, [{"notificationType": "INFO", "object": "JOB", "data": []}], 0
+        )
+        self.responses: list[Message] = []
+        self.acked = asyncio.Event()
+
+    async def run(self, link: Link) -> None:
+        assert (link.group_id, link.host_name) == ("GROUP1", "ep1.test")
+        await link.send(self.request)
+        await asyncio.Event().wait()  # until the connection closes
+
+    def on_response(self, response: Message) -> None:
+        self.responses.append(response)
+        self.acked.set()
+
+
+async def test_notification_responses_reach_the_group_delivery(
+    http: aiohttp.ClientSession, peer: Peer
+) -> None:
+    pump = Pump()
+    running = Running(await dial(http, peer, delivery=pump))
+    async with asyncio.timeout(timeout(5)):
+        await pump.acked.wait()
+    assert [r.id for r in pump.responses] == [pump.request.id]
+    await running.session.close("done")
+    await running.ended()
+
+
+async def test_the_endpoint_closing_ends_the_session_with_its_code(
+    http: aiohttp.ClientSession, peer: Peer
+) -> None:
+    pump = Pump()
+    peer.ack = Ack.WITHHOLD
+    running = Running(await dial(http, peer, delivery=pump))
+    await peer.wait_for(lambda: bool(peer.received("NOTIFICATION")))
+    await peer.close(4000, "app says bye")
+    assert await running.ended() == "closed by the endpoint (code 4000)"
+    with pytest.raises(ConnectionError):
+        await running.session.send(pump.request)
