@@ -1,18 +1,88 @@
-"""`nbwss status`."""
+"""`nbwss status [--json]`: the running daemon's view, for people or for scripts.
+
+It asks the daemon (GET /status on `status.listen`) rather than reading the database,
+because only the daemon knows what is connected right now and what is in flight.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
+import time
 from typing import Any
 
-from nbwss.commands import Context
-from nbwss.errors import NbwssError
+from nbwss.commands import Context, print_json, print_table
+from nbwss.status import fetch_status
+
+HEADERS = ["GROUP", "ENDPOINT", "STATE", "SINCE", "OUTSTANDING", "BACKLOG", "OLDEST UNACKED",
+           "LAST ACK", "LAST ERROR"]
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("status", help="(in progress)")
+    parser = commands.add_parser(
+        "status",
+        help="show the running daemon's view of each server group",
+        description="Per server group: the connected endpoint and since when, the "
+        "notification batch awaiting its ack, the backlog and its oldest age, the last "
+        "ack and the last error. Exits 1 when the daemon is not running.",
+    )
+    parser.add_argument("--json", action="store_true", help="print the /status JSON document")
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace, context: Context) -> int:
-    raise NbwssError("'status' is not built yet")
+    document = asyncio.run(fetch_status(context.settings.status_address))
+    if args.json:
+        print_json(document)
+        return 0
+    print_status(document, time.time())
+    return 0
+
+
+def print_status(document: dict[str, Any], now: float) -> None:
+    live = "live" if document.get("live") else "from the database only"
+    sys.stdout.write(
+        f"nbwss {document.get('version')}, pid {document.get('pid')}, "
+        f"up {duration(document.get('uptime_s'))} ({live})\n"
+    )
+    groups: dict[str, dict[str, Any]] = document.get("groups", {})
+    if not groups:
+        sys.stdout.write("no server groups: add an endpoint with 'nbwss endpoint add'\n")
+        return
+    print_table(HEADERS, [group_row(name, group, now) for name, group in groups.items()])
+
+
+def group_row(name: str, group: dict[str, Any], now: float) -> list[str]:
+    outstanding = group.get("outstanding")
+    in_flight = "-"
+    if outstanding:
+        message_id = str(outstanding.get("message_id", "?"))
+        in_flight = f"{message_id[:8]} ({duration(outstanding.get('age_s'))})"
+    return [
+        name,
+        group.get("endpoint") or "-",
+        "CONNECTED" if group.get("connected") else "DISCONNECTED",
+        ago(now, group.get("since")),
+        in_flight,
+        str(group.get("backlog", 0)),
+        duration(group.get("oldest_unacked_age_s")),
+        ago(now, group.get("last_ack")),
+        group.get("last_error") or "-",
+    ]
+
+
+def duration(seconds: float | None) -> str:
+    """A short human duration: 0.4s, 12s, 5m, 3h, 2d."""
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def ago(now: float, then: float | None) -> str:
+    return "-" if then is None else f"{duration(max(0.0, now - then))} ago"

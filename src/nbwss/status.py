@@ -1,0 +1,367 @@
+"""`/status` and `/metrics`, served on a local-only address.
+
+The status server answers admins and Prometheus on the machine itself: a Unix socket
+(default `nbwss.sock` beside the database, mode 0600, so only the service's user can
+read it) or a loopback TCP port (`status.listen=127.0.0.1:9464`). Any other address is
+refused at start: the service holds no secrets here, but it is not a public API.
+
+Figures that live in the database (backlog, oldest unacknowledged age, queued total)
+are read from it at request time, because `nbwss notify` queues from other processes.
+What only the running daemon knows (the live connection, the batch in flight, the last
+error) comes from a `StatusSource` the supervisor implements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import socket
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from nbwss import __version__, logs
+from nbwss.errors import ConfigError, NbwssError
+from nbwss.metrics import REGISTRY
+from nbwss.store import Store
+
+log = logs.get_logger("nbwss.status")
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# -- the address -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UnixAddress:
+    path: Path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class TcpAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+StatusAddress = UnixAddress | TcpAddress
+
+
+def parse_status_address(text: str) -> StatusAddress:
+    """`status.listen`: a socket path, `127.0.0.1:PORT` or `[::1]:PORT`; loopback only."""
+    value = text.strip()
+    host, sep, port = value.rpartition(":")
+    if value.startswith("/") or not sep or not port.isdigit():
+        if not value:
+            raise ConfigError("status.listen is empty")
+        return UnixAddress(Path(value))
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(
+            f"status.listen={value!r}: the host must be a loopback address "
+            "(127.0.0.1 or [::1]), not a name"
+        ) from None
+    if not address.is_loopback:
+        raise ConfigError(
+            f"status.listen={value!r} is not a loopback address: /status and /metrics "
+            "are served on this machine only (use 127.0.0.1:PORT, [::1]:PORT or a socket path)"
+        )
+    if int(port) > 65535:
+        raise ConfigError(f"status.listen={value!r}: port {port} is out of range")
+    return TcpAddress(str(address), int(port))
+
+
+# -- the /status document ----------------------------------------------------------------
+
+
+class StatusSource(Protocol):
+    """The running daemon's live view, per server group (the supervisor implements it).
+
+    `snapshot()` is called on the event loop for each /status request and must be cheap.
+    It returns `{group_id: fields}` where any of these fields may be given; they replace
+    what the store alone suggests:
+
+    - `connected` (bool), `endpoint` (host name or None), `url` (str or None),
+      `since` (epoch seconds of the last connect or disconnect, or None);
+    - `outstanding`: None, or `{"message_id": str, "first_seq": int, "last_seq": int,
+      "sent_at": epoch seconds, "sends": int}` for the NOTIFICATION awaiting its ack;
+    - `last_ack` (epoch seconds or None), `last_error` (one line or None).
+    """
+
+    def snapshot(self) -> dict[str, dict[str, Any]]: ...
+
+
+def _age(now: float, then: float | None) -> float | None:
+    return None if then is None else round(max(0.0, now - then), 3)
+
+
+def store_snapshot(store: Store, now: float) -> dict[str, dict[str, Any]]:
+    """Per server group, what the database alone says (endpoints, cursor, batch, backlog)."""
+    groups: dict[str, dict[str, Any]] = {}
+    for record in store.endpoints():
+        group = groups.setdefault(record.group_id, _empty_group())
+        group["endpoints"].append({
+            "host_name": record.host_name, "url": record.url, "priority": record.priority,
+            "enabled": record.enabled, "connected": record.connected,
+            "since": record.status_since, "last_error": record.last_error,
+        })
+        if record.connected and group["endpoint"] is None:
+            group.update(connected=True, endpoint=record.host_name, url=record.url,
+                         since=record.status_since)
+        if record.last_error and group["last_error"] is None:
+            group["last_error"] = f"{record.host_name}: {record.last_error}"
+    with store.reading() as conn:
+        for group_id, acked_seq, cursor_moved, backlog, oldest in _cursor_rows(conn):
+            group = groups.setdefault(group_id, _empty_group())
+            group.update(acked_seq=acked_seq, last_ack=cursor_moved, backlog=backlog,
+                         oldest_unacked_age_s=_age(now, oldest))
+        for group_id, message_id, first_seq, last_seq, sent_at in conn.execute(
+            "SELECT group_id, message_id, first_seq, last_seq, sent_at FROM group_batches"
+        ):
+            groups.setdefault(group_id, _empty_group())["outstanding"] = {
+                "message_id": message_id, "first_seq": first_seq, "last_seq": last_seq,
+                "sent_at": sent_at,
+            }
+    return groups
+
+
+def _empty_group() -> dict[str, Any]:
+    return {
+        "connected": False, "endpoint": None, "url": None, "since": None,
+        "outstanding": None, "backlog": 0, "oldest_unacked_age_s": None, "acked_seq": None,
+        "last_ack": None, "last_error": None, "endpoints": [],
+    }
+
+
+def _cursor_rows(conn: sqlite3.Connection) -> Iterator[tuple[str, int, float, int, float | None]]:
+    """Per group cursor: acked seq, when it last moved, backlog and oldest unacked time."""
+    yield from conn.execute(
+        "SELECT c.group_id, c.acked_seq, c.updated_at,"
+        " (SELECT COUNT(*) FROM outbox o WHERE o.seq > c.acked_seq),"
+        " (SELECT MIN(o.queued_at) FROM outbox o WHERE o.seq > c.acked_seq)"
+        " FROM group_cursors c ORDER BY c.group_id"
+    )
+
+
+def status_document(store: Store, now: float, started_at: float) -> dict[str, Any]:
+    """The JSON of GET /status as the database alone sees it (see `overlay_live`)."""
+    groups = store_snapshot(store, now)
+    document = {
+        "version": __version__,
+        "pid": os.getpid(),
+        "started_at": started_at,
+        "uptime_s": _age(now, started_at),
+        "live": False,
+        "groups": dict(sorted(groups.items())),
+    }
+    _fill_ages(document, now)
+    return document
+
+
+def overlay_live(document: dict[str, Any], live: dict[str, dict[str, Any]], now: float) -> None:
+    """Replace the store's guesses with what the running daemon knows."""
+    groups: dict[str, dict[str, Any]] = document["groups"]
+    for group_id, fields in live.items():
+        groups.setdefault(group_id, _empty_group()).update(fields)
+    document["groups"] = dict(sorted(groups.items()))
+    document["live"] = True
+    _fill_ages(document, now)
+
+
+# -- /metrics ----------------------------------------------------------------------------
+
+
+class StoreCollector(Collector):
+    """Figures read from the database at scrape time (queued by other processes too)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        queued = CounterMetricFamily(
+            "nbwss_notifications_queued", "Notifications ever queued (the outbox's highest seq)."
+        )
+        backlog = GaugeMetricFamily(
+            "nbwss_backlog", "Notifications not yet acknowledged by the group.", labels=["group"]
+        )
+        oldest = GaugeMetricFamily(
+            "nbwss_oldest_unacked_age_seconds",
+            "Age of the group's oldest unacknowledged notification (0 when none).",
+            labels=["group"],
+        )
+        now = time.time()
+        with self._store.reading() as conn:
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+            queued.add_metric([], row[0] if row else 0)
+            for group_id, _, _, count, oldest_at in _cursor_rows(conn):
+                backlog.add_metric([group_id], count)
+                oldest.add_metric([group_id], _age(now, oldest_at) or 0.0)
+        yield from (queued, backlog, oldest)
+
+
+def render_metrics(store_registry: CollectorRegistry) -> bytes:
+    """The daemon's counters, then the store's figures, in the Prometheus text format."""
+    return generate_latest(REGISTRY) + generate_latest(store_registry)
+
+
+# -- the server --------------------------------------------------------------------------
+
+
+class StatusServer:
+    """A component of the daemon: `run()` serves until cancelled, then removes its socket."""
+
+    def __init__(self, address: str, store: Store, source: StatusSource | None = None) -> None:
+        self.address = parse_status_address(address)  # refuses a non-loopback one at once
+        self._store = store
+        self._source = source
+        self._store_registry = CollectorRegistry(auto_describe=False)
+        self._store_registry.register(StoreCollector(store))
+        self._started_at = time.time()
+        self.ready = asyncio.Event()  # set once the address accepts connections
+
+    async def run(self) -> None:
+        app = web.Application()
+        app.router.add_get("/status", self._status)
+        app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        unix_inode: int | None = None
+        try:
+            if isinstance(self.address, UnixAddress):
+                listener, unix_inode = bind_private_unix_socket(self.address.path)
+                site: web.BaseSite = web.SockSite(runner, listener)
+            else:
+                site = web.TCPSite(runner, self.address.host, self.address.port)
+            try:
+                await site.start()
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise ConfigError(f"cannot serve status at {self.address}: {reason}") from None
+            if isinstance(self.address, TcpAddress) and self.address.port == 0:
+                self.address = TcpAddress(self.address.host, runner.addresses[0][1])
+            log.info("status.listening", address=str(self.address))
+            self.ready.set()
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            self.ready.clear()
+            await runner.cleanup()
+            if isinstance(self.address, UnixAddress) and unix_inode is not None:
+                _remove_if_ours(self.address.path, unix_inode)
+
+    async def _status(self, _: web.Request) -> web.Response:
+        document = await asyncio.to_thread(
+            status_document, self._store, time.time(), self._started_at
+        )
+        if self._source is not None:  # the live view is read on the loop, where it lives
+            overlay_live(document, self._source.snapshot(), time.time())
+        return web.json_response(document, dumps=lambda v: json.dumps(v, indent=2))
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = await asyncio.to_thread(render_metrics, self._store_registry)
+        return web.Response(body=body, headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
+
+
+def _fill_ages(document: dict[str, Any], now: float) -> None:
+    for group in document["groups"].values():
+        outstanding = group["outstanding"]
+        if outstanding is not None:
+            outstanding["age_s"] = _age(now, outstanding.get("sent_at"))
+
+
+def bind_private_unix_socket(path: Path) -> tuple[socket.socket, int]:
+    """A listening Unix socket at `path` (and its inode), 0600 from the moment it has that name.
+
+    The socket is bound under a temporary name in a private directory, made 0600, then
+    renamed into place, so there is no window in which another user could connect. A
+    socket left behind by a dead daemon is replaced; one that answers is not.
+    """
+    if path.exists() and not path.is_socket():
+        raise ConfigError(f"status.listen: {path} exists and is not a socket; not replacing it")
+    if _answers(path):
+        raise ConfigError(f"another nbwss is already serving status at {path}")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".sock-") as private:
+            staging = Path(private) / "s"
+            listener.bind(str(staging))
+            os.chmod(staging, 0o600)
+            os.replace(staging, path)
+        inode = path.stat().st_ino
+        listener.listen(64)
+        listener.setblocking(False)
+    except OSError as exc:
+        listener.close()
+        raise ConfigError(f"cannot serve status at {path}: {exc.strerror}") from None
+    return listener, inode
+
+
+def _answers(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def _remove_if_ours(path: Path, inode: int) -> None:
+    """Unlink the socket unless another process has since put its own there."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_ino == inode:
+            path.unlink()
+
+
+# -- the client (`nbwss status`, `nbwss endpoint list`) --------------------------------------
+
+
+async def fetch_status(address_text: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """GET /status from the running daemon; an `NbwssError` says plainly when it is not."""
+    address = parse_status_address(address_text)
+    connector: aiohttp.BaseConnector
+    if isinstance(address, UnixAddress):
+        if not address.path.exists():
+            raise NbwssError(f"the daemon is not running (no status socket at {address.path})")
+        connector = aiohttp.UnixConnector(path=str(address.path))
+        url = "http://localhost/status"
+    else:
+        connector = aiohttp.TCPConnector()
+        url = f"http://{address}/status"
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        try:
+            async with session.get(url) as response:
+                response.raise_for_status()
+                document: dict[str, Any] = await response.json()
+                return document
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, PermissionError):
+                raise NbwssError(
+                    f"permission denied on the status socket at {address} "
+                    "(run as the service's user, e.g. with sudo)"
+                ) from None
+            raise NbwssError(f"the daemon is not running (nothing answers at {address})") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise NbwssError(f"the daemon at {address} did not answer /status: {exc}") from None
