@@ -5,7 +5,7 @@ or raises; the `Session` it returns is the group's `Link` until `run()` returns.
 owns three jobs in one TaskGroup: the reader (the only caller of `receive()`), the
 keepalive, and the group's notification pump; COMMAND requests run in their own tasks
 so a slow REST call never stalls the reader. Every way the connection ends goes through
-`_request_close`, so there is one close frame and one recorded reason.
+`request_close`, so there is one close frame and one recorded reason.
 
 aiohttp's own heartbeat closes on the first missing pong, while NBWSS tolerates
 `keepAlive.maxPongMissAllowed` of them, so pings and pongs are ours (`autoping=False`).
@@ -277,10 +277,11 @@ class Session:
 
     async def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
         """Ask the connection to close (normal close frame) and wait until it has."""
-        self._request_close(reason, code)
+        self.request_close(reason, code)
         await self.ended.wait()
 
-    def _request_close(self, reason: str, code: int) -> None:
+    def request_close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
+        """Start closing (normal close frame by default) without waiting; idempotent."""
         if self._close_task is not None or self._reason is not None:
             return
         self._reason = reason
@@ -341,7 +342,7 @@ class Session:
             self._log.warning("frame.ignored", reason=why)
             return
         self._log.warning("frame.rejected", reason=why)
-        self._request_close(f"undecodable frame: {why}", code)
+        self.request_close(f"undecodable frame: {why}", code)
 
     async def _answer_command(self, request: Message) -> None:
         async with self._commands:
@@ -368,7 +369,7 @@ class Session:
                 PONG_MISSES.labels(group=self.group_id, host=self.host_name).inc()
                 self._log.info("keepalive.pong_missed", misses=self.pong_misses, allowed=allowed)
                 if self.pong_misses >= allowed:
-                    self._request_close(f"no pong for {allowed} pings", CLOSE_GOING_AWAY)
+                    self.request_close(f"no pong for {allowed} pings", CLOSE_GOING_AWAY)
                     return
             self._awaiting_pong = True
             try:
@@ -380,10 +381,10 @@ class Session:
         try:
             await delivery.run(self)
         except (ConnectionError, TimeoutError) as exc:
-            self._request_close(f"delivery stopped: {exc}", CLOSE_GOING_AWAY)
+            self.request_close(f"delivery stopped: {exc}", CLOSE_GOING_AWAY)
         except Exception:
             self._log.exception("delivery.failed")
-            self._request_close("delivery failed", CLOSE_INTERNAL_ERROR)
+            self.request_close("delivery failed", CLOSE_INTERNAL_ERROR)
 
 
 def _reason_bytes(reason: str) -> bytes:

@@ -1,0 +1,339 @@
+"""The connection process (spec section 4): which endpoint each server group uses.
+
+Every `connectionInfo.period` (and at start, and on `wake()`), the supervisor reads the
+endpoints and applies `plan()`, a pure decision: which live connections to close
+(endpoint deleted, disabled, or re-added with other details) and, per group, the enabled
+endpoints in the order to try them (lowest priority number first, ties by host name).
+
+Each group with endpoints has one task that keeps it connected: it tries the list in
+order until one endpoint completes CONNECT, serves that connection until it ends, then
+tries the list again at once. A group never leaves a live connection for a better one
+(no pre-emption), so at most one connection per group, and a host belongs to one group,
+so at most one per endpoint. Rounds in which no endpoint answered are spaced by a
+jittered exponential backoff capped at the period; a periodic run wakes waiting groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+import ssl
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import aiohttp
+
+from nbwss.backoff import Backoff
+from nbwss.errors import NbwssError
+from nbwss.link import CommandHandler, GroupDelivery
+from nbwss.logs import get_logger, register_secret
+from nbwss.metrics import CONNECTED, FAILOVERS
+from nbwss.properties import Settings
+from nbwss.session import Session, Target, connect
+from nbwss.store import EndpointRecord, Store
+from nbwss.trust import pinned_context
+
+log = get_logger("nbwss.supervisor")
+
+# A connection that lived this long was not flapping: the next failure backs off from
+# the start again. Shorter ones keep the backoff growing, so an endpoint that accepts
+# and drops at once is not hammered.
+STABLE_AFTER_S: Final = 5.0
+# TLS handshakes are CPU-bound; a thousand groups dial in waves rather than all at once.
+MAX_CONCURRENT_DIALS: Final = 64
+
+
+# -- the pure decision ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What a live connection was made with; any change means the endpoint was re-added."""
+
+    url: str
+    group_id: str
+    fingerprint: str
+    token_digest: str
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def identity_of(record: EndpointRecord, digest: str) -> Identity:
+    return Identity(record.url, record.group_id, record.fingerprint, digest)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one run of the connection process decided."""
+
+    close: Mapping[str, str]  # host name -> reason
+    groups: Mapping[str, tuple[EndpointRecord, ...]]  # group -> enabled endpoints, in order
+
+
+def connection_order(records: Iterable[EndpointRecord]) -> dict[str, tuple[EndpointRecord, ...]]:
+    """Per group, its enabled endpoints: lowest priority number first, ties by host name."""
+    groups: dict[str, list[EndpointRecord]] = {}
+    for record in sorted(records, key=lambda r: (r.group_id, r.priority, r.host_name)):
+        if record.enabled:
+            groups.setdefault(record.group_id, []).append(record)
+    return {group: tuple(endpoints) for group, endpoints in groups.items()}
+
+
+def plan(
+    records: Sequence[EndpointRecord],
+    live: Mapping[str, Identity],
+    token_digests: Mapping[str, str],
+) -> Plan:
+    """Decide one run: `live` maps each connected host to what it was connected with;
+    `token_digests` holds the stored token's digest of each live host still present."""
+    by_host = {record.host_name: record for record in records}
+    close: dict[str, str] = {}
+    for host, identity in live.items():
+        record = by_host.get(host)
+        if record is None:
+            close[host] = "endpoint deleted"
+        elif not record.enabled:
+            close[host] = "endpoint disabled"
+        elif identity_of(record, token_digests.get(host, "")) != identity:
+            close[host] = "endpoint re-added with new details"
+    return Plan(close=close, groups=connection_order(records))
+
+
+# -- the I/O -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LiveConnection:
+    session: Session
+    identity: Identity
+
+
+class Supervisor:
+    """Keeps each server group connected to one endpoint; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        delivery_for_group: Callable[[str], GroupDelivery] | None = None,
+        command_handler: CommandHandler | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._delivery_for_group = delivery_for_group
+        self._command_handler = command_handler
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._stopping = False
+        self._groups: Mapping[str, tuple[EndpointRecord, ...]] = {}
+        self._known_hosts: set[str] = set()
+        self._group_tasks: dict[str, asyncio.Task[None]] = {}
+        self._kicks: dict[str, asyncio.Event] = {}
+        self._live: dict[str, LiveConnection] = {}  # by host name
+        self._last_host: dict[str, str] = {}  # by group: the host it was last connected to
+        self._deliveries: dict[str, GroupDelivery] = {}
+        self._contexts: dict[str, ssl.SSLContext] = {}  # by certificate fingerprint
+        self._dial_slots = asyncio.Semaphore(MAX_CONCURRENT_DIALS)
+        self.runs = 0
+
+    # -- what the service and the status server use ---------------------------------------
+
+    @property
+    def connected(self) -> dict[str, str]:
+        """Each server group with a CONNECTED endpoint, and that endpoint's host name."""
+        return {live.session.group_id: host for host, live in self._live.items()}
+
+    def wake(self) -> None:
+        """Run the connection process now (SIGHUP, tests); safe from a signal handler."""
+        self._wake.set()
+
+    def update_settings(self, settings: Settings) -> None:
+        """New settings apply to connections made from now on."""
+        self._settings = settings
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Return once `predicate()` holds, checked after every state change."""
+        while not predicate():
+            await self._changed.wait()
+
+    async def close_all(self, reason: str) -> None:
+        """Stop connecting and close every connection with a normal close frame."""
+        self._stopping = True
+        for kick in self._kicks.values():
+            kick.set()
+        await asyncio.gather(*(live.session.close(reason) for live in list(self._live.values())))
+
+    # -- the connection process -----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the connection process until cancelled; every group task is owned here."""
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as http, asyncio.TaskGroup() as tasks:
+            while True:
+                await self._run_once(http, tasks)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._settings.connection_period_s):
+                        await self._wake.wait()
+                self._wake.clear()
+
+    async def _run_once(self, http: aiohttp.ClientSession, tasks: asyncio.TaskGroup) -> None:
+        live_hosts = list(self._live)
+        try:
+            records, digests = await asyncio.to_thread(self._read_store, live_hosts)
+        except NbwssError as exc:
+            log.error("connection_process.store_unreadable", reason=str(exc))
+            return
+        decision = plan(records, {h: live.identity for h, live in self._live.items()}, digests)
+        self._groups = decision.groups
+        self._known_hosts = {record.host_name for record in records}
+        fingerprints = {record.fingerprint for record in records}
+        self._contexts = {f: c for f, c in self._contexts.items() if f in fingerprints}
+        for host, reason in decision.close.items():
+            live = self._live.get(host)
+            if live is not None:
+                log.info("endpoint.closing", group=live.session.group_id, host=host, reason=reason)
+                live.session.request_close(reason)
+        for group_id in decision.groups:
+            if group_id in self._group_tasks:
+                self._kicks[group_id].set()  # a waiting group tries its list now
+            elif not self._stopping:
+                self._kicks[group_id] = asyncio.Event()
+                keeper = self._keep_connected(http, group_id)
+                self._group_tasks[group_id] = tasks.create_task(keeper)
+        self.runs += 1
+        self._notify()
+
+    def _read_store(self, live_hosts: list[str]) -> tuple[list[EndpointRecord], dict[str, str]]:
+        records = self._store.endpoints()
+        present = {record.host_name for record in records}
+        digests = {}
+        for host in live_hosts:
+            if host in present:
+                token = self._store.token(host)
+                register_secret(token)
+                digests[host] = token_digest(token)
+        return records, digests
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- one group ------------------------------------------------------------------------
+
+    async def _keep_connected(self, http: aiohttp.ClientSession, group_id: str) -> None:
+        backoff = Backoff(cap_s=self._settings.connection_period_s, rng=self._rng)
+        try:
+            while not self._stopping:
+                endpoints = self._groups.get(group_id, ())
+                if not endpoints:
+                    return
+                lived_s = await self._connect_and_serve(http, group_id, endpoints)
+                if lived_s is not None and lived_s >= STABLE_AFTER_S:
+                    backoff.reset()
+                    continue  # a connection dropped: try the list again at once
+                delay = backoff.next_delay()
+                log.debug("group.retry", group=group_id, delay_s=round(delay, 3))
+                await self._pause(group_id, delay)
+        finally:
+            del self._group_tasks[group_id]
+            del self._kicks[group_id]
+            self._notify()
+
+    async def _pause(self, group_id: str, delay_s: float) -> None:
+        kick = self._kicks[group_id]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay_s):
+                await kick.wait()
+        kick.clear()
+
+    async def _connect_and_serve(
+        self, http: aiohttp.ClientSession, group_id: str, endpoints: Sequence[EndpointRecord]
+    ) -> float | None:
+        """Try `endpoints` in order; serve the first that connects; None if none did."""
+        for record in endpoints:
+            if self._stopping:
+                return None
+            if record.host_name in self._live:
+                continue  # connected in another group (re-added elsewhere): one per endpoint
+            session = await self._try(http, record)
+            if session is not None:
+                return await self._serve(session, record)
+        return None
+
+    async def _try(self, http: aiohttp.ClientSession, record: EndpointRecord) -> Session | None:
+        group_id, host = record.group_id, record.host_name
+        try:
+            token = await asyncio.to_thread(self._store.token, host)
+            register_secret(token)
+            target = Target(group_id, host, record.url, token, record.certificate_der)
+            async with self._dial_slots:
+                session = await connect(
+                    http, target, self._settings, self._context(record),
+                    delivery=self._delivery(group_id), command_handler=self._command_handler,
+                )
+        except (NbwssError, ConnectionError) as exc:
+            log.warning("endpoint.connect_failed", group=group_id, host=host, reason=str(exc))
+            await self._set_status(host, False, str(exc))
+            return None
+        except Exception as exc:  # a bug must not take the other groups down
+            log.exception("endpoint.connect_error", group=group_id, host=host)
+            await self._set_status(host, False, f"internal error: {type(exc).__name__}")
+            return None
+        self._live[host] = LiveConnection(session, identity_of(record, token_digest(token)))
+        return session
+
+    async def _serve(self, session: Session, record: EndpointRecord) -> float:
+        group_id, host = record.group_id, record.host_name
+        previous = self._last_host.get(group_id)
+        if previous is not None and previous != host:
+            FAILOVERS.labels(group=group_id).inc()
+        self._last_host[group_id] = host
+        log.info("endpoint.connected", group=group_id, host=host, priority=record.priority)
+        CONNECTED.labels(group=group_id, host=host).set(1)
+        await self._set_status(host, True)
+        self._notify()
+        started = time.monotonic()
+        reason = "daemon stopping"
+        try:
+            reason = await session.run()
+        except Exception as exc:  # a bug must not take the other groups down
+            log.exception("connection.failed", group=group_id, host=host)
+            reason = f"internal error: {type(exc).__name__}"
+        finally:
+            del self._live[host]
+            CONNECTED.labels(group=group_id, host=host).set(0)
+            log.info("endpoint.disconnected", group=group_id, host=host, reason=reason)
+            self._notify()
+        await self._set_status(host, False, reason)
+        return time.monotonic() - started
+
+    async def _set_status(self, host: str, connected: bool, reason: str | None = None) -> None:
+        if host not in self._known_hosts:
+            return  # deleted: a status row would outlive its endpoint
+        try:
+            await asyncio.to_thread(self._store.set_status, host, connected, reason)
+        except NbwssError as exc:
+            log.error("endpoint.status_unwritable", host=host, reason=str(exc))
+
+    def _context(self, record: EndpointRecord) -> ssl.SSLContext:
+        context = self._contexts.get(record.fingerprint)
+        if context is None:
+            context = self._contexts[record.fingerprint] = pinned_context(record.certificate_der)
+        return context
+
+    def _delivery(self, group_id: str) -> GroupDelivery | None:
+        """The group's notification pump, made once: it outlives each connection."""
+        if self._delivery_for_group is None:
+            return None
+        if group_id not in self._deliveries:
+            self._deliveries[group_id] = self._delivery_for_group(group_id)
+        return self._deliveries[group_id]

@@ -1,0 +1,198 @@
+"""The connection process: pure decisions first, then real endpoints and a real store."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from nbwss.backoff import Backoff
+from nbwss.properties import Settings
+from nbwss.store import EndpointRecord, Store
+from nbwss.supervisor import Supervisor, connection_order, identity_of, plan, token_digest
+from tests.conftest import TlsMaterial, timeout
+from tests.peers import ConnectAnswer, Peer, add_endpoint
+
+# -- pure ----------------------------------------------------------------------------------
+
+
+def record(host: str, group: str = "G", priority: int = 1, enabled: bool = True) -> EndpointRecord:
+    return EndpointRecord(
+        host_name=host, url=f"wss://{host}:443/x", group_id=group, priority=priority,
+        enabled=enabled, fingerprint="AA", certificate_der=b"der", updated_at=0.0,
+        connected=False, status_since=None, last_error=None,
+    )
+
+
+def test_order_is_priority_then_host_name_and_skips_disabled() -> None:
+    records = [
+        record("c", priority=2), record("b", priority=2), record("a", priority=3),
+        record("z", priority=1, enabled=False), record("y", group="H", priority=9),
+    ]
+    order = connection_order(records)
+    assert {g: [r.host_name for r in rs] for g, rs in order.items()} == {
+        "G": ["b", "c", "a"], "H": ["y"],
+    }
+
+
+def test_a_group_with_only_disabled_endpoints_has_nothing_to_try() -> None:
+    assert connection_order([record("a", enabled=False)]) == {}
+
+
+def test_plan_closes_deleted_disabled_and_re_added_endpoints_only() -> None:
+    kept, disabled, readded, renewed = record("kept"), record("off"), record("moved"), record("tok")
+    live = {
+        "kept": identity_of(kept, token_digest("t")),
+        "off": identity_of(disabled, token_digest("t")),
+        "gone": identity_of(record("gone"), token_digest("t")),
+        "moved": identity_of(readded, token_digest("t")),
+        "tok": identity_of(renewed, token_digest("t")),
+    }
+    moved = replace(readded, url="wss://new:1/x")
+    records = [kept, replace(disabled, enabled=False), moved, renewed]
+    digests = {"kept": token_digest("t"), "off": token_digest("t"), "moved": token_digest("t"),
+               "tok": token_digest("new token")}
+    decision = plan(records, live, digests)
+    assert decision.close == {
+        "off": "endpoint disabled",
+        "gone": "endpoint deleted",
+        "moved": "endpoint re-added with new details",
+        "tok": "endpoint re-added with new details",
+    }
+    assert [r.host_name for r in decision.groups["G"]] == ["kept", "moved", "tok"]
+
+
+def test_backoff_grows_with_jitter_up_to_the_cap_and_resets() -> None:
+    backoff = Backoff(cap_s=1.0, first_s=0.1, rng=random.Random(7))
+    delays = [backoff.next_delay() for _ in range(8)]
+    bases = [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]
+    assert all(base / 2 <= d <= base for d, base in zip(delays, bases, strict=True))
+    assert len(set(delays)) == len(delays)  # jittered
+    backoff.reset()
+    assert backoff.next_delay() <= 0.1
+
+
+# -- with real endpoints -------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(state_dir: Path) -> Iterator[Store]:
+    db = Store(state_dir / "nbwss.db", state_dir / "nbwss.key")
+    yield db
+    db.close()
+
+
+def settings(period_s: float) -> Settings:
+    return Settings(send_timeout_s=1.0, connection_period_s=period_s, keepalive_rate_s=30.0)
+
+
+@asynccontextmanager
+async def supervising(supervisor: Supervisor) -> AsyncIterator[Supervisor]:
+    task = asyncio.create_task(supervisor.run())
+    try:
+        yield supervisor
+    finally:
+        async with asyncio.timeout(timeout(5)):
+            await supervisor.close_all("test over")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def until(supervisor: Supervisor, predicate: Callable[[], bool], seconds: float = 5) -> None:
+    async with asyncio.timeout(timeout(seconds)):
+        await supervisor.wait_for(predicate)
+
+
+async def test_failover_no_preemption_and_return_to_the_first(
+    tls: TlsMaterial, store: Store
+) -> None:
+    # A long period: every reconnection below happens without waiting for a run.
+    async with Peer(tls.server_cert) as first, Peer(tls.server_cert) as second:
+        add_endpoint(store, first, "ep1.test", priority=1)
+        add_endpoint(store, second, "ep2.test", priority=2)
+        await first.stop()
+        async with supervising(Supervisor(settings(30.0), store)) as supervisor:
+            await second.wait_for(lambda: second.connected, seconds=1)
+            await until(supervisor, lambda: store.endpoint("ep2.test").connected)
+            assert store.endpoint("ep1.test").last_error is not None
+
+            await first.start()  # priority 1 is back: no pre-emption
+            runs = supervisor.runs
+            supervisor.wake()
+            await until(supervisor, lambda: supervisor.runs >= runs + 1)
+            supervisor.wake()
+            await until(supervisor, lambda: supervisor.runs >= runs + 2)
+            assert first.connections == []
+            assert supervisor.connected == {"GROUP1": "ep2.test"}
+
+            await second.close(1000, "app closes")  # back to priority 1, at once
+            await first.wait_for(lambda: first.connected, seconds=1)
+            assert len(second.connections) == 1
+            await until(supervisor, lambda: supervisor.connected == {"GROUP1": "ep1.test"})
+
+
+async def test_a_refused_token_moves_on_to_the_next_endpoint(
+    tls: TlsMaterial, store: Store
+) -> None:
+    async with Peer(tls.server_cert, connect=ConnectAnswer.INVALID) as first, Peer(
+        tls.server_cert
+    ) as second:
+        add_endpoint(store, first, "ep1.test", priority=1)
+        add_endpoint(store, second, "ep2.test", priority=2)
+        async with supervising(Supervisor(settings(30.0), store)):
+            await second.wait_for(lambda: second.connected)
+            assert first.connections[0].close_code == 1008
+            assert "refused the token" in (store.endpoint("ep1.test").last_error or "")
+
+
+async def test_disable_and_delete_disconnect_within_one_period(
+    tls: TlsMaterial, store: Store
+) -> None:
+    period = 0.3
+    async with Peer(tls.server_cert) as first, Peer(tls.server_cert) as second:
+        add_endpoint(store, first, "ep1.test", priority=1)
+        add_endpoint(store, second, "ep2.test", priority=2)
+        async with supervising(Supervisor(settings(period), store)) as supervisor:
+            await first.wait_for(lambda: first.connected)
+            store.set_enabled("ep1.test", False)
+            await first.wait_for(lambda: first.connections[0].closed, seconds=period + 1)
+            assert first.connections[0].close_code == 1000
+            assert first.connections[0].close_reason == "endpoint disabled"
+            await second.wait_for(lambda: second.connected)
+
+            store.delete_endpoint("ep2.test")
+            await second.wait_for(lambda: second.connections[0].closed, seconds=period + 1)
+            assert second.connections[0].close_reason == "endpoint deleted"
+            await until(supervisor, lambda: supervisor.connected == {})
+            assert len(first.connections) == 1  # disabled stays disconnected
+
+
+async def test_a_re_added_endpoint_reconnects_with_its_new_token(
+    tls: TlsMaterial, store: Store
+) -> None:
+    async with Peer(tls.server_cert) as peer:
+        add_endpoint(store, peer, "ep1.test", token="old-token-1")
+        async with supervising(Supervisor(settings(0.3), store)):
+            await peer.wait_for(lambda: peer.connected)
+            store.delete_endpoint("ep1.test")
+            add_endpoint(store, peer, "ep1.test", token="new-token-2")
+            await peer.wait_for(lambda: len(peer.received("CONNECT")) == 2)
+            tokens = [m["payload"]["token"] for m in peer.received("CONNECT")]
+            assert tokens == ["old-token-1", "new-token-2"]
+            assert peer.connections[0].close_reason == "endpoint re-added with new details"
+
+
+async def test_each_group_gets_its_own_connection(tls: TlsMaterial, store: Store) -> None:
+    async with Peer(tls.server_cert) as first, Peer(tls.server_cert) as second:
+        add_endpoint(store, first, "a1.test", group_id="A", priority=1)
+        add_endpoint(store, second, "b1.test", group_id="B", priority=1)
+        async with supervising(Supervisor(settings(30.0), store)) as supervisor:
+            await until(supervisor, lambda: len(supervisor.connected) == 2)
+            assert supervisor.connected == {"A": "a1.test", "B": "b1.test"}
+            assert [len(first.connections), len(second.connections)] == [1, 1]
