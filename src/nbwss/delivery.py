@@ -1,0 +1,268 @@
+"""The delivery state machine of one server group (spec section 3, acknowledgement).
+
+Sans-I/O: fed outbox events, responses and the current time; it answers what to send
+and when to look again. `pump.py` does the reading, writing and waiting.
+
+The rules it keeps:
+- At most one NOTIFICATION request outstanding per group. Nothing new is sent until it
+  is acknowledged by a response with the same id and `payload: []`.
+- A batch is the oldest unacknowledged events in seq order, grouped into payload
+  elements by runs of one object, capped by `max_batch` events and `max_bytes` bytes
+  of frame. An event too large for a frame on its own is sent alone (flagged
+  `oversized`): dropping it would lose a notification and holding it would stop the
+  group for good; the endpoint decides whether it accepts the frame.
+- No ack within `rate_s` of a completed write: the very same message (same id, same
+  timeStamp, same bytes) is sent again, so the endpoint can drop duplicates by id.
+- A write that does not complete within the send timeout counts as not sent: the same
+  message goes again after `rate_s`.
+- A new connection (failover, reconnect) sends the outstanding batch again at once.
+- A restart resumes from the cursor: a batch persisted as in flight is rebuilt from its
+  seq range with its id and timeStamp, and goes first.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from nbwss.messages import Message, MessageType, SubType, encode, request
+from nbwss.notifications import NOTIFICATION_TYPE, payload_elements
+from nbwss.outbox import OutboxEvent, PersistedBatch
+
+# Bytes an element adds around its data: {"notificationType":"INFO","object":"JOB","data":[]}
+_ELEMENT_OVERHEAD: Final = {
+    obj: len(
+        json.dumps(
+            {"notificationType": NOTIFICATION_TYPE, "object": obj, "data": []},
+            separators=(",", ":"),
+        )
+    )
+    for obj in ("JOB", "IMAGE")
+}
+# The envelope around an empty payload; its timeStamp may grow by a digit, hence the slack.
+_ENVELOPE_SLACK: Final = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One NOTIFICATION request and the seq range it carries."""
+
+    message: Message
+    first_seq: int
+    last_seq: int
+    count: int
+    size_bytes: int
+    oversized: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.message.id
+
+    def persisted(self) -> PersistedBatch:
+        return PersistedBatch(self.id, self.first_seq, self.last_seq, self.message.time_stamp)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRange:
+    """Which outbox events the group needs next: after `after_seq`, at most `limit`."""
+
+    after_seq: int
+    limit: int
+    up_to_seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write `batch.message` now; `resend` when it (may) have been written before."""
+
+    batch: Batch
+    resend: bool
+
+
+class Verdict(enum.StrEnum):
+    ACKNOWLEDGED = "acknowledged"
+    WRONG_ID = "wrong_id"
+    DUPLICATE = "duplicate"  # an ack again for a batch already acknowledged (after a resend)
+    NOT_EMPTY = "non_empty_payload"
+    NOT_A_RESPONSE = "not_a_notification_response"
+
+
+class Phase(enum.StrEnum):
+    IDLE = "idle"  # nothing in flight
+    PENDING = "pending"  # in flight, not (known to be) written yet
+    SENT = "sent"  # written, waiting for the ack
+    ACKED = "acked"  # acknowledged, cursor not committed yet
+
+
+def _frame_size(message: Message) -> int:
+    return len(encode(message).encode("utf-8"))
+
+
+def build_batch(
+    events: Sequence[OutboxEvent],
+    *,
+    message_id: str,
+    now: float,
+    max_batch: int,
+    max_bytes: int,
+) -> Batch:
+    """The longest prefix of `events` (at least one) within both caps, as one request.
+
+    Sizes are counted from the stored JSON text, which is exactly what the encoder
+    writes, so the frame is never built twice.
+    """
+    if not events:
+        raise ValueError("a batch needs at least one event")
+    empty = request(MessageType.NOTIFICATION, [], now, id=message_id)
+    size = _frame_size(empty) + _ENVELOPE_SLACK
+    taken = 0
+    previous: str | None = None
+    for event in events[:max_batch]:
+        cost = len(event.data.encode("utf-8"))
+        if event.object != previous:
+            cost += _ELEMENT_OVERHEAD[event.object] + (1 if previous else 0)
+        elif taken:
+            cost += 1  # the comma between two data objects
+        if taken and size + cost > max_bytes:
+            break
+        size += cost
+        taken += 1
+        previous = event.object
+    chosen = events[:taken]
+    payload = payload_elements((e.object, json.loads(e.data)) for e in chosen)
+    message = request(MessageType.NOTIFICATION, payload, now, id=message_id)
+    return Batch(
+        message=message,
+        first_seq=chosen[0].seq,
+        last_seq=chosen[-1].seq,
+        count=taken,
+        size_bytes=size - _ENVELOPE_SLACK,
+        oversized=size > max_bytes,
+    )
+
+
+@dataclass
+class GroupDelivery:
+    """What one group has acknowledged, has in flight, and must do next."""
+
+    group_id: str
+    max_batch: int
+    max_bytes: int
+    rate_s: float
+    acked_seq: int
+    restored: PersistedBatch | None = None
+    outstanding: Batch | None = None
+    phase: Phase = Phase.IDLE
+    due_at: float = 0.0
+    written_before: bool = False
+    last_acked_id: str | None = field(default=None, repr=False)
+
+    def wanted(self) -> EventRange | None:
+        """The events to read next, or None while a batch is in flight."""
+        if self.outstanding is not None:
+            return None
+        if self.restored is not None:
+            span = self.restored.last_seq - self.acked_seq
+            return EventRange(self.acked_seq, max(span, 1), self.restored.last_seq)
+        return EventRange(self.acked_seq, self.max_batch)
+
+    def take(self, events: Sequence[OutboxEvent], now: float, message_id: str) -> Batch | None:
+        """Start the next batch from `events` (as read for `wanted()`); None if there are none.
+
+        A restored batch keeps its persisted id and timeStamp and every event of its
+        range, whatever the caps are now: it must be the same message as before.
+        """
+        if self.outstanding is not None:
+            raise RuntimeError("a batch is already in flight")
+        restored, self.restored = self.restored, None
+        if not events:
+            return None
+        if restored is not None:
+            batch = build_batch(
+                events,
+                message_id=restored.message_id,
+                now=restored.sent_at,
+                max_batch=len(events),
+                max_bytes=1 << 62,
+            )
+        else:
+            batch = build_batch(
+                events,
+                message_id=message_id,
+                now=now,
+                max_batch=self.max_batch,
+                max_bytes=self.max_bytes,
+            )
+        self.outstanding, self.phase, self.due_at = batch, Phase.PENDING, now
+        # A restored batch may have reached the endpoint before the restart.
+        self.written_before = restored is not None
+        return batch
+
+    def poll(self, now: float) -> Send | None:
+        """The write to make now, if any."""
+        if self.outstanding is None or self.phase not in (Phase.PENDING, Phase.SENT):
+            return None
+        if now < self.due_at:
+            return None
+        return Send(self.outstanding, resend=self.written_before)
+
+    def deadline(self) -> float | None:
+        """When `poll` will next have something to say (None: only an event can change it)."""
+        if self.outstanding is None or self.phase is Phase.ACKED:
+            return None
+        return self.due_at
+
+    def sent(self, batch_id: str, now: float) -> None:
+        """The write of `batch_id` completed at `now`: wait `rate_s` for its ack."""
+        if self.outstanding is None or self.outstanding.id != batch_id:
+            return
+        self.written_before = True
+        if self.phase is not Phase.ACKED:
+            self.phase, self.due_at = Phase.SENT, now + self.rate_s
+
+    def send_failed(self, batch_id: str, now: float) -> None:
+        """The write did not complete in time: it counts as not sent; try after `rate_s`."""
+        if self.outstanding is None or self.outstanding.id != batch_id:
+            return
+        if self.phase is not Phase.ACKED:
+            self.phase, self.due_at = Phase.PENDING, now + self.rate_s
+
+    def connected(self, now: float) -> None:
+        """A new connection: the batch in flight goes again at once (the old one may be lost)."""
+        if self.outstanding is not None and self.phase is not Phase.ACKED:
+            self.due_at = now
+
+    def on_response(self, response: Message) -> Verdict:
+        """Judge a response; only `ACKNOWLEDGED` ends the batch (then commit, `committed`)."""
+        if (
+            response.type is not MessageType.NOTIFICATION
+            or response.sub_type is not SubType.RESPONSE
+        ):
+            return Verdict.NOT_A_RESPONSE
+        if self.outstanding is not None and response.id == self.outstanding.id:
+            if self.phase is Phase.ACKED:
+                return Verdict.DUPLICATE
+        else:
+            return Verdict.DUPLICATE if response.id == self.last_acked_id else Verdict.WRONG_ID
+        if response.payload != []:
+            return Verdict.NOT_EMPTY
+        self.phase = Phase.ACKED
+        return Verdict.ACKNOWLEDGED
+
+    @property
+    def awaiting_commit(self) -> Batch | None:
+        """The acknowledged batch whose cursor move is still to be committed."""
+        return self.outstanding if self.phase is Phase.ACKED else None
+
+    def committed(self) -> Batch:
+        """The cursor move of the acknowledged batch is durable: the next batch may start."""
+        batch = self.awaiting_commit
+        if batch is None:
+            raise RuntimeError("no acknowledged batch to commit")
+        self.acked_seq = max(self.acked_seq, batch.last_seq)
+        self.last_acked_id = batch.id
+        self.outstanding, self.phase, self.written_before = None, Phase.IDLE, False
+        return batch

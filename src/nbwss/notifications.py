@@ -1,0 +1,122 @@
+"""Job and image notifications: intake validation and grouping into payload elements.
+
+Pure functions (spec section 3, NOTIFICATION). Validation runs at intake, before
+anything is queued, so the outbox only ever holds notifications an endpoint can read;
+the error names the field and where the input was (`line 7`, `item 2`). Fields the
+spec does not name are kept as they are: a newer NetBackup may add some.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from nbwss.errors import NotificationError
+
+OBJECTS: Final = ("JOB", "IMAGE")
+NOTIFICATION_TYPE: Final = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One required field: its type, and where the spec lists them, its allowed values."""
+
+    name: str
+    kind: type
+    choices: tuple[str, ...] = ()
+    may_be_empty: bool = False
+
+
+FIELDS: Final[dict[str, tuple[Field, ...]]] = {
+    "JOB": (
+        Field("scheduleType", str),
+        Field("clientName", str),
+        Field("status", int),
+        Field("startTime", int),
+        Field("state", str, ("QUEUED", "ACTIVE", "DONE")),
+        # Restores have no policy (spec: "may be empty").
+        Field("policyName", str, may_be_empty=True),
+        Field("parentJobId", int),
+        Field("jobId", int),
+        Field("policyType", str),
+        Field("jobType", str),
+    ),
+    "IMAGE": (
+        Field("clientType", str),
+        Field("clientName", str),
+        Field("backupTime", int),
+        Field("createdTime", int),
+        Field("operationId", str, ("CREATE", "UPDATE", "DELETE", "NO_LOCAL_COPY_AVAILABLE")),
+        Field("backupId", str),
+    ),
+}
+
+Notification = tuple[str, dict[str, Any]]
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=True, default=repr)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_field(spec: Field, value: Any) -> str | None:
+    """Why `value` does not fit `spec`, or None when it does."""
+    if spec.kind is int:
+        # JSON has no separate bool type in the spec's sense: true is not a job id.
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"is {_show(value)}, expected an integer"
+        if value < 0:
+            return f"is {value}, expected an integer >= 0"
+        return None
+    if not isinstance(value, str):
+        return f"is {_show(value)}, expected a string"
+    if spec.choices and value not in spec.choices:
+        return f"is {_show(value)}, expected one of {', '.join(spec.choices)}"
+    if not value.strip() and not spec.may_be_empty:
+        return "is empty"
+    return None
+
+
+def validate(obj: Any, data: Any, where: str = "") -> Notification:
+    """Check one notification; return it as `(object, data)` or raise `NotificationError`.
+
+    `where` prefixes the message (e.g. "line 7") so a refused stream names its line.
+    """
+    prefix = f"{where}: " if where else ""
+    if obj not in OBJECTS:
+        raise NotificationError(f"{prefix}object is {_show(obj)}, expected JOB or IMAGE")
+    if not isinstance(data, dict):
+        raise NotificationError(f"{prefix}{obj} data is {_show(data)}, expected an object")
+    for spec in FIELDS[obj]:
+        if spec.name not in data:
+            raise NotificationError(f"{prefix}{obj} field {spec.name!r} is missing")
+        problem = _check_field(spec, data[spec.name])
+        if problem:
+            raise NotificationError(f"{prefix}{obj} field {spec.name!r} {problem}")
+    return obj, data
+
+
+def encode_data(data: dict[str, Any]) -> str:
+    """The stored (and sent) form of one notification's data: compact JSON, UTF-8 as is.
+
+    It is the exact text `messages.encode` produces for the same value, so a batch's
+    frame size can be counted from the stored rows without encoding it.
+    """
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def payload_elements(notifications: Iterable[Notification]) -> list[dict[str, Any]]:
+    """The NOTIFICATION payload: one element per run of one object, in the original order.
+
+    JOB, JOB, IMAGE, JOB gives three elements (JOB x2, IMAGE, JOB): merging the two JOB
+    runs would move the last job before the image, and the order is the guarantee.
+    """
+    elements: list[dict[str, Any]] = []
+    for obj, data in notifications:
+        if elements and elements[-1]["object"] == obj:
+            elements[-1]["data"].append(data)
+        else:
+            elements.append({"notificationType": NOTIFICATION_TYPE, "object": obj, "data": [data]})
+    return elements

@@ -1,0 +1,287 @@
+"""The durable outbox: every notification, in order, until every server group has it.
+
+Rows of `outbox` carry a global sequence number (`seq`, AUTOINCREMENT so a number is
+never reused after a purge). Each server group has a cursor (`group_cursors.acked_seq`,
+the last seq it acknowledged) and at most one batch in flight (`group_batches`, kept so
+that a resend after a restart carries the same message id). A notification is durable
+once its transaction commits; only then may intake report it queued.
+
+Calls are short and synchronous. The daemon runs them through `asyncio.to_thread`; the
+CLI calls them directly. `enqueue` alone expects an open transaction, so that the REST
+poller can queue events and advance its watermark atomically.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nbwss import logs
+from nbwss.notifications import encode_data
+from nbwss.store import Store
+
+log = logs.get_logger("nbwss.outbox")
+
+INTAKE_CHUNK = 5_000
+SECONDS_PER_DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One queued notification; `data` is its compact JSON text, as it goes on the wire."""
+
+    seq: int
+    object: str
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class PersistedBatch:
+    """The batch a group has in flight: its message id, seq range and creation time."""
+
+    message_id: str
+    first_seq: int
+    last_seq: int
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPosition:
+    """Where a group's delivery resumes: after `acked_seq`, the persisted batch first."""
+
+    acked_seq: int
+    outstanding: PersistedBatch | None
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """What one intake committed: how many, and the lowest and highest seq given."""
+
+    count: int
+    first_seq: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupBacklog:
+    """A group's delivery figures for `nbwss status` and the metrics collector."""
+
+    group_id: str
+    acked_seq: int
+    backlog: int
+    oldest_unacked_age_s: float | None
+    outstanding_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """What retention dropped: rows deleted, and per group how many it had not acknowledged."""
+
+    deleted: int
+    unacked_by_group: dict[str, int]
+
+
+# -- intake ----------------------------------------------------------------------------------
+
+
+def enqueue(
+    conn: sqlite3.Connection, items: Iterable[tuple[str, dict[str, Any]]], now: float
+) -> int:
+    """Queue validated notifications inside the caller's open transaction.
+
+    Returns the seq of the last one queued (the current head when `items` is empty).
+    Nothing is durable until the caller commits.
+    """
+    _, last_seq = enqueue_encoded(conn, ((obj, encode_data(data)) for obj, data in items), now)
+    return last_seq
+
+
+def enqueue_encoded(
+    conn: sqlite3.Connection, rows: Iterable[tuple[str, str]], now: float
+) -> tuple[int, int]:
+    """Queue `(object, data JSON text)` rows in the open transaction; `(count, last_seq)`."""
+    cursor = conn.executemany(
+        "INSERT INTO outbox (object, data, queued_at) VALUES (?, ?, ?)",
+        ((obj, text, now) for obj, text in rows),
+    )
+    count = max(cursor.rowcount, 0)
+    if count:
+        (last_seq,) = conn.execute("SELECT last_insert_rowid()").fetchone()
+    else:
+        (last_seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()
+    return count, int(last_seq)
+
+
+def queue_chunked(
+    store: Store,
+    rows: Sequence[tuple[str, str]],
+    clock: Callable[[], float],
+    chunk_size: int = INTAKE_CHUNK,
+    after_commit: Callable[[], None] | None = None,
+) -> Queued:
+    """Queue many validated rows, one transaction per chunk, calling `after_commit` after each.
+
+    Chunks keep the write lock short, so the daemon's acknowledgements never wait long
+    behind a big intake, and the daemon can start sending the first chunk at once.
+    Seqs are contiguous within a chunk; another producer may interleave between chunks.
+    """
+    first_seq = last_seq = 0
+    for start in range(0, len(rows), chunk_size):
+        chunk = rows[start : start + chunk_size]
+        with store.transaction() as conn:
+            count, last_seq = enqueue_encoded(conn, chunk, clock())
+        if not first_seq:
+            first_seq = last_seq - count + 1
+        if after_commit is not None:
+            after_commit()
+    return Queued(len(rows), first_seq, last_seq)
+
+
+# -- a group's delivery ------------------------------------------------------------------------
+
+
+def load_position(store: Store, group_id: str, now: float) -> GroupPosition:
+    """The group's cursor and in-flight batch; a group without a cursor starts at the head."""
+    with store.transaction() as conn:
+        conn.execute(
+            "INSERT OR IGNORE INTO group_cursors (group_id, acked_seq, updated_at)"
+            " VALUES (?, (SELECT COALESCE(MAX(seq), 0) FROM outbox), ?)",
+            (group_id, now),
+        )
+        (acked_seq,) = conn.execute(
+            "SELECT acked_seq FROM group_cursors WHERE group_id = ?", (group_id,)
+        ).fetchone()
+        row = conn.execute(
+            "SELECT message_id, first_seq, last_seq, sent_at FROM group_batches WHERE group_id = ?",
+            (group_id,),
+        ).fetchone()
+    outstanding = PersistedBatch(row[0], row[1], row[2], row[3]) if row else None
+    if outstanding is not None and outstanding.last_seq <= acked_seq:
+        outstanding = None  # already acknowledged (e.g. retention moved the cursor past it)
+    return GroupPosition(int(acked_seq), outstanding)
+
+
+def read_events(
+    store: Store, after_seq: int, limit: int, up_to_seq: int | None = None
+) -> list[OutboxEvent]:
+    """The oldest `limit` events after `after_seq` (and not past `up_to_seq`), in seq order."""
+    ceiling = up_to_seq if up_to_seq is not None else (1 << 62)
+    with store.reading() as conn:
+        rows = conn.execute(
+            "SELECT seq, object, data FROM outbox WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (after_seq, ceiling, limit),
+        ).fetchall()
+    return [OutboxEvent(seq, obj, data) for seq, obj, data in rows]
+
+
+def persist_batch(store: Store, group_id: str, batch: PersistedBatch) -> None:
+    """Record the group's in-flight batch before its first send (a group deleted meanwhile
+    keeps no row)."""
+    with store.transaction() as conn:
+        conn.execute(
+            "INSERT OR REPLACE INTO group_batches (group_id, message_id, first_seq, last_seq,"
+            " sent_at) SELECT ?, ?, ?, ?, ? WHERE EXISTS"
+            " (SELECT 1 FROM group_cursors WHERE group_id = ?)",
+            (group_id, batch.message_id, batch.first_seq, batch.last_seq, batch.sent_at, group_id),
+        )
+
+
+def acknowledge(store: Store, group_id: str, last_seq: int, now: float) -> int:
+    """Advance the group's cursor to `last_seq` and forget its batch, in one transaction.
+
+    Events now acknowledged by every group are purged in the same transaction. The
+    cursor only moves forward. Returns how many events were purged.
+    """
+    with store.transaction() as conn:
+        conn.execute(
+            "UPDATE group_cursors SET acked_seq = MAX(acked_seq, ?), updated_at = ?"
+            " WHERE group_id = ?",
+            (last_seq, now, group_id),
+        )
+        conn.execute("DELETE FROM group_batches WHERE group_id = ?", (group_id,))
+        return _purge_acknowledged(conn)
+
+
+def _purge_acknowledged(conn: sqlite3.Connection) -> int:
+    (floor,) = conn.execute("SELECT MIN(acked_seq) FROM group_cursors").fetchone()
+    if floor is None:
+        # No group at all: nobody will ever receive these (a group added later starts
+        # at the head, spec section 7), so they are acknowledged by every group there is.
+        return conn.execute("DELETE FROM outbox").rowcount
+    return conn.execute("DELETE FROM outbox WHERE seq <= ?", (floor,)).rowcount
+
+
+def purge(store: Store) -> int:
+    """Delete every event acknowledged by every group; how many were deleted."""
+    with store.transaction() as conn:
+        return _purge_acknowledged(conn)
+
+
+def expire(store: Store, now: float, retention_days: float) -> Expired:
+    """Drop events older than the retention, acknowledged or not.
+
+    A group that had not acknowledged them has its cursor moved past them (and its
+    in-flight batch forgotten when it held any). Anything dropped unacknowledged is
+    logged as an error with the count per group: it is a lost notification.
+    """
+    cutoff = now - retention_days * SECONDS_PER_DAY
+    with store.transaction() as conn:
+        (expired_seq,) = conn.execute(
+            "SELECT MAX(seq) FROM outbox WHERE queued_at < ?", (cutoff,)
+        ).fetchone()
+        if expired_seq is None:
+            return Expired(0, {})
+        unacked = {
+            group_id: count
+            for group_id, count in conn.execute(
+                "SELECT c.group_id, (SELECT COUNT(*) FROM outbox o WHERE o.seq > c.acked_seq"
+                " AND o.seq <= ?) FROM group_cursors c WHERE c.acked_seq < ?",
+                (expired_seq, expired_seq),
+            ).fetchall()
+            if count
+        }
+        conn.execute(
+            "UPDATE group_cursors SET acked_seq = ?, updated_at = ? WHERE acked_seq < ?",
+            (expired_seq, now, expired_seq),
+        )
+        conn.execute("DELETE FROM group_batches WHERE first_seq <= ?", (expired_seq,))
+        deleted = conn.execute("DELETE FROM outbox WHERE seq <= ?", (expired_seq,)).rowcount
+    if unacked:
+        log.error(
+            "outbox.expired_unacknowledged",
+            dropped=sum(unacked.values()),
+            groups=sorted(unacked),
+            by_group=unacked,
+            retention_days=retention_days,
+            up_to_seq=expired_seq,
+        )
+    return Expired(deleted, unacked)
+
+
+# -- figures ---------------------------------------------------------------------------------
+
+
+def backlog(store: Store, now: float) -> list[GroupBacklog]:
+    """Per group: events not yet acknowledged, the age of the oldest, the batch in flight."""
+    with store.reading() as conn:
+        rows = conn.execute(
+            "SELECT c.group_id, c.acked_seq,"
+            " (SELECT COUNT(*) FROM outbox o WHERE o.seq > c.acked_seq),"
+            " (SELECT o.queued_at FROM outbox o WHERE o.seq > c.acked_seq ORDER BY o.seq"
+            "  LIMIT 1),"
+            " b.message_id"
+            " FROM group_cursors c LEFT JOIN group_batches b ON b.group_id = c.group_id"
+            " ORDER BY c.group_id"
+        ).fetchall()
+    return [
+        GroupBacklog(
+            group_id=group_id,
+            acked_seq=acked_seq,
+            backlog=count,
+            oldest_unacked_age_s=None if oldest is None else max(0.0, now - oldest),
+            outstanding_id=message_id,
+        )
+        for group_id, acked_seq, count, oldest, message_id in rows
+    ]

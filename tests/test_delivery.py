@@ -1,0 +1,295 @@
+"""The delivery state machine, driven with plain values and a fake clock."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from nbwss.delivery import Batch, EventRange, GroupDelivery, Phase, Send, Verdict, build_batch
+from nbwss.messages import Message, MessageType, SubType, decode, encode, response_to
+from nbwss.notifications import encode_data
+from nbwss.outbox import OutboxEvent, PersistedBatch
+
+RATE = 5.0
+T0 = 1_700_000_000.0
+
+
+def job(job_id: int, state: str = "ACTIVE") -> dict[str, Any]:
+    return {
+        "scheduleType": "ST_FULL", "clientName": "vm1", "status": 0, "startTime": 1,
+        "state": state, "policyName": "p", "parentJobId": job_id, "jobId": job_id,
+        "policyType": "VMWARE", "jobType": "BACKUP",
+    }  # fmt: skip
+
+
+def image(backup_id: str) -> dict[str, Any]:
+    return {
+        "clientType": "VMWARE", "clientName": "vm1", "backupTime": 1, "createdTime": 2,
+        "operationId": "CREATE", "backupId": backup_id,
+    }  # fmt: skip
+
+
+def events(*objects: str, start: int = 1) -> list[OutboxEvent]:
+    return [
+        OutboxEvent(seq, obj, encode_data(job(seq) if obj == "JOB" else image(f"b{seq}")))
+        for seq, obj in enumerate(objects, start=start)
+    ]
+
+
+def machine(**overrides: Any) -> GroupDelivery:
+    values: dict[str, Any] = {
+        "group_id": "G1", "max_batch": 500, "max_bytes": 1 << 20, "rate_s": RATE, "acked_seq": 0,
+    }  # fmt: skip
+    values.update(overrides)
+    return GroupDelivery(**values)
+
+
+def ack(batch: Batch, payload: Any = None) -> Message:
+    return response_to(batch.message, [] if payload is None else payload, T0)
+
+
+def elements(batch: Batch) -> list[dict[str, Any]]:
+    payload = batch.message.payload
+    assert isinstance(payload, list)
+    return payload
+
+
+def started(delivery: GroupDelivery, evs: list[OutboxEvent], now: float = T0) -> Batch:
+    batch = delivery.take(evs, now, f"ID-{evs[0].seq}")
+    assert batch is not None
+    return batch
+
+
+# -- batching and grouping -------------------------------------------------------------------
+
+
+def test_runs_of_one_object_form_one_element_each_in_order() -> None:
+    batch = build_batch(
+        events("JOB", "JOB", "IMAGE", "IMAGE", "JOB"),
+        message_id="X", now=T0, max_batch=500, max_bytes=1 << 20,
+    )  # fmt: skip
+    payload = elements(batch)
+    assert [(e["object"], len(e["data"])) for e in payload] == [
+        ("JOB", 2),
+        ("IMAGE", 2),
+        ("JOB", 1),
+    ]
+    assert all(e["notificationType"] == "INFO" for e in payload)
+    assert [d["jobId"] for d in payload[0]["data"]] == [1, 2]
+    assert (batch.first_seq, batch.last_seq, batch.count) == (1, 5, 5)
+
+
+def test_job_image_job_makes_three_elements() -> None:
+    batch = build_batch(
+        events("JOB", "IMAGE", "JOB"), message_id="X", now=T0, max_batch=9, max_bytes=1 << 20
+    )
+    assert [e["object"] for e in elements(batch)] == ["JOB", "IMAGE", "JOB"]
+
+
+def test_batch_is_capped_by_max_batch() -> None:
+    delivery = machine(max_batch=3)
+    assert delivery.wanted() == EventRange(0, 3)
+    batch = started(delivery, events(*["JOB"] * 5))
+    assert (batch.first_seq, batch.last_seq, batch.count) == (1, 3, 3)
+
+
+def test_size_is_the_exact_frame_size() -> None:
+    for objects in (("JOB",), ("JOB", "JOB", "IMAGE", "JOB"), ("IMAGE",) * 7):
+        batch = build_batch(
+            events(*objects), message_id="X", now=T0, max_batch=99, max_bytes=1 << 20
+        )
+        assert batch.size_bytes == len(encode(batch.message).encode("utf-8"))
+
+
+def test_batch_is_capped_by_max_bytes_and_never_exceeds_it() -> None:
+    evs = events(*["JOB", "IMAGE"] * 20)
+    for limit in range(600, 6000, 137):
+        batch = build_batch(evs, message_id="X", now=T0, max_batch=500, max_bytes=limit)
+        assert len(encode(batch.message).encode("utf-8")) <= limit
+        if batch.count < len(evs):
+            bigger = build_batch(
+                evs[: batch.count + 1], message_id="X", now=T0, max_batch=500, max_bytes=1 << 20
+            )
+            assert bigger.size_bytes > limit - 8  # the next event would not have fitted
+        assert not batch.oversized
+
+
+def test_an_event_too_large_alone_is_sent_alone_not_dropped() -> None:
+    evs = events("JOB", "JOB")
+    big = OutboxEvent(1, "JOB", encode_data({**job(1), "note": "x" * 5000}))
+    batch = build_batch([big, evs[1]], message_id="X", now=T0, max_batch=500, max_bytes=2000)
+    assert batch.count == 1
+    assert batch.oversized
+    assert elements(batch)[0]["data"][0]["note"] == "x" * 5000
+
+
+def test_unicode_data_counts_in_bytes() -> None:
+    ev = OutboxEvent(1, "JOB", encode_data({**job(1), "clientName": "Zürich-é" * 50}))
+    batch = build_batch([ev], message_id="X", now=T0, max_batch=1, max_bytes=1 << 20)
+    assert batch.size_bytes == len(encode(batch.message).encode("utf-8"))
+
+
+# -- one outstanding request, ack, resend ----------------------------------------------------
+
+
+def test_first_send_is_immediate_and_nothing_new_while_outstanding() -> None:
+    delivery = machine()
+    batch = started(delivery, events("JOB"))
+    assert delivery.poll(T0) == Send(batch, resend=False)
+    delivery.sent(batch.id, T0)
+    assert delivery.wanted() is None  # no second request while this one is outstanding
+    with pytest.raises(RuntimeError):
+        delivery.take(events("JOB", start=2), T0, "OTHER")
+    assert delivery.poll(T0 + RATE - 0.001) is None
+    assert delivery.deadline() == T0 + RATE
+
+
+def test_ack_with_same_id_and_empty_payload_advances_after_commit() -> None:
+    delivery = machine()
+    batch = started(delivery, events("JOB", "IMAGE"))
+    delivery.sent(batch.id, T0)
+    assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
+    assert delivery.awaiting_commit is batch
+    assert delivery.poll(T0 + 100) is None  # acknowledged: never resent
+    assert delivery.wanted() is None  # the cursor move comes first
+    assert delivery.committed() is batch
+    assert delivery.acked_seq == 2
+    assert delivery.wanted() == EventRange(2, 500)
+
+
+def test_no_ack_resends_same_message_after_rate() -> None:
+    delivery = machine()
+    batch = started(delivery, events("JOB", "JOB"))
+    delivery.sent(batch.id, T0 + 0.5)
+    assert delivery.poll(T0 + 0.5 + RATE - 0.01) is None
+    again = delivery.poll(T0 + 0.5 + RATE)
+    assert again is not None
+    assert again.resend
+    assert again.batch.message is batch.message  # same id, same timeStamp, same bytes
+    delivery.sent(batch.id, T0 + 0.5 + RATE)
+    assert delivery.deadline() == T0 + 0.5 + 2 * RATE
+
+
+def test_send_timeout_counts_as_not_sent_and_retries_after_rate() -> None:
+    delivery = machine()
+    batch = started(delivery, events("JOB"))
+    delivery.send_failed(batch.id, T0 + 2)
+    assert delivery.phase is Phase.PENDING
+    assert delivery.poll(T0 + 2 + RATE - 0.01) is None
+    retry = delivery.poll(T0 + 2 + RATE)
+    assert retry == Send(batch, resend=False)  # never written, so a first send
+    # The endpoint may answer a write we gave up on; the id is ours, so it counts.
+    assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
+
+
+def test_wrong_id_does_not_acknowledge() -> None:
+    delivery = machine()
+    batch = started(delivery, events("JOB"))
+    delivery.sent(batch.id, T0)
+    other = Message("NOT-IT", MessageType.NOTIFICATION, SubType.RESPONSE, int(T0), [])
+    assert delivery.on_response(other) is Verdict.WRONG_ID
+    assert delivery.awaiting_commit is None
+    assert delivery.poll(T0 + RATE) == Send(batch, resend=True)
+
+
+def test_non_empty_payload_does_not_acknowledge() -> None:
+    delivery = machine()
+    batch = started(delivery, events("JOB"))
+    delivery.sent(batch.id, T0)
+    assert delivery.on_response(ack(batch, payload=[{"error": 1}])) is Verdict.NOT_EMPTY
+    assert delivery.awaiting_commit is None
+    assert delivery.phase is Phase.SENT
+
+
+def test_request_with_our_id_is_not_an_ack() -> None:
+    delivery = machine()
+    batch = started(delivery, events("JOB"))
+    assert delivery.on_response(batch.message) is Verdict.NOT_A_RESPONSE
+    command = Message(batch.id, MessageType.COMMAND, SubType.RESPONSE, int(T0), {})
+    assert delivery.on_response(command) is Verdict.NOT_A_RESPONSE
+
+
+def test_second_ack_of_a_resent_batch_is_a_duplicate() -> None:
+    delivery = machine()
+    batch = started(delivery, events("JOB"))
+    delivery.sent(batch.id, T0)
+    assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
+    assert delivery.on_response(ack(batch)) is Verdict.DUPLICATE
+    delivery.committed()
+    assert delivery.on_response(ack(batch)) is Verdict.DUPLICATE
+    with pytest.raises(RuntimeError):
+        delivery.committed()
+
+
+def test_ack_racing_the_end_of_the_write_is_kept() -> None:
+    delivery = machine()
+    batch = started(delivery, events("JOB"))
+    assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
+    delivery.sent(batch.id, T0)  # the write's completion is seen after the ack
+    assert delivery.awaiting_commit is batch
+    delivery.send_failed(batch.id, T0)
+    assert delivery.awaiting_commit is batch
+
+
+def test_stale_write_results_are_ignored() -> None:
+    delivery = machine()
+    batch = started(delivery, events("JOB"))
+    delivery.sent("SOMETHING-ELSE", T0)
+    delivery.send_failed("SOMETHING-ELSE", T0)
+    assert delivery.poll(T0) == Send(batch, resend=False)
+
+
+def test_new_connection_sends_the_outstanding_batch_at_once() -> None:
+    delivery = machine()
+    batch = started(delivery, events("JOB"))
+    delivery.sent(batch.id, T0)
+    delivery.connected(T0 + 1)
+    assert delivery.poll(T0 + 1) == Send(batch, resend=True)
+
+
+def test_idle_group_has_no_deadline() -> None:
+    delivery = machine(acked_seq=7)
+    assert delivery.poll(T0) is None
+    assert delivery.deadline() is None
+    assert delivery.take([], T0, "X") is None
+    assert delivery.wanted() == EventRange(7, 500)
+
+
+# -- restart from the cursor -----------------------------------------------------------------
+
+
+def test_restart_resends_the_persisted_batch_with_its_id_and_bytes() -> None:
+    before = machine(max_batch=3)
+    evs = events("JOB", "IMAGE", "JOB", "JOB", "JOB")
+    original = started(before, evs, now=T0)
+    persisted = original.persisted()
+    assert persisted == PersistedBatch("ID-1", 1, 3, T0)
+
+    # Restarted with other caps: the batch must still be the same message.
+    after = machine(max_batch=1, restored=persisted)
+    assert after.wanted() == EventRange(0, 3, 3)
+    rebuilt = after.take(evs[:3], T0 + 60, "NEW-ID")
+    assert rebuilt is not None
+    assert encode(rebuilt.message) == encode(original.message)
+    assert after.poll(T0 + 60) == Send(rebuilt, resend=True)
+    after.sent(rebuilt.id, T0 + 60)
+    assert after.on_response(ack(original)) is Verdict.ACKNOWLEDGED
+    after.committed()
+    assert after.wanted() == EventRange(3, 1)
+
+
+def test_restart_with_the_persisted_events_gone_starts_afresh() -> None:
+    delivery = machine(restored=PersistedBatch("OLD", 1, 3, T0))
+    assert delivery.take([], T0, "X") is None
+    assert delivery.wanted() == EventRange(0, 500)
+
+
+def test_message_round_trips_through_the_codec() -> None:
+    batch = build_batch(
+        events("JOB", "IMAGE"), message_id="X", now=T0, max_batch=9, max_bytes=1 << 20
+    )
+    decoded = decode(encode(batch.message))
+    assert decoded.payload == batch.message.payload
+    assert json.loads(encode(batch.message))["timeStamp"] == int(T0)

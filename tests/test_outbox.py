@@ -1,0 +1,191 @@
+"""The durable outbox over a real SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from nbwss import outbox
+from nbwss.notifications import encode_data
+from nbwss.outbox import GroupPosition, OutboxEvent, PersistedBatch, Queued
+from nbwss.store import Store
+
+T0 = 1_700_000_000.0
+DAY = 86_400.0
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path / "nbwss.db", tmp_path / "nbwss.key")
+    yield store
+    store.close()
+
+
+def job(job_id: int) -> dict[str, Any]:
+    return {"jobId": job_id, "state": "ACTIVE", "clientName": "vm1"}
+
+
+def put(store: Store, *job_ids: int, now: float = T0) -> int:
+    with store.transaction() as conn:
+        return outbox.enqueue(conn, [("JOB", job(j)) for j in job_ids], now)
+
+
+def seqs(store: Store) -> list[int]:
+    with store.reading() as conn:
+        return [seq for (seq,) in conn.execute("SELECT seq FROM outbox ORDER BY seq")]
+
+
+def test_enqueue_returns_last_seq_and_is_durable_only_on_commit(store: Store) -> None:
+    assert put(store, 1, 2, 3) == 3
+
+    def failing_poll() -> None:
+        with store.transaction() as conn:
+            assert outbox.enqueue(conn, [("IMAGE", {"backupId": "b"})], T0) == 4
+            raise RuntimeError("the caller's watermark update failed")
+
+    with pytest.raises(RuntimeError):
+        failing_poll()
+    assert seqs(store) == [1, 2, 3]
+    events = outbox.read_events(store, 0, 10)
+    assert events[0] == OutboxEvent(1, "JOB", encode_data(job(1)))
+
+
+def test_enqueue_of_nothing_returns_the_head(store: Store) -> None:
+    put(store, 1, 2)
+    assert put(store) == 2
+
+
+def test_seq_is_never_reused_after_a_purge(store: Store) -> None:
+    outbox.load_position(store, "G1", T0)
+    put(store, 1, 2)
+    outbox.acknowledge(store, "G1", 2, T0)
+    assert seqs(store) == []
+    assert put(store, 3) == 3
+
+
+def test_queue_chunked_commits_each_chunk_and_reports_the_range(store: Store) -> None:
+    put(store, 1)
+    commits: list[int] = []
+    rows = [("JOB", encode_data(job(n))) for n in range(12)]
+    queued = outbox.queue_chunked(
+        store, rows, lambda: T0, chunk_size=5, after_commit=lambda: commits.append(len(seqs(store)))
+    )
+    assert queued == Queued(12, 2, 13)
+    assert commits == [6, 11, 13]  # each chunk visible (committed) before the next
+    assert [e.data for e in outbox.read_events(store, 1, 100)] == [text for _, text in rows]
+
+
+def test_a_new_group_starts_at_the_head(store: Store) -> None:
+    put(store, 1, 2)
+    assert outbox.load_position(store, "G1", T0) == GroupPosition(2, None)
+    put(store, 3)
+    assert [e.seq for e in outbox.read_events(store, 2, 10)] == [3]
+
+
+def test_read_events_in_order_with_limit_and_ceiling(store: Store) -> None:
+    put(store, *range(1, 11))
+    assert [e.seq for e in outbox.read_events(store, 3, 4)] == [4, 5, 6, 7]
+    assert [e.seq for e in outbox.read_events(store, 3, 100, up_to_seq=5)] == [4, 5]
+    assert outbox.read_events(store, 10, 5) == []
+
+
+def test_persisted_batch_survives_a_reopen_and_ack_clears_it(tmp_path: Path) -> None:
+    first = Store(tmp_path / "db", tmp_path / "key")
+    outbox.load_position(first, "G1", T0)
+    put(first, 1, 2, 3)
+    outbox.persist_batch(first, "G1", PersistedBatch("ID-A", 1, 2, T0))
+    first.close()
+
+    second = Store(tmp_path / "db", tmp_path / "key")
+    try:
+        position = outbox.load_position(second, "G1", T0 + 9)
+        assert position == GroupPosition(0, PersistedBatch("ID-A", 1, 2, T0))
+        outbox.acknowledge(second, "G1", 2, T0 + 10)
+        assert outbox.load_position(second, "G1", T0 + 11) == GroupPosition(2, None)
+    finally:
+        second.close()
+
+
+def test_batch_of_a_deleted_group_is_not_persisted(store: Store) -> None:
+    put(store, 1)
+    outbox.persist_batch(store, "GONE", PersistedBatch("ID", 1, 1, T0))
+    with store.reading() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM group_batches").fetchone() == (0,)
+
+
+def test_cursor_never_moves_back(store: Store) -> None:
+    outbox.load_position(store, "G1", T0)
+    put(store, 1, 2, 3)
+    outbox.acknowledge(store, "G1", 3, T0)
+    outbox.acknowledge(store, "G1", 1, T0)
+    assert outbox.load_position(store, "G1", T0).acked_seq == 3
+
+
+def test_purge_keeps_what_any_group_still_needs(store: Store) -> None:
+    outbox.load_position(store, "G1", T0)
+    outbox.load_position(store, "G2", T0)
+    put(store, 1, 2, 3, 4)
+    assert outbox.acknowledge(store, "G1", 4, T0) == 0
+    assert seqs(store) == [1, 2, 3, 4]
+    assert outbox.acknowledge(store, "G2", 2, T0) == 2
+    assert seqs(store) == [3, 4]
+
+
+def test_purge_without_any_group_drops_what_nobody_can_receive(store: Store) -> None:
+    put(store, 1, 2)
+    assert outbox.purge(store) == 2
+    assert seqs(store) == []
+
+
+def test_retention_drops_old_events_loudly_and_moves_cursors(store: Store) -> None:
+    outbox.load_position(store, "G1", T0)
+    outbox.load_position(store, "G2", T0)
+    put(store, 1, 2, 3, now=T0)
+    put(store, 4, now=T0 + 20 * DAY)
+    outbox.acknowledge(store, "G1", 2, T0)
+    outbox.persist_batch(store, "G2", PersistedBatch("ID", 1, 3, T0))
+    with capture_logs() as logged:
+        expired = outbox.expire(store, T0 + 31 * DAY, retention_days=30)
+    assert expired.deleted == 3
+    assert expired.unacked_by_group == {"G1": 1, "G2": 3}
+    [event] = [e for e in logged if e["event"] == "outbox.expired_unacknowledged"]
+    assert event["log_level"] == "error"
+    assert event["dropped"] == 4
+    assert event["groups"] == ["G1", "G2"]
+    assert seqs(store) == [4]
+    assert outbox.load_position(store, "G2", T0) == GroupPosition(3, None)
+    assert outbox.load_position(store, "G1", T0).acked_seq == 3
+
+
+def test_retention_of_acknowledged_events_is_quiet(store: Store) -> None:
+    outbox.load_position(store, "G1", T0)
+    put(store, 1, 2, now=T0)
+    put(store, 3, now=T0 + 40 * DAY)
+    with store.transaction() as conn:  # acknowledged, but not purged yet
+        conn.execute("UPDATE group_cursors SET acked_seq = 2")
+    with capture_logs() as logged:
+        expired = outbox.expire(store, T0 + 40 * DAY, retention_days=30)
+    assert expired.deleted == 2
+    assert expired.unacked_by_group == {}
+    assert logged == []
+    assert outbox.expire(store, T0 + 40 * DAY, retention_days=30).deleted == 0
+
+
+def test_backlog_per_group(store: Store) -> None:
+    outbox.load_position(store, "G1", T0)
+    outbox.load_position(store, "G2", T0)
+    put(store, 1, 2, now=T0)
+    put(store, 3, now=T0 + 5)
+    outbox.acknowledge(store, "G1", 2, T0)
+    outbox.persist_batch(store, "G2", PersistedBatch("ID-2", 1, 3, T0))
+    g1, g2 = outbox.backlog(store, T0 + 10)
+    assert (g1.group_id, g1.acked_seq, g1.backlog, g1.outstanding_id) == ("G1", 2, 1, None)
+    assert g1.oldest_unacked_age_s == pytest.approx(5)
+    assert (g2.backlog, g2.outstanding_id) == (3, "ID-2")
+    assert g2.oldest_unacked_age_s == pytest.approx(10)
+    outbox.acknowledge(store, "G1", 3, T0)
+    assert outbox.backlog(store, T0)[0].oldest_unacked_age_s is None
