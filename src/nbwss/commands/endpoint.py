@@ -1,18 +1,424 @@
-"""`nbwss endpoint`."""
+"""`nbwss endpoint`: the admin's side of endpoints (the guide's "WebSocket Server" dialog).
+
+validate -> add (pins the certificate seen now) -> list / show -> enable / disable ->
+delete. Every change is one store transaction and one log event; the daemon picks it up
+at its next connection run. The token is never printed (except `show --token`) and
+never logged.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sqlite3
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from nbwss.commands import Context
-from nbwss.errors import NbwssError
+from nbwss import logs
+from nbwss.commands import Context, print_json, print_table
+from nbwss.endpoints import (
+    FETCH_TIMEOUT_S,
+    EndpointDetails,
+    fetch_details,
+    parse_details,
+)
+from nbwss.errors import (
+    MSG_CERT_MISMATCH,
+    MSG_EXISTS,
+    MSG_NO_SSL,
+    MSG_NOT_FOUND,
+    AlreadyExistsError,
+    DetailsError,
+    NotFoundError,
+    StoreError,
+    TrustError,
+    unable_to_delete_certificate,
+)
+from nbwss.store import EndpointRecord, Store
+from nbwss.trust import CertificateInfo, certificate_info, fetch_certificate, normalize_fingerprint
+
+log = logs.get_logger("nbwss.endpoint")
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("endpoint", help="(in progress)")
-    parser.set_defaults(handler=handle)
+    parser = commands.add_parser(
+        "endpoint",
+        help="validate, add, list, show, enable, disable, delete endpoints",
+        description="Manage the cloud endpoints the daemon connects to.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
+    actions.required = True
+
+    validate = actions.add_parser(
+        "validate", help="check details and show the server's certificate"
+    )
+    _add_source_options(validate)
+    validate.add_argument("--json", action="store_true", help="machine-readable output")
+    validate.set_defaults(handler=handle_validate, parser=validate)
+
+    add = actions.add_parser("add", help="validate, then store details and pin the certificate")
+    _add_source_options(add)
+    add.add_argument(
+        "--fingerprint", metavar="SHA256", help="the SHA-256 fingerprint accepted at validate"
+    )
+    add.add_argument("--yes", action="store_true", help="accept the certificate seen now")
+    add.set_defaults(handler=handle_add, parser=add)
+
+    listing = actions.add_parser("list", help="every endpoint with state and status")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=handle_list)
+
+    show = actions.add_parser("show", help="one endpoint")
+    show.add_argument("host", metavar="HOST", help="the endpoint's hostName")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.add_argument("--token", action="store_true", help="also show the token (secret)")
+    show.set_defaults(handler=handle_show)
+
+    for name, handler, text in (
+        ("enable", handle_enable, "let the daemon connect to it"),
+        ("disable", handle_disable, "never connect to it"),
+        ("delete", handle_delete, "remove its credentials and pinned certificate"),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("host", metavar="HOST", help="the endpoint's hostName")
+        action.set_defaults(handler=handler)
 
 
-def handle(args: argparse.Namespace, context: Context) -> int:
-    raise NbwssError("'endpoint' is not built yet")
+def _add_source_options(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", type=Path, metavar="F", help="JSON file with the details")
+    source.add_argument("--url", metavar="U", help="https:// URL serving the details")
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="PEM",
+        help="with --url: trust only this CA for the details URL (default: system CAs)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=FETCH_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"for each connection (default {FETCH_TIMEOUT_S:g})",
+    )
+
+
+# -- validate and add ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    """Details from the source, and the certificate their server presents right now."""
+
+    details: EndpointDetails
+    certificate: CertificateInfo
+
+    @property
+    def server(self) -> str:
+        return f"{self.details.server_host}:{self.details.port}"
+
+
+def _check_source_options(args: argparse.Namespace) -> None:
+    if args.ca_file is not None and args.url is None:
+        args.parser.error("--ca-file applies to --url only")
+    if args.timeout <= 0:
+        args.parser.error("--timeout must be > 0")
+
+
+def _read_details_file(path: Path) -> EndpointDetails:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DetailsError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_details(raw)
+
+
+def _load_details(args: argparse.Namespace) -> EndpointDetails:
+    if args.file is not None:
+        details = _read_details_file(args.file)
+    else:
+        fetch = fetch_details(args.url, ca_file=args.ca_file, timeout_s=args.timeout)
+        details = asyncio.run(fetch)
+    logs.register_secret(details.token)  # whatever happens next, never in a log line
+    return details
+
+
+def _inspect(details: EndpointDetails, timeout_s: float) -> Inspection:
+    fetch = fetch_certificate(details.server_host, details.port, timeout_s)
+    return Inspection(details, asyncio.run(fetch))
+
+
+def certificate_problems(inspection: Inspection, now: datetime) -> list[str]:
+    """Why the daemon could not use this certificate: it checks host name and validity."""
+    cert, host = inspection.certificate, inspection.details.server_host
+    problems = []
+    if not cert.names_host(host):
+        names = ", ".join(cert.sans) or "none"
+        problems.append(f"the certificate does not name {host} (its names: {names})")
+    if now > cert.not_after:
+        problems.append(f"the certificate expired on {cert.not_after:%Y-%m-%d %H:%M} UTC")
+    elif now < cert.not_before:
+        problems.append(f"the certificate is not valid before {cert.not_before:%Y-%m-%d %H:%M} UTC")
+    return problems
+
+
+def _details_json(details: EndpointDetails) -> dict[str, Any]:
+    return {
+        "hostName": details.host_name,
+        "groupId": details.group_id,
+        "priority": details.priority,
+        "url": details.url,
+    }
+
+
+def _print_inspection(inspection: Inspection, problems: list[str]) -> None:
+    details, cert = inspection.details, inspection.certificate
+    lines = [
+        "Endpoint details are valid:",
+        f"  Host name:  {details.host_name}",
+        f"  Group:      {details.group_id}",
+        f"  Priority:   {details.priority}",
+        f"  URL:        {details.url}",
+        f"Certificate presented by {inspection.server}:",
+        f"  Subject:    {cert.subject}",
+        f"  Issuer:     {cert.issuer}",
+        f"  Names:      {', '.join(cert.sans) or '(none)'}",
+        f"  Valid:      {cert.not_before:%Y-%m-%d %H:%M:%S} to "
+        f"{cert.not_after:%Y-%m-%d %H:%M:%S} UTC",
+        f"  SHA-256:    {cert.fingerprint}",
+    ]
+    lines += [f"Warning: {problem}" for problem in problems]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def handle_validate(args: argparse.Namespace, context: Context) -> int:
+    _check_source_options(args)
+    context.settings  # noqa: B018 - configures logging before anything can log
+    inspection = _inspect(_load_details(args), args.timeout)
+    problems = certificate_problems(inspection, datetime.now(UTC))
+    if args.json:
+        print_json(
+            {
+                "endpoint": _details_json(inspection.details),
+                "server": inspection.server,
+                "certificate": inspection.certificate.to_json(),
+                "problems": problems,
+            }
+        )
+    else:
+        _print_inspection(inspection, problems)
+    if problems:
+        raise TrustError(f"{MSG_NO_SSL}: {problems[0]}")
+    if not args.json:
+        source = f"--file {args.file}" if args.file is not None else f"--url {args.url}"
+        sys.stdout.write(
+            f"To add it: nbwss endpoint add {source} "
+            f"--fingerprint {inspection.certificate.fingerprint}\n"
+        )
+    return 0
+
+
+def _ensure_absent(store: Store, host_name: str) -> None:
+    try:
+        store.endpoint(host_name)
+    except NotFoundError:
+        return
+    raise AlreadyExistsError(f"{MSG_EXISTS}: {host_name} (delete it first to re-add it)")
+
+
+def _accept_certificate(inspection: Inspection, args: argparse.Namespace) -> None:
+    """The admin accepts the certificate: by fingerprint, by --yes, or at the terminal."""
+    seen = inspection.certificate.fingerprint
+    if args.fingerprint is not None:
+        accepted = normalize_fingerprint(args.fingerprint)
+        if accepted != seen:
+            raise TrustError(
+                f"{MSG_CERT_MISMATCH}: {inspection.server} presents {seen}, "
+                f"not the accepted {accepted}"
+            )
+        return
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise TrustError(
+            "the certificate was not accepted and there is no terminal to ask: pass "
+            "--fingerprint SHA256 (shown by 'nbwss endpoint validate') or --yes"
+        )
+    _print_inspection(inspection, [])
+    try:
+        answer = input("Trust this certificate and add the endpoint? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() not in ("y", "yes"):
+        raise TrustError("the certificate was not accepted; nothing was stored")
+
+
+def handle_add(args: argparse.Namespace, context: Context) -> int:
+    _check_source_options(args)
+    if args.fingerprint is not None:
+        normalize_fingerprint(args.fingerprint)  # a typo fails before any connection
+    store = context.store
+    details = _load_details(args)
+    _ensure_absent(store, details.host_name)  # before connecting anywhere
+    inspection = _inspect(details, args.timeout)
+    problems = certificate_problems(inspection, datetime.now(UTC))
+    if problems:
+        raise TrustError(f"{MSG_NO_SSL}: {problems[0]}")
+    _accept_certificate(inspection, args)
+    cert = inspection.certificate
+    store.add_endpoint(details, cert.der, cert.fingerprint)
+    log.info(
+        "endpoint.added",
+        host=details.host_name,
+        group=details.group_id,
+        priority=details.priority,
+        fingerprint=cert.fingerprint,
+    )
+    sys.stdout.write(
+        f"Added {details.host_name} (group {details.group_id}, priority {details.priority}) "
+        f"with certificate {cert.fingerprint} pinned.\n"
+        f"The daemon connects at its next connection run (every "
+        f"{context.settings.connection_period_s:g} s).\n"
+    )
+    return 0
+
+
+# -- list and show ---------------------------------------------------------------------------
+
+
+def _records(store: Store) -> list[EndpointRecord]:
+    try:
+        return store.endpoints()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{MSG_NOT_FOUND}: the endpoints cannot be read ({exc})") from None
+
+
+def _state(record: EndpointRecord) -> str:
+    return "ENABLED" if record.enabled else "DISABLED"
+
+
+def _status(record: EndpointRecord) -> str:
+    return "CONNECTED" if record.connected else "DISCONNECTED"
+
+
+def _record_json(record: EndpointRecord) -> dict[str, Any]:
+    return {
+        "hostName": record.host_name,
+        "url": record.url,
+        "groupId": record.group_id,
+        "priority": record.priority,
+        "state": _state(record),
+        "status": _status(record),
+        "fingerprint": record.fingerprint,
+    }
+
+
+def handle_list(args: argparse.Namespace, context: Context) -> int:
+    records = _records(context.store)
+    if args.json:
+        print_json([_record_json(record) for record in records])
+        return 0
+    if not records:
+        sys.stdout.write("No endpoints yet. Add one with: nbwss endpoint add --file F\n")
+        return 0
+    print_table(
+        ["HOST", "URL", "GROUP", "PRIORITY", "STATE", "STATUS"],
+        [
+            [r.host_name, r.url, r.group_id, str(r.priority), _state(r), _status(r)]
+            for r in records
+        ],
+    )
+    return 0
+
+
+def _find(store: Store, host_name: str) -> EndpointRecord:
+    for record in _records(store):
+        if record.host_name == host_name:
+            return record
+    raise NotFoundError(f"{MSG_NOT_FOUND}: {host_name}")
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def handle_show(args: argparse.Namespace, context: Context) -> int:
+    record = _find(context.store, args.host)
+    cert = certificate_info(record.certificate_der)
+    shown: dict[str, Any] = {
+        **_record_json(record),
+        "statusSince": _iso(record.status_since),
+        "lastError": record.last_error,
+        "certificate": cert.to_json(),
+    }
+    if args.token:
+        shown["token"] = context.store.token(record.host_name)
+    if args.json:
+        print_json(shown)
+        return 0
+    rows = [
+        ("Host name", record.host_name),
+        ("URL", record.url),
+        ("Group", record.group_id),
+        ("Priority", str(record.priority)),
+        ("State", _state(record)),
+        ("Status", _status(record) + (f" since {shown['statusSince']}" if shown["statusSince"]
+                                      else "")),
+        ("Last error", record.last_error or "-"),
+        ("Certificate", cert.subject),
+        ("Names", ", ".join(cert.sans) or "(none)"),
+        ("Valid until", f"{cert.not_after:%Y-%m-%d %H:%M:%S} UTC"),
+        ("SHA-256", cert.fingerprint),
+    ]
+    if args.token:
+        rows.append(("Token", shown["token"]))
+    width = max(len(name) for name, _ in rows) + 1
+    sys.stdout.write("".join(f"{name + ':':<{width}} {value}\n" for name, value in rows))
+    return 0
+
+
+# -- enable, disable, delete -----------------------------------------------------------------
+
+
+def _set_enabled(context: Context, host_name: str, enabled: bool) -> int:
+    store = context.store
+    record = _find(store, host_name)
+    word = "enabled" if enabled else "disabled"
+    if record.enabled == enabled:
+        sys.stdout.write(f"Endpoint {host_name} is already {word}.\n")
+        return 0
+    store.set_enabled(host_name, enabled)
+    log.info(f"endpoint.{word}", host=host_name, group=record.group_id)
+    effect = "connects to it" if enabled else "disconnects from it"
+    sys.stdout.write(
+        f"Endpoint {host_name} {word}; the daemon {effect} at its next connection run.\n"
+    )
+    return 0
+
+
+def handle_enable(args: argparse.Namespace, context: Context) -> int:
+    return _set_enabled(context, args.host, True)
+
+
+def handle_disable(args: argparse.Namespace, context: Context) -> int:
+    return _set_enabled(context, args.host, False)
+
+
+def handle_delete(args: argparse.Namespace, context: Context) -> int:
+    store = context.store
+    record = _find(store, args.host)
+    try:
+        store.delete_endpoint(args.host)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{unable_to_delete_certificate(args.host)} ({exc})") from None
+    log.info("endpoint.deleted", host=args.host, group=record.group_id)
+    sys.stdout.write(
+        f"Endpoint {args.host} deleted with its pinned certificate; the daemon disconnects "
+        "from it at its next connection run.\n"
+    )
+    return 0
