@@ -159,16 +159,17 @@ class StandinApi:
         """Remove an image from the catalog (it vanishes from lists); returns what it was."""
         return self.images.pop(backup_id, None)
 
-    def add_vmserver(self, server_name: str, **attributes: Any) -> Attributes:
+    def add_vmserver(self, fields: Mapping[str, Any]) -> Attributes:
+        """Store a VM server as POST does: `fields` in the guide's shape, with a serverName."""
         record: Attributes = {
-            "serverName": server_name,
+            "serverName": fields["serverName"],
             "vmType": "VMWARE_VIRTUAL_CENTER_SERVER",
             "userId": "",
             "password": "",
             "port": 0,
         }
-        record.update(attributes)
-        self.vmservers[server_name] = record
+        record.update(fields)
+        self.vmservers[str(record["serverName"])] = record
         return record
 
     def login(self) -> str:
@@ -297,7 +298,7 @@ async def _post_vmserver(request: web.Request) -> web.Response:
         return _error(400, "serverName must be a non-empty string")
     if name in api.vmservers:
         return _error(409, "this entity already exists")
-    api.add_vmserver(name, **record)
+    api.add_vmserver(record)
     return web.Response(status=201)
 
 

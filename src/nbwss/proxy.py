@@ -1,0 +1,275 @@
+"""The COMMAND proxy: a COMMAND REQUEST in, a call to the local REST API, its COMMAND RESPONSE out.
+
+`CommandProxy` is the session's `CommandHandler`. Each COMMAND passes the guard
+(`nbwss.guard`) first; a refusal is answered at once and never reaches the API. The
+rest go over one shared `aiohttp.ClientSession` (one connection pool for the daemon) to
+`restApi.baseUrl` + the canonical target, with TLS verified against `restApi.caFile`.
+
+Failures become responses, never exceptions: API unreachable or answering badly -> 502,
+`command.timeout` passed -> 504, a response body over `command.maxBodyBytes` -> 502. The
+timeout covers the REST call (connect, send, read the whole body), not the wait for a
+free slot: at most `command.maxConcurrent` commands of one connection call the API at
+once and the rest queue, so one connection cannot take over the API and a slow call
+delays no other connection.
+
+The response payload is ``headers`` (names lower-cased; repeated headers joined with
+", "), ``responseCode`` (int) and ``body``: the response body decoded as UTF-8, with
+U+FFFD replacing bytes that are not UTF-8 (the wire carries text only). Redirects are
+returned to the app, never followed, so a call cannot be bounced off the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from nbwss import metrics
+from nbwss.guard import ApiRequest, Policy, Refusal, check_command, loggable_uri
+from nbwss.link import Link
+from nbwss.logs import get_logger
+from nbwss.messages import JsonObject, Message, response_to
+from nbwss.properties import Settings
+
+log = get_logger(__name__)
+
+_READ_CHUNK: Final = 64 * 1024
+# The body is handed over decoded, so headers about its encoded form would mislead.
+_DECODED_BODY_HEADERS: Final = frozenset({"content-encoding", "content-length"})
+
+
+@dataclass(slots=True)
+class Answer:
+    """What the app gets back, before it becomes a COMMAND RESPONSE."""
+
+    status: int
+    headers: dict[str, str]
+    body: str
+    size: int  # response body bytes as received from the API (0 for our own answers)
+    reason: str | None = None  # why we answered ourselves (refusal, failure); never a body
+
+    def payload(self) -> JsonObject:
+        return {"headers": self.headers, "responseCode": self.status, "body": self.body}
+
+
+def _own_answer(status: int, reason: str, field_name: str | None = None) -> Answer:
+    """An answer nbwss makes itself, in NetBackup's error shape."""
+    body: dict[str, Any] = {"errorCode": status, "errorMessage": reason, "origin": "nbwss"}
+    if field_name is not None:
+        body["field"] = field_name
+    return Answer(status, {"content-type": "application/json"}, json.dumps(body), 0, reason)
+
+
+def _refused(refusal: Refusal) -> Answer:
+    return Answer(
+        refusal.status,
+        {"content-type": "application/json"},
+        json.dumps(refusal.body()),
+        0,
+        f"{refusal.field}: {refusal.reason}",
+    )
+
+
+class _ResponseTooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+@dataclass(slots=True)
+class _Lane:
+    semaphore: asyncio.Semaphore
+    users: int = 0
+
+
+@dataclass
+class _Lanes:
+    """One semaphore per live connection, dropped when its last command finishes."""
+
+    size: int
+    lanes: dict[int, _Lane] = field(default_factory=dict)
+
+    def enter(self, link: Link) -> _Lane:
+        # id() is safe as a key: the entry lives only while a command holds `link`.
+        lane = self.lanes.get(id(link))
+        if lane is None:
+            lane = self.lanes[id(link)] = _Lane(asyncio.Semaphore(self.size))
+        lane.users += 1
+        return lane
+
+    def leave(self, link: Link, lane: _Lane) -> None:
+        lane.users -= 1
+        if lane.users == 0:
+            del self.lanes[id(link)]
+
+
+def client_ssl(settings: Settings) -> ssl.SSLContext | bool:
+    """TLS for the local API: verified against `restApi.caFile` (or the system CAs)."""
+    if not settings.rest_api_verify:
+        return False
+    ca_file = str(settings.rest_api_ca_file) if settings.rest_api_ca_file else None
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class CommandProxy:
+    """Carries out COMMAND requests against the local REST API (a `CommandHandler`).
+
+    Use as ``async with CommandProxy(settings) as proxy:`` (or `start`/`close`): the
+    connection pool lives between the two.
+    """
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self._policy = Policy.from_settings(settings)
+        self._base_url = settings.rest_api_base_url.rstrip("/")
+        self._clock = clock
+        self._lanes = _Lanes(settings.command_max_concurrent)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if not self._settings.rest_api_verify:
+            log.warning("rest_api.tls_unverified", base_url=self._base_url)
+        connector = aiohttp.TCPConnector(ssl=client_ssl(self._settings), limit=0)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            # What the app sends is what the API gets: no guessed Content-Type, and no
+            # compression the app did not ask for (the body is handed over as text).
+            skip_auto_headers=("Content-Type", "Accept-Encoding"),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> CommandProxy:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def __call__(self, request: Message, link: Link) -> Message:
+        started = time.perf_counter()
+        checked = check_command(request.payload, self._policy)
+        if isinstance(checked, Refusal):
+            answer = _refused(checked)
+            method, uri = _raw_method_and_uri(request.payload)
+        else:
+            method, uri = checked.method, checked.loggable_uri
+            lane = self._lanes.enter(link)
+            try:
+                async with lane.semaphore:
+                    answer = await self._call_api(checked)
+            finally:
+                self._lanes.leave(link, lane)
+        self._record(request, link, method, uri, answer, time.perf_counter() - started)
+        return response_to(request, answer.payload(), self._clock())
+
+    async def _call_api(self, api_request: ApiRequest) -> Answer:
+        if self._session is None:
+            raise RuntimeError("CommandProxy used before start()")
+        url = URL(self._base_url + api_request.target, encoded=True)
+        try:
+            async with asyncio.timeout(self._settings.command_timeout_s):
+                async with self._session.request(
+                    api_request.method,
+                    url,
+                    headers=CIMultiDict(api_request.headers),
+                    data=api_request.body,
+                    allow_redirects=False,
+                ) as response:
+                    raw = await self._read_body(response)
+                    return _api_answer(response.status, response.headers, raw)
+        except TimeoutError:
+            seconds = self._settings.command_timeout_s
+            return _own_answer(504, f"the REST API did not answer within {seconds:g} s")
+        except _ResponseTooLarge as exc:
+            limit = self._settings.command_max_body_bytes
+            return _own_answer(
+                502, f"the REST API's response body ({exc.size} bytes or more) exceeds "
+                f"command.maxBodyBytes ({limit})"
+            )
+        except aiohttp.ClientError as exc:
+            return _own_answer(502, f"the REST API cannot be reached: {_describe(exc)}")
+
+    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
+        """The whole body, or `_ResponseTooLarge` as soon as it passes the cap."""
+        limit = self._settings.command_max_body_bytes
+        if response.content_length is not None and response.content_length > limit:
+            raise _ResponseTooLarge(response.content_length)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(_READ_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise _ResponseTooLarge(size)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _record(
+        self, request: Message, link: Link, method: str, uri: str, answer: Answer, took: float
+    ) -> None:
+        metrics.COMMANDS.labels(status=str(answer.status)).inc()
+        metrics.COMMAND_SECONDS.observe(took)
+        event = log.info if answer.reason is None else log.warning
+        event(
+            "command.done",
+            id=request.id,
+            group=link.group_id,
+            host=link.host_name,
+            method=method,
+            uri=uri,
+            status=answer.status,
+            duration_ms=round(took * 1000, 3),
+            bytes=answer.size,
+            **({"reason": answer.reason} if answer.reason else {}),
+        )
+
+
+def _api_answer(status: int, headers: CIMultiDictProxy[str], raw: bytes) -> Answer:
+    names: dict[str, str] = {}
+    for name, value in headers.items():
+        key = name.lower()
+        names[key] = f"{names[key]}, {value}" if key in names else value
+    if "content-encoding" in names:
+        for key in _DECODED_BODY_HEADERS:
+            names.pop(key, None)
+    return Answer(status, names, raw.decode("utf-8", errors="replace"), len(raw))
+
+
+def _raw_method_and_uri(payload: Any) -> tuple[str, str]:
+    """Method and uri of a refused COMMAND, safe to log (short, query values removed)."""
+    if not isinstance(payload, dict):
+        return "", ""
+    method, uri = payload.get("method"), payload.get("uri")
+    method_text = method[:20] if isinstance(method, str) else ""
+    uri_text = loggable_uri(uri)[:200] if isinstance(uri, str) else ""
+    return method_text, uri_text
+
+
+def _describe(exc: aiohttp.ClientError) -> str:
+    """One line about a client error, without anything the app sent."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"its TLS certificate is not trusted ({exc.certificate_error})"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without answering"
+    return type(exc).__name__
