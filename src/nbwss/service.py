@@ -1,0 +1,180 @@
+"""The daemon's life cycle: startup -> main loop -> shutdown, as uvicorn's server.py reads.
+
+Every task (the connection process, the systemd watchdog and status, and the components
+the daemon is built with: wake listener, REST poller, status server) is started in
+`async_run`, owned by one TaskGroup, and cancelled and awaited there. Signal handlers
+only set flags: SIGTERM/SIGINT ask for a graceful stop (every connection gets a normal
+close frame, then what is left is cancelled after a grace period); a second one forces
+it; SIGHUP re-reads the properties and runs the connection process at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
+
+from nbwss import logs
+from nbwss.errors import NbwssError
+from nbwss.link import CommandHandler, GroupDelivery
+from nbwss.properties import Settings
+from nbwss.sdnotify import Notifier, watchdog_interval_s
+from nbwss.store import Store
+from nbwss.supervisor import Supervisor
+
+log = logs.get_logger("nbwss.service")
+
+# How long shutdown waits for close frames to be exchanged before cancelling.
+SHUTDOWN_GRACE_S: Final = 5.0
+
+
+class Component(Protocol):
+    """A long-running part of the daemon; `run` works until cancelled."""
+
+    async def run(self) -> None: ...
+
+
+class Service:
+    """`nbwss run`: the connection process plus the components, with a clean stop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        delivery_for_group: Callable[[str], GroupDelivery] | None = None,
+        command_handler: CommandHandler | None = None,
+        components: Sequence[Component] = (),
+        reload_settings: Callable[[], Settings] | None = None,
+        notifier: Notifier | None = None,
+        watchdog_s: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.supervisor = Supervisor(
+            settings, store, delivery_for_group=delivery_for_group, command_handler=command_handler
+        )
+        self.components = tuple(components)
+        self._reload_settings = reload_settings
+        self.notifier = notifier or Notifier.from_env()
+        self._watchdog_s = watchdog_s if watchdog_s is not None else watchdog_interval_s()
+        self.ready = asyncio.Event()
+        self.should_exit = False
+        self.force_exit = False
+        self._reload_requested = False
+        self._flagged = asyncio.Event()
+        self._forced = asyncio.Event()
+
+    # -- flags (safe from signal handlers) ------------------------------------------------
+
+    def handle_exit(self, sig: int | None = None) -> None:
+        """Ask for a graceful stop; asked twice, stop without waiting."""
+        if self.should_exit:
+            self.force_exit = True
+            self._forced.set()
+        self.should_exit = True
+        self._flagged.set()
+
+    def handle_reload(self) -> None:
+        self._reload_requested = True
+        self._flagged.set()
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    async def async_run(self, handle_signals: bool = True) -> None:
+        """Run until asked to stop; returns after every connection was closed."""
+        await self.startup()
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.handle_exit, sig)
+            loop.add_signal_handler(signal.SIGHUP, self.handle_reload)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                started = [tasks.create_task(self.supervisor.run())]
+                started += [tasks.create_task(component.run()) for component in self.components]
+                if self.notifier.enabled:
+                    started.append(tasks.create_task(self._report_status()))
+                    if self._watchdog_s:
+                        started.append(tasks.create_task(self._watchdog(self._watchdog_s)))
+                self.ready.set()
+                self.notifier.send("READY=1", "STATUS=connecting")
+                log.info("service.started", components=len(self.components))
+                await self.main_loop()
+                await self.shutdown()
+                for task in started:
+                    task.cancel()
+        finally:
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+        log.info("service.stopped")
+
+    async def startup(self) -> None:
+        # Whatever a killed daemon left in the store, nothing is connected yet.
+        await asyncio.to_thread(self.store.reset_status)
+        log.info("service.starting", config=str(self.settings.source or "built-in defaults"))
+
+    async def main_loop(self) -> None:
+        while True:
+            await self._flagged.wait()
+            self._flagged.clear()
+            if self.should_exit:
+                return
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the properties (when we know the file) and the store, now."""
+        self.notifier.send("RELOADING=1", "STATUS=reloading")
+        if self._reload_settings is not None:
+            try:
+                settings = self._reload_settings()
+            except NbwssError as exc:
+                log.error("service.reload_failed", reason=str(exc))
+            else:
+                if settings.store_path != self.settings.store_path:
+                    log.warning("service.reload_store_path_ignored", detail="needs a restart")
+                self.settings = settings
+                self.supervisor.update_settings(settings)
+                logs.configure(settings.log_level, settings.log_format)
+        log.info("service.reloaded")
+        self.supervisor.wake()
+        self.notifier.send("READY=1", "STATUS=reloaded")
+
+    async def shutdown(self) -> None:
+        """Close every connection with a normal close frame, unless forced or too slow."""
+        log.info("service.stopping")
+        self.notifier.send("STOPPING=1", "STATUS=stopping")
+        closing = asyncio.ensure_future(self.supervisor.close_all("daemon stopping"))
+        forced = asyncio.ensure_future(self._forced.wait())
+        try:
+            await asyncio.wait({closing, forced}, timeout=SHUTDOWN_GRACE_S,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (closing, forced):
+                waiter.cancel()
+            await asyncio.gather(closing, forced, return_exceptions=True)
+        if closing.cancelled():
+            log.warning("service.stop_forced", forced=self.force_exit)
+
+    # -- systemd ---------------------------------------------------------------------------
+
+    async def _watchdog(self, interval_s: float) -> None:
+        while True:
+            self.notifier.send("WATCHDOG=1")
+            await asyncio.sleep(interval_s)
+
+    async def _report_status(self) -> None:
+        """STATUS= follows the connected groups, so `systemctl status` shows them."""
+        shown: list[dict[str, str] | None] = [None]
+
+        def changed() -> bool:
+            return self.supervisor.connected != shown[0]
+
+        while True:
+            await self.supervisor.wait_for(changed)
+            shown[0] = connected = self.supervisor.connected
+            self.notifier.send(f"STATUS={len(connected)} server group(s) connected")

@@ -1,0 +1,178 @@
+"""The daemon's life cycle: sd_notify, start, reload, graceful stop, and `nbwss run`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from nbwss.properties import Settings
+from nbwss.sdnotify import Notifier, watchdog_interval_s
+from nbwss.service import Service
+from nbwss.store import Store
+from tests.conftest import TlsMaterial, timeout
+from tests.peers import Peer, add_endpoint
+
+
+@pytest.fixture
+def store(state_dir: Path) -> Iterator[Store]:
+    db = Store(state_dir / "nbwss.db", state_dir / "nbwss.key")
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    """A real datagram socket standing in for systemd's $NOTIFY_SOCKET."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+async def datagram_where(sock: socket.socket, predicate: Callable[[str], bool]) -> str:
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout(10)):
+        while True:
+            text = (await loop.sock_recv(sock, 4096)).decode()
+            if predicate(text):
+                return text
+
+
+async def test_notifier_sends_one_datagram_per_call(notify_socket: socket.socket) -> None:
+    notifier = Notifier(notify_socket.getsockname())
+    assert notifier.send("READY=1", "STATUS=connecting")
+    assert await datagram_where(notify_socket, bool) == "READY=1\nSTATUS=connecting"
+
+
+async def test_notifier_reaches_an_abstract_socket() -> None:
+    name = f"nbwss-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.setblocking(False)
+        assert Notifier("@" + name).send("WATCHDOG=1")
+        assert await datagram_where(sock, bool) == "WATCHDOG=1"
+
+
+def test_notifier_without_systemd_does_nothing_and_a_dead_socket_is_not_fatal(
+    tmp_path: Path,
+) -> None:
+    assert not Notifier.from_env({}).send("READY=1")
+    assert not Notifier(str(tmp_path / "nobody-listens")).send("READY=1")
+
+
+def test_watchdog_interval_is_half_the_timeout_and_only_for_this_process() -> None:
+    assert watchdog_interval_s({"WATCHDOG_USEC": "4000000"}) == 2.0
+    assert watchdog_interval_s({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid())})
+    assert watchdog_interval_s({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_interval_s({}) is None
+
+
+class Recorder:
+    """A component: runs until cancelled, and says so."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = False
+
+    async def run(self) -> None:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+
+@asynccontextmanager
+async def running(service: Service) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(service.async_run(handle_signals=False))
+    try:
+        async with asyncio.timeout(timeout(5)):
+            await service.ready.wait()
+        yield task
+    finally:
+        service.handle_exit()
+        async with asyncio.timeout(timeout(10)):
+            await task
+
+
+async def test_service_starts_reports_to_systemd_and_stops_with_close_frames(
+    tls: TlsMaterial, store: Store, notify_socket: socket.socket
+) -> None:
+    async with Peer(tls.server_cert) as peer:
+        add_endpoint(store, peer, "ep1.test", priority=1)
+        add_endpoint(store, peer, "ep2.test", priority=2)
+        store.set_enabled("ep2.test", False)
+        store.set_status("ep2.test", True)  # left behind by a killed daemon
+        component = Recorder()
+        service = Service(
+            Settings(connection_period_s=30.0), store, components=[component],
+            notifier=Notifier(notify_socket.getsockname()), watchdog_s=0.05,
+        )
+        async with running(service) as task:
+            assert not store.endpoint("ep2.test").connected
+            await datagram_where(notify_socket, lambda text: "READY=1" in text)
+            await peer.wait_for(lambda: peer.connected)
+            await datagram_where(notify_socket, lambda t: "1 server group(s) connected" in t)
+            await datagram_where(notify_socket, lambda text: text == "WATCHDOG=1")
+            assert component.started.is_set()
+            service.handle_exit()
+            async with asyncio.timeout(timeout(10)):
+                await task
+        assert component.cancelled
+        assert peer.connections[0].close_code == 1000
+        assert peer.connections[0].close_reason == "daemon stopping"
+        assert not store.endpoint("ep1.test").connected
+
+
+async def test_reload_reads_properties_and_store_at_once(tls: TlsMaterial, store: Store) -> None:
+    reloaded = Settings(connection_period_s=30.0, keepalive_rate_s=7.0)
+    service = Service(
+        Settings(connection_period_s=30.0), store, reload_settings=lambda: reloaded,
+        notifier=Notifier(None),
+    )
+    async with Peer(tls.server_cert) as peer, running(service):
+        add_endpoint(store, peer, "ep1.test")
+        service.handle_reload()  # what SIGHUP does: no waiting for the 30 s period
+        await peer.wait_for(lambda: peer.connected, seconds=2)
+        assert service.settings is reloaded
+
+
+async def test_nbwss_run_stops_cleanly_on_sigterm(
+    tls: TlsMaterial, store: Store, state_dir: Path, notify_socket: socket.socket
+) -> None:
+    config = state_dir / "nbwss.properties"
+    config.write_text(
+        f"store.path={state_dir / 'nbwss.db'}\nconnectionInfo.period=30\nlog.format=json\n"
+    )
+    async with Peer(tls.server_cert) as peer:
+        add_endpoint(store, peer, "ep1.test")
+        env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname()}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nbwss", "-c", str(config), "run",
+            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await datagram_where(notify_socket, lambda text: "READY=1" in text)
+            await peer.wait_for(lambda: peer.connected, seconds=10)
+            process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(timeout(10)):
+                _, stderr = await process.communicate()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert process.returncode == 0, stderr.decode()
+        await peer.wait_for(lambda: peer.connections[0].closed)
+        assert peer.connections[0].close_code == 1000
+        assert b'"endpoint.connected"' in stderr
+        assert b"token-of-the-endpoint" not in stderr
