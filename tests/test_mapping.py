@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,14 +24,19 @@ from nbwss.sources.mapping import (
     schedule_type,
     window_cutoff,
 )
+from nbwss.standin.scenarios import GuideScenarios
 
-EXAMPLES = Path("/work/shared/spec/examples")
+# The guide's examples (spec/examples/*.json), as transcribed for the stand-in's scenarios.
+GUIDE = GuideScenarios()
+GUIDE_EXAMPLES: dict[str, list[dict[str, Any]]] = {
+    "vmware-e-backup-job-done": [n for _, n in GUIDE.vmware_backup()[4].expected],
+    "vmware-d-image-create": [n for _, n in GUIDE.vmware_backup()[3].expected],
+    "restore-job-done": [n for _, n in GUIDE.restore()[0].expected],
+}
 
 
 def example_data(name: str) -> list[dict[str, Any]]:
-    message = json.loads((EXAMPLES / name).read_text())
-    data: list[dict[str, Any]] = message["payload"][0]["data"]
-    return data
+    return GUIDE_EXAMPLES[name]
 
 
 def api_job(job_id: int, state: str, updated: float, **extra: Any) -> dict[str, Any]:
@@ -68,7 +71,7 @@ def test_schedule_type(api: str, expected: str) -> None:
 
 
 def test_job_maps_to_the_guides_fields_and_order() -> None:
-    expected = example_data("vmware-e-backup-job-done.json")[0]
+    expected = example_data("vmware-e-backup-job-done")[0]
     job = parse_job(api_job(146, "DONE", 1e9, parentJobId=145,
                             startTime=format_time(expected["startTime"])))
     assert job.notification is not None
@@ -77,7 +80,7 @@ def test_job_maps_to_the_guides_fields_and_order() -> None:
 
 
 def test_restore_without_policy_or_parent_maps_like_the_guide() -> None:
-    expected = example_data("restore-job-done.json")[0]
+    expected = example_data("restore-job-done")[0]
     job = parse_job({
         "jobId": 147, "parentJobId": 0, "jobType": "RESTORE", "policyType": None,
         "policyName": None, "scheduleType": None, "clientName": "masterserver2.domain.com",
@@ -177,7 +180,7 @@ def track(images: list[ApiImage]) -> dict[str, TrackedImage]:
 
 
 def test_image_maps_to_the_guides_fields() -> None:
-    expected = example_data("vmware-d-image-create.json")[0]
+    expected = example_data("vmware-d-image-create")[0]
     created = image("DummyTestVM_1459811698", createdTime=format_time(expected["createdTime"]))
     decision = decide_images({}, [created], 0, 2e9)
     assert decision.notifications == [expected]

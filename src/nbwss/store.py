@@ -83,13 +83,14 @@ MIGRATIONS: tuple[str, ...] = (
         job_id       INTEGER PRIMARY KEY,
         state        TEXT NOT NULL,
         status       INTEGER,
-        last_update  TEXT NOT NULL
+        last_update  REAL NOT NULL
     );
     CREATE TABLE poller_images (
         backup_id    TEXT PRIMARY KEY,
         digest       TEXT NOT NULL,
         backup_time  INTEGER NOT NULL,
-        data         TEXT NOT NULL
+        data         TEXT NOT NULL,
+        missed       INTEGER NOT NULL DEFAULT 0
     );
     """,
 )
