@@ -1,0 +1,130 @@
+"""Push, not poll: how the daemon learns of new outbox rows within milliseconds.
+
+`nbwss notify` commits, then sends a one-byte datagram to a Unix datagram socket beside
+the database (`Settings.wake_socket`); the daemon's `WakeListener` wakes every group's
+pump at once through the in-process `Waker` (which the REST poller calls directly). A
+lost datagram costs latency, never a notification: each pump still reads the database
+every `notification.scheduledRate` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Any
+
+from nbwss import logs
+from nbwss.errors import NbwssError
+
+log = logs.get_logger("nbwss.wake")
+
+WAKE_DATAGRAM = b"w"
+
+
+class Waker:
+    """Wakes every registered pump at once; each pump waits on its own `asyncio.Event`.
+
+    A pump clears its event *before* it reads the outbox and waits on it after, so a
+    wake-up that lands in between is never missed.
+    """
+
+    def __init__(self) -> None:
+        self._events: set[asyncio.Event] = set()
+
+    def register(self, event: asyncio.Event) -> None:
+        self._events.add(event)
+
+    def unregister(self, event: asyncio.Event) -> None:
+        self._events.discard(event)
+
+    def wake(self) -> None:
+        """New rows are committed: every pump looks now (call from the event loop's thread)."""
+        for event in self._events:
+            event.set()
+
+
+def send_wake(path: Path) -> bool:
+    """Poke the daemon after a commit; False (and no error) when no daemon listens.
+
+    The notification is already durable, so nothing here may fail the caller.
+    """
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.sendto(WAKE_DATAGRAM, str(path))
+    except OSError:
+        # No socket, no listener, or its queue is full (then it is awake already).
+        return False
+    return True
+
+
+class _WakeProtocol(asyncio.DatagramProtocol):
+    def __init__(self, waker: Waker) -> None:
+        self._waker = waker
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._waker.wake()
+
+    def error_received(self, exc: Exception) -> None:
+        log.warning("wake.socket_error", error=str(exc))
+
+
+def _is_live(path: Path) -> bool:
+    """Whether something listens on the socket at `path` (else it is a stale leftover)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            probe.connect(str(path))
+    except OSError:
+        return False
+    return True
+
+
+def bind_wake_socket(path: Path) -> socket.socket:
+    """Bind the datagram socket, mode 0600, replacing a stale one; refuse a live one."""
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise NbwssError(f"cannot listen on wake socket {path}: not a socket")
+        if _is_live(path):
+            raise NbwssError(f"another nbwss daemon is listening on {path}")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o600)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise NbwssError(f"cannot listen on wake socket {path}: {exc.strerror}") from None
+    return sock
+
+
+class WakeListener:
+    """Daemon component: listens on the wake socket until cancelled, then removes it."""
+
+    def __init__(self, path: Path, waker: Waker) -> None:
+        self.path = path
+        self.waker = waker
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        sock = bind_wake_socket(self.path)
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _WakeProtocol(self.waker), sock=sock
+            )
+        except BaseException:
+            sock.close()
+            raise
+        log.info("wake.listening", path=str(self.path))
+        self.ready.set()
+        try:
+            await asyncio.Future()  # until cancelled
+        finally:
+            transport.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
