@@ -34,27 +34,51 @@ class Entry:
 
 
 def _logical_lines(text: str) -> list[tuple[int, str]]:
-    """Join continued lines as java.util.Properties does; return (first line no, text)."""
-    natural = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    """Join continued lines exactly as Java's `Properties.LineReader` (Java 9+) does.
+
+    Returns (line number where the logical line starts, its raw text). Quirks kept on
+    purpose, since the file may be shared with the vendor's service: a line left empty by
+    a continuation is a fresh line (a following `#` starts a comment), and a backslash
+    ending the file, alone on its line, is an empty entry (unless a CRLF follows it).
+    """
     result: list[tuple[int, str]] = []
-    index = 0
-    while index < len(natural):
-        start = index
-        line = natural[index].lstrip(_WHITESPACE)
-        index += 1
-        if not line or line[0] in "#!":
-            continue  # blank and comment lines are never continued
-        while _ends_with_odd_backslashes(line) and index < len(natural):
-            line = line[:-1] + natural[index].lstrip(_WHITESPACE)
+    index, end, line_no = 0, len(text), 1
+    while index < end:
+        buf: list[str] = []
+        start, skip_space, appended, backslash = line_no, True, False, False
+        while True:
+            if index >= end:
+                if buf:
+                    result.append((start, "".join(buf[:-1] if backslash else buf)))
+                return result
+            char = text[index]
             index += 1
-        if _ends_with_odd_backslashes(line):
-            line = line[:-1]  # a continuation at end of file continues into nothing
-        result.append((start + 1, line))
+            # "\r\n" is one line end: count it once, at its "\n".
+            line_no += char == "\n" or (char == "\r" and text[index : index + 1] != "\n")
+            if skip_space:
+                if char in _WHITESPACE or (char in "\r\n" and not appended):
+                    continue
+                skip_space = appended = False
+            if not buf and char in "#!":  # a comment runs to the end of its line
+                while index < end and text[index] not in "\r\n":
+                    index += 1
+                skip_space = True
+                continue
+            if char not in "\r\n":
+                start = start if buf else line_no
+                buf.append(char)
+                backslash = not backslash if char == "\\" else False
+            elif not buf:
+                skip_space = True
+            elif backslash and index < end:  # a continuation: drop the backslash, go on
+                buf.pop()
+                skip_space, appended, backslash = True, True, False
+                if char == "\r" and text[index : index + 1] == "\n":
+                    index, line_no = index + 1, line_no + 1
+            else:
+                result.append((start, "".join(buf[:-1] if backslash else buf)))
+                break
     return result
-
-
-def _ends_with_odd_backslashes(line: str) -> bool:
-    return (len(line) - len(line.rstrip("\\"))) % 2 == 1
 
 
 def _unescape(raw: str, line_no: int) -> str:
@@ -76,7 +100,9 @@ def _unescape(raw: str, line_no: int) -> str:
             index += 4
         else:
             out.append(_ESCAPES.get(char, char))
-    return "".join(out)
+    # Java strings are UTF-16: Properties.store writes U+1F600 as \uD83D\uDE00, so join
+    # escaped surrogate pairs into one character (an unpaired one stays, as in Java).
+    return "".join(out).encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
 
 
 def _split_key(line: str) -> tuple[str, str]:
@@ -165,7 +191,12 @@ def _optional_text(text: str) -> str | None:
 
 def _optional_path(text: str) -> Path | None:
     value = text.strip()
-    return Path(value).expanduser() if value else None
+    if not value:
+        return None
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # "~user" naming no user, or "~" without a home directory
+        raise ValueError("a path whose ~ names a known home directory") from None
 
 
 def _choice(*choices: str) -> Converter:
