@@ -25,7 +25,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from nbwss import cli
+from nbwss import cli, errors
 from nbwss.errors import (
     MSG_CERT_MISMATCH,
     MSG_EXISTS,
@@ -491,3 +491,12 @@ async def test_subprocess_asks_on_a_terminal_and_adds(cloud: Cloud, state_dir: P
         listed_out, _ = await listing.communicate()
     assert "cloud1.example.com" in listed_out.decode()
     assert "ENABLED" in listed_out.decode()
+
+
+def test_every_message_of_the_guide_is_documented_for_admins() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "endpoints.md").read_text()
+    messages = [value for name, value in vars(errors).items() if name.startswith("MSG_")]
+    messages += [errors.unable_to_connect("H"), errors.unable_to_delete_certificate("H")]
+    assert len(messages) >= 14
+    for message in messages:
+        assert f"`{message}" in page, message
