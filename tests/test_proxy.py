@@ -413,6 +413,25 @@ async def test_an_oversized_response_answers_502(standin: Standin, tls: TlsMater
     assert "command.maxBodyBytes (1000)" in json.loads(payload["body"])["errorMessage"]
 
 
+async def test_a_chunked_response_is_read_whole_and_capped(
+    standin: Standin, tls: TlsMaterial
+) -> None:
+    for job_id in range(20):
+        standin.api.upsert_job(job_id, clientName="client-with-a-long-name")
+    standin.api.chunked = True
+    token = standin.api.login()
+    jobs = command("/netbackup/admin/jobs?page[limit]=20", token=token)
+    async with CommandProxy(proxy_settings(standin, tls)) as proxy:
+        whole = answer(await proxy(jobs, FakeLink()))
+    assert whole["headers"]["transfer-encoding"] == "chunked"
+    assert len(json.loads(whole["body"])["data"]) == 20
+    limit = len(whole["body"]) - 1
+    async with CommandProxy(proxy_settings(standin, tls, command_max_body_bytes=limit)) as proxy:
+        capped = answer(await proxy(jobs, FakeLink()))
+    assert capped["responseCode"] == 502
+    assert f"command.maxBodyBytes ({limit})" in json.loads(capped["body"])["errorMessage"]
+
+
 async def test_one_log_event_per_command_without_secrets(
     standin: Standin, proxy: CommandProxy
 ) -> None:

@@ -17,6 +17,7 @@ and non-ASCII that Unicode NFKC would change (full-width dots and slashes).
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -138,6 +139,14 @@ def _check_method(method: Any) -> str | Refusal:
 
 def check_uri(uri: Any, allowed_prefixes: tuple[str, ...]) -> tuple[str, str] | Refusal:
     """The canonical (path, query) of an origin-form `uri` under an allowed prefix."""
+    if not isinstance(uri, str) or not uri:
+        return _malformed("uri", "must be a non-empty string")
+    return _check_uri_text(uri, allowed_prefixes)
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_uri_text(uri: str, allowed_prefixes: tuple[str, ...]) -> tuple[str, str] | Refusal:
+    # Cached: an app repeats the same few URIs, and the answer depends on nothing else.
     shape = _check_uri_shape(uri)
     if isinstance(shape, Refusal):
         return shape
@@ -152,10 +161,8 @@ def check_uri(uri: Any, allowed_prefixes: tuple[str, ...]) -> tuple[str, str] | 
     return path, query
 
 
-def _check_uri_shape(uri: Any) -> str | Refusal:
-    """Syntax only: a string, origin-form, RFC 3986 characters, well-formed escapes."""
-    if not isinstance(uri, str) or not uri:
-        return _malformed("uri", "must be a non-empty string")
+def _check_uri_shape(uri: str) -> str | Refusal:
+    """Syntax only: origin-form, RFC 3986 characters, well-formed escapes."""
     if len(uri) > MAX_URI_LENGTH:
         return _malformed("uri", f"is longer than {MAX_URI_LENGTH} characters")
     if "\\" in uri:

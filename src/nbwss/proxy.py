@@ -212,8 +212,13 @@ class CommandProxy:
     async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
         """The whole body, or `_ResponseTooLarge` as soon as it passes the cap."""
         limit = self._settings.command_max_body_bytes
-        if response.content_length is not None and response.content_length > limit:
-            raise _ResponseTooLarge(response.content_length)
+        if response.content_length is not None:
+            if response.content_length > limit:
+                raise _ResponseTooLarge(response.content_length)
+            raw = await response.read()  # the common case: length known and within the cap
+            if len(raw) > limit:  # decompressed (the app asked for gzip) past the cap
+                raise _ResponseTooLarge(len(raw))
+            return raw
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_chunked(_READ_CHUNK):

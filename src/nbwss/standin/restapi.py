@@ -23,7 +23,8 @@ Every call but login needs ``Authorization: <token from login>`` or a configured
 key, else 401. All data lives in `StandinApi`, a plain in-memory model that a test or a
 scenario drives directly (`upsert_job`, `upsert_image`, `delete_image`, `vmservers`);
 the same object carries the test hooks: per-path `delays` and `hold` gates, `fail_status`
-(answer every call with e.g. 503), `down` (drop every connection unanswered), and the
+(answer every call with e.g. 503), `down` (drop every connection unanswered), `chunked`
+(stream bodies with Transfer-Encoding: chunked, as the guide's example shows), and the
 request log `requests` with `wait_for_requests` so a test can wait for, or assert the
 absence of, calls.
 """
@@ -97,6 +98,7 @@ class StandinApi:
     delays: dict[str, float] = field(default_factory=dict)
     fail_status: int | None = None
     down: bool = False
+    chunked: bool = False  # stream bodies with Transfer-Encoding: chunked, as NetBackup does
     requests: list[SeenRequest] = field(default_factory=list)
     _gates: dict[str, asyncio.Event] = field(default_factory=dict, repr=False)
     _seen: asyncio.Condition | None = field(default=None, repr=False)
@@ -250,7 +252,23 @@ async def _hooks(request: web.Request, handler: Handler) -> web.StreamResponse:
         authorization = request.headers.get("Authorization", "")
         if authorization not in api.tokens and authorization not in api.api_keys:
             return _error(401, "authentication required")
-    return await handler(request)
+    response = await handler(request)
+    if api.chunked and isinstance(response, web.Response) and response.body:
+        return await _stream_chunked(request, response)
+    return response
+
+
+async def _stream_chunked(request: web.Request, response: web.Response) -> web.StreamResponse:
+    """Send `response` again as a chunked stream of 1 KiB pieces, with no Content-Length."""
+    assert isinstance(response.body, bytes)
+    stream = web.StreamResponse(status=response.status)
+    stream.headers["Content-Type"] = response.headers["Content-Type"]
+    stream.enable_chunked_encoding()
+    await stream.prepare(request)
+    for start in range(0, len(response.body), 1024):
+        await stream.write(response.body[start : start + 1024])
+    await stream.write_eof()
+    return stream
 
 
 async def _login(request: web.Request) -> web.Response:
