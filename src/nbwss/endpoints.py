@@ -157,8 +157,9 @@ _MAX_REDIRECTS = 3
 
 def check_details_url(url: str) -> str:
     """An `https://` URL with a host; the guide's "Invalid command parameter" otherwise."""
+    url = url.strip()
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         raise DetailsError(f"{MSG_INVALID_PARAMETER}: {MSG_INCORRECT_URL}: {url!r}") from None
@@ -167,7 +168,7 @@ def check_details_url(url: str) -> str:
             f"{MSG_INVALID_PARAMETER}: {MSG_INCORRECT_URL}: {url!r} is not an https:// URL "
             "with a host"
         )
-    return url.strip()
+    return url
 
 
 def _is_transient(exc: BaseException) -> bool:
