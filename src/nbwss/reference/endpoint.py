@@ -145,7 +145,7 @@ class ReferenceEndpoint:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        self.out(f"[{self.name}] stopped")
+            self.out(f"[{self.name}] stopped")
 
     async def __aenter__(self) -> ReferenceEndpoint:
         await self.start()
