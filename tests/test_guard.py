@@ -157,6 +157,7 @@ def test_the_listed_methods_pass(method: str) -> None:
         {"Bad Name": "x"},
         {"": "x"},
         {"X-Number": 7},
+        {"X-Surrogate": "\ud800"},
         {"X-List": ["a"]},
         ["Content-Type", "application/json"],
         "Content-Type: application/json",

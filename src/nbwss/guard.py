@@ -256,11 +256,21 @@ def check_headers(headers: Any) -> tuple[tuple[str, str], ...] | Refusal:
             return _malformed("headers", "a header name is not a valid HTTP field name")
         if _CONTROL.search(value.replace("\t", "")):
             return _malformed("headers", f"the value of {name} has control characters")
+        if not _encodable(name + value):
+            return _malformed("headers", f"the value of {name} is not valid Unicode")
         if len(value) > MAX_HEADER_VALUE_LENGTH:
             return _malformed("headers", f"the value of {name} is too long")
         forwarded.append((name, value))
     dropped = DROPPED_HEADERS | _connection_options(forwarded)
     return tuple((n, v) for n, v in forwarded if n.lower() not in dropped)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, which JSON can carry
+        return False
+    return True
 
 
 def _connection_options(headers: list[tuple[str, str]]) -> frozenset[str]:
@@ -278,10 +288,9 @@ def _check_body(parameters: Any, max_body_bytes: int) -> bytes | Refusal | None:
         return None
     if not isinstance(parameters, str):
         return _malformed("parameters", "must be a string (the request body)")
-    try:
-        body = parameters.encode("utf-8")
-    except UnicodeEncodeError:
+    if not _encodable(parameters):
         return _malformed("parameters", "is not valid Unicode")
+    body = parameters.encode("utf-8")
     if len(body) > max_body_bytes:
         return _forbidden(
             "parameters",

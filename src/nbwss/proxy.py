@@ -61,11 +61,9 @@ class Answer:
         return {"headers": self.headers, "responseCode": self.status, "body": self.body}
 
 
-def _own_answer(status: int, reason: str, field_name: str | None = None) -> Answer:
+def _own_answer(status: int, reason: str) -> Answer:
     """An answer nbwss makes itself, in NetBackup's error shape."""
-    body: dict[str, Any] = {"errorCode": status, "errorMessage": reason, "origin": "nbwss"}
-    if field_name is not None:
-        body["field"] = field_name
+    body = {"errorCode": status, "errorMessage": reason, "origin": "nbwss"}
     return Answer(status, {"content-type": "application/json"}, json.dumps(body), 0, reason)
 
 
@@ -208,6 +206,8 @@ class CommandProxy:
             )
         except aiohttp.ClientError as exc:
             return _own_answer(502, f"the REST API cannot be reached: {_describe(exc)}")
+        except Exception as exc:  # a failure must become a response, never end the session
+            return _own_answer(502, f"the call failed unexpectedly ({type(exc).__name__})")
 
     async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
         """The whole body, or `_ResponseTooLarge` as soon as it passes the cap."""
