@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any, Final
@@ -85,24 +86,59 @@ def _reject_constant(name: str) -> Any:
     raise DecodeError(f"{name} is not valid JSON")
 
 
+# Real messages nest four or five levels; anything far deeper is an attack on the stack
+# (every consumer that walks a payload recursively would otherwise need its own guard).
+MAX_DEPTH: Final = 64
+# A JSON escape of a UTF-16 surrogate: the only way an unpaired one gets past UTF-8 decoding.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def parse_json(text: str | bytes, max_bytes: int | None = None) -> Any:
-    """Strict JSON: UTF-8 only, no duplicate keys, no NaN/Infinity, bounded size and depth."""
+    """Strict JSON: UTF-8 only, no duplicate keys, no NaN/Infinity, bounded size and depth.
+
+    Unpaired surrogates (raw or `\\uD800`-escaped) are refused: a string holding one cannot
+    be encoded again as UTF-8, so echoing it (an id in a response) would fail later.
+    """
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
     if max_bytes is not None and size > max_bytes:
         raise DecodeError(f"message of {size} bytes exceeds the limit of {max_bytes} bytes")
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DecodeError(f"message is not valid UTF-8 ({exc.reason})") from None
     try:
-        return json.loads(
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        else:
+            text.encode("utf-8")
+    except (UnicodeDecodeError, UnicodeEncodeError) as exc:
+        raise DecodeError(f"message is not valid UTF-8 ({exc.reason})") from None
+    try:
+        value = json.loads(
             text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
         )
     except json.JSONDecodeError as exc:
         raise DecodeError(f"message is not JSON: {exc.msg} at position {exc.pos}") from None
+    except ValueError as exc:  # e.g. an integer longer than Python's conversion limit
+        raise DecodeError(f"message is not usable JSON: {str(exc).split(':')[0]}") from None
     except RecursionError:
         raise DecodeError("message is nested too deeply") from None
+    _check_depth(value)
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise DecodeError("message holds an unpaired UTF-16 surrogate escape") from None
+    return value
+
+
+def _check_depth(value: Any) -> None:
+    """Refuse containers nested deeper than MAX_DEPTH (iteratively, so it cannot recurse)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if not isinstance(node, dict | list):
+            continue
+        if depth > MAX_DEPTH:
+            raise DecodeError(f"message is nested deeper than {MAX_DEPTH} levels")
+        children = node.values() if isinstance(node, dict) else node
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
 def _field(obj: JsonObject, key: str) -> Any:
@@ -148,9 +184,9 @@ def decode(text: str | bytes, max_bytes: int | None = None) -> Message:
     ):
         raise DecodeError(f"'timeStamp' is {_show(time_stamp)}, expected epoch seconds")
     payload = _field(obj, "payload")
-    expected: type = list if message_type is MessageType.NOTIFICATION else dict
-    if not isinstance(payload, expected):
-        kind = "an array" if expected is list else "an object"
+    wants_array = message_type is MessageType.NOTIFICATION
+    if not (isinstance(payload, list) if wants_array else isinstance(payload, dict)):
+        kind = "an array" if wants_array else "an object"
         raise DecodeError(f"'payload' of a {message_type} message must be {kind}")
     return Message(
         id=message_id,
