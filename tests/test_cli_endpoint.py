@@ -18,10 +18,12 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -200,6 +202,24 @@ async def test_certificate_that_does_not_name_the_host_is_refused(
     )
     result = await nbwss("endpoint", "add", "--yes", "--file", details)
     assert result.code == 1
+    assert await listed(nbwss) == []
+
+
+async def test_expired_certificate_is_refused_as_the_daemon_would(
+    nbwss: RunCli, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    now = datetime.now(UTC)
+    leaf = ca.issue_cert(
+        "127.0.0.1", not_before=now - timedelta(days=10), not_after=now - timedelta(days=1)
+    )
+    expired = TlsMaterial(ca=ca, server_cert=leaf, ca_file=tmp_path / "unused.pem")
+    cloud = await start_cloud(aiohttp_server, expired, tmp_path)
+    details = cloud.file(cloud.details())
+    result = await nbwss("endpoint", "validate", "--file", details)
+    assert result.code == 1
+    assert result.err.startswith(f"nbwss: error: {MSG_NO_SSL}: the certificate expired on ")
+    assert (await nbwss("endpoint", "add", "--yes", "--file", details)).code == 1
     assert await listed(nbwss) == []
 
 
