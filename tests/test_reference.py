@@ -12,10 +12,12 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from nbwss import session as daemon_session
 from nbwss.errors import ConnectError
 from nbwss.messages import (
     Message,
@@ -27,7 +29,9 @@ from nbwss.messages import (
     request,
     response_to,
 )
+from nbwss.properties import Settings
 from nbwss.reference import Notification, ReferenceEndpoint, describe, self_signed
+from nbwss.trust import pinned_context
 from tests.conftest import TlsMaterial, timeout
 
 TOKEN = "qwerrtrtrtrt2234344==="
@@ -253,3 +257,28 @@ async def test_command_line_endpoint_writes_details_and_stops_on_sigterm(tmp_pat
         async with asyncio.timeout(timeout(30)):
             await process.communicate()
     assert process.returncode == 0
+
+
+async def test_the_daemons_own_session_connects_and_is_refused_with_a_wrong_token() -> None:
+    """Interop with nbwss.session, as `nbwss demo` relies on (the websockets tests above
+    check the protocol; this checks the two halves of this project fit)."""
+    material = self_signed()
+    async with ReferenceEndpoint(TOKEN, material.server_context) as endpoint, \
+            aiohttp.ClientSession() as http:
+        context = pinned_context(material.certificate_der)
+
+        def target(token: str) -> daemon_session.Target:
+            der = material.certificate_der
+            return daemon_session.Target("G1", "127.0.0.1", endpoint.url, token, der)
+
+        with pytest.raises(ConnectError, match="refused the token"):
+            await daemon_session.connect(http, target("wrong"), Settings(), context)
+        session = await daemon_session.connect(http, target(TOKEN), Settings(), context)
+        running = asyncio.create_task(session.run())
+        async with asyncio.timeout(timeout(5)):
+            await endpoint.connected.wait()
+        await endpoint.stop()
+        async with asyncio.timeout(timeout(5)):
+            reason = await running
+    assert (endpoint.refusals, endpoint.connections) == (1, 1)
+    assert "1001" in reason
