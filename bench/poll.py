@@ -85,9 +85,9 @@ async def _measure_against(
     context = ssl.create_default_context(cafile=str(directory / "ca.pem"))
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
-            poller = Poller(settings, store, env={})
-            client = poller.client = RestClient(base_url, Credentials(api_key=API_KEY),
-                                                session, PAGE_SIZE)
+            credentials = Credentials(api_key=API_KEY)
+            poller = Poller(settings, store, credentials=credentials)
+            client = poller.client = RestClient(base_url, credentials, session, PAGE_SIZE)
             since = time.time() - (7200 + jobs if catch_up else 3660)
             with store.transaction() as conn:  # older than every job: list them all
                 conn.execute("INSERT INTO poller_state (name, value) VALUES (?, ?)",

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import structlog
 
+from nbwss.errors import ConfigError
 from nbwss.properties import Settings
 from nbwss.sources.poller import Poller, outbox_rows
 from nbwss.sources.restclient import ApiUnavailableError, parse_page
@@ -186,6 +187,14 @@ async def test_api_key_is_sent_as_authorization_and_never_logged(
     assert {r.headers["Authorization"] for r in polls} == {"k3y-0123456789"}
     assert not any(r.path.endswith("/login") for r in api.requests)
     assert "k3y-0123456789" not in repr(events)
+
+
+def test_missing_secret_file_fails_at_construction(settings: Settings, store: Store) -> None:
+    gone = replace(settings, rest_api_password_file=settings.database.with_name("nope"))
+    with pytest.raises(ConfigError, match=r"^restApi.passwordFile: cannot read .*nope"):
+        Poller(gone, store, env={})
+    with pytest.raises(ConfigError, match=r"needs restApi\.apiKeyFile"):
+        Poller(replace(settings, rest_api_user_name=None), store, env={})
 
 
 def test_pages_that_are_not_the_documented_shape_are_refused() -> None:

@@ -101,11 +101,16 @@ class Poller:
         waker: Wakes | None = None,
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        credentials: Credentials | None = None,
     ) -> None:
+        """Read the credentials and CA now: a missing file fails `nbwss run` at start
+        (`ConfigError`) rather than inside the running daemon."""
+        env = os.environ if env is None else env
+        self._credentials = credentials or load_credentials(settings, env)
+        self._ssl = ssl_for(settings)
         self._settings = settings
         self._store = store
         self._waker = waker
-        self._env = os.environ if env is None else env
         self._clock = clock
         self._health = ApiHealth(clock)
         self.counts = PollCounts()
@@ -114,10 +119,9 @@ class Poller:
 
     async def run(self) -> None:
         """Poll jobs and images, each at its rate, until cancelled."""
-        credentials: Credentials = load_credentials(self._settings, self._env)
-        connector = aiohttp.TCPConnector(ssl=ssl_for(self._settings), limit=2)
+        connector = aiohttp.TCPConnector(ssl=self._ssl, limit=2)
         async with aiohttp.ClientSession(connector=connector) as session:
-            self.client = RestClient(self._settings.rest_api_base_url, credentials, session,
+            self.client = RestClient(self._settings.rest_api_base_url, self._credentials, session,
                                      self._settings.poller_page_size)
             log.info("poller.started", base_url=self._settings.rest_api_base_url,
                      jobs_rate_s=self._settings.poller_jobs_rate_s,
