@@ -22,7 +22,7 @@ from nbwss.link import Link
 from nbwss.messages import Message
 from nbwss.properties import Settings
 from nbwss.store import Store
-from nbwss.wake import Waker
+from nbwss.wake import WakeListener, Waker
 
 log = logs.get_logger("nbwss.delivery")
 
@@ -221,3 +221,25 @@ class OutboxJanitor:
         while True:
             await asyncio.to_thread(self.sweep)
             await asyncio.sleep(self._interval_s)
+
+
+class DeliveryWiring:
+    """Everything delivery adds to the daemon, made once from the store and settings.
+
+    `Service(..., delivery_for_group=wiring.pump, components=wiring.components)`; the
+    REST poller gets `wiring.waker` so its commits wake the pumps too.
+    """
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.waker = Waker()
+        self.listener = WakeListener(settings.wake_socket, self.waker)
+        self.janitor = OutboxJanitor(store, settings)
+        self._store = store
+        self._settings = settings
+
+    def pump(self, group_id: str) -> GroupPump:
+        return GroupPump(self._store, self._settings, group_id, self.waker)
+
+    @property
+    def components(self) -> tuple[WakeListener, OutboxJanitor]:
+        return (self.listener, self.janitor)
