@@ -196,3 +196,17 @@ async def test_each_group_gets_its_own_connection(tls: TlsMaterial, store: Store
             await until(supervisor, lambda: len(supervisor.connected) == 2)
             assert supervisor.connected == {"A": "a1.test", "B": "b1.test"}
             assert [len(first.connections), len(second.connections)] == [1, 1]
+
+
+async def test_a_server_with_another_certificate_is_refused_and_says_why(
+    tls: TlsMaterial, store: Store
+) -> None:
+    async with Peer(tls.server_cert) as peer:
+        add_endpoint(store, peer, "ep1.test")
+        await peer.stop()
+        await peer.start(certificate=tls.ca.issue_cert("localhost", "127.0.0.1"))
+        async with supervising(Supervisor(settings(30.0), store)) as supervisor:
+            await until(supervisor, lambda: store.endpoint("ep1.test").last_error is not None)
+            assert "did not match" in (store.endpoint("ep1.test").last_error or "")
+            assert peer.received("CONNECT") == []
+            assert supervisor.connected == {}

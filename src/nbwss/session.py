@@ -14,6 +14,7 @@ aiohttp's own heartbeat closes on the first missing pong, while NBWSS tolerates
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import json
 import ssl
@@ -48,6 +49,21 @@ CLOSE_UNSUPPORTED_DATA: Final = 1003
 CLOSE_POLICY: Final = 1008
 CLOSE_INTERNAL_ERROR: Final = 1011
 _MAX_REASON_BYTES: Final = 123  # RFC 6455: a close reason fits in a control frame
+TLS_READ_BUFFER_BYTES: Final = 16 * 1024
+
+
+def trim_tls_read_buffer() -> None:
+    """Shrink asyncio's per-connection TLS read buffer from 256 KiB to 16 KiB.
+
+    asyncio's SSL transport gives every connection a zero-filled (so resident) buffer of
+    `SSLProtocol.max_size` bytes: with a thousand idle connections that alone is 250 MiB.
+    The buffer only stages socket reads and a TLS record holds at most 16 KiB, so a
+    smaller one costs no throughput. `max_size` is a public class attribute (CPython
+    3.11 to 3.13); this sets it for the whole process, once, and never enlarges it.
+    """
+    protocol = asyncio.sslproto.SSLProtocol
+    if getattr(protocol, "max_size", 0) > TLS_READ_BUFFER_BYTES:
+        protocol.max_size = TLS_READ_BUFFER_BYTES
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from nbwss.link import CommandHandler, GroupDelivery
 from nbwss.logs import get_logger, register_secret
 from nbwss.metrics import CONNECTED, FAILOVERS
 from nbwss.properties import Settings
-from nbwss.session import Session, Target, connect
+from nbwss.session import Session, Target, connect, trim_tls_read_buffer
 from nbwss.store import EndpointRecord, Store
 from nbwss.trust import pinned_context
 
@@ -152,6 +152,11 @@ class Supervisor:
         """Each server group with a CONNECTED endpoint, and that endpoint's host name."""
         return {live.session.group_id: host for host, live in self._live.items()}
 
+    @property
+    def connected_count(self) -> int:
+        """How many server groups are CONNECTED (cheaper than `len(connected)`)."""
+        return len(self._live)
+
     def wake(self) -> None:
         """Run the connection process now (SIGHUP, tests); safe from a signal handler."""
         self._wake.set()
@@ -176,6 +181,7 @@ class Supervisor:
 
     async def run(self) -> None:
         """Run the connection process until cancelled; every group task is owned here."""
+        trim_tls_read_buffer()
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as http, asyncio.TaskGroup() as tasks:
             while True:
@@ -265,8 +271,13 @@ class Supervisor:
             if record.host_name in self._live:
                 continue  # connected in another group (re-added elsewhere): one per endpoint
             session = await self._try(http, record)
-            if session is not None:
-                return await self._serve(session, record)
+            if session is None:
+                continue
+            if self._stopping:  # close_all ran while this one was being made
+                del self._live[record.host_name]
+                await session.abort()
+                return None
+            return await self._serve(session, record)
         return None
 
     async def _try(self, http: aiohttp.ClientSession, record: EndpointRecord) -> Session | None:
@@ -283,6 +294,7 @@ class Supervisor:
         except (NbwssError, ConnectionError) as exc:
             log.warning("endpoint.connect_failed", group=group_id, host=host, reason=str(exc))
             await self._set_status(host, False, str(exc))
+            self._notify()
             return None
         except Exception as exc:  # a bug must not take the other groups down
             log.exception("endpoint.connect_error", group=group_id, host=host)
