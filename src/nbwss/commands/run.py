@@ -8,9 +8,9 @@ from typing import Any
 
 from nbwss import properties
 from nbwss.commands import Context
+from nbwss.daemon import build_service
 from nbwss.logs import get_logger
 from nbwss.properties import Settings
-from nbwss.service import Service
 
 
 def register(commands: Any) -> None:
@@ -29,7 +29,7 @@ def handle(args: argparse.Namespace, context: Context) -> int:
     def reload_settings() -> Settings:
         return properties.load(context.config)
 
-    service = Service(settings, context.store, reload_settings=reload_settings)
+    service = build_service(settings, context.store, reload_settings=reload_settings)
     try:
         asyncio.run(service.async_run())
     except Exception:  # a crashed component: logged with its traceback, exit 1

@@ -1,0 +1,115 @@
+"""Assembles the whole daemon from its parts, in one place.
+
+`nbwss run`, `nbwss demo` and the soak all start the daemon through `build_service`, so
+what is tested and demonstrated is what admins run: the connection process, a delivery
+pump per server group, the wake-up listener and outbox janitor, the COMMAND proxy, the
+REST poller (when credentials are configured) and the status server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nbwss import logs
+from nbwss.delivery import Batch
+from nbwss.properties import Settings
+from nbwss.proxy import CommandProxy
+from nbwss.pump import DeliveryWiring, GroupPump
+from nbwss.service import Component, Service
+from nbwss.sources.poller import Poller
+from nbwss.status import StatusServer
+from nbwss.store import Store
+from nbwss.supervisor import Supervisor
+
+log = logs.get_logger("nbwss.daemon")
+
+
+class LiveStatus:
+    """The daemon's live view for /status: connections from the supervisor, batches from
+    the pumps. Implements `nbwss.status.StatusSource`."""
+
+    def __init__(self, store: Store, settings: Settings, wiring: DeliveryWiring) -> None:
+        self._store = store
+        self._settings = settings
+        self._wiring = wiring
+        self._pumps: dict[str, GroupPump] = {}
+        self._last_ack: dict[str, float] = {}
+        self.supervisor: Supervisor | None = None
+
+    def pump(self, group_id: str) -> GroupPump:
+        """The `delivery_for_group` factory: a pump whose acks are remembered for status."""
+
+        def acked(_: Batch) -> None:
+            self._last_ack[group_id] = time.time()
+
+        pump = GroupPump(self._store, self._settings, group_id, self._wiring.waker,
+                         on_acked=acked)
+        self._pumps[group_id] = pump
+        return pump
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        connected = self.supervisor.connected if self.supervisor else {}
+        groups = set(self._pumps) | set(connected)
+        return {group: self._group(group, connected.get(group)) for group in groups}
+
+    def _group(self, group_id: str, host: str | None) -> dict[str, Any]:
+        fields: dict[str, Any] = {"connected": host is not None, "endpoint": host}
+        pump = self._pumps.get(group_id)
+        delivery = pump.delivery if pump else None
+        batch = delivery.outstanding if delivery else None
+        fields["outstanding"] = None if batch is None or delivery is None else {
+            "message_id": batch.id,
+            "first_seq": batch.first_seq,
+            "last_seq": batch.last_seq,
+            "count": batch.count,
+            "sent_at": delivery.due_at - delivery.rate_s if delivery.due_at else None,
+        }
+        if group_id in self._last_ack:
+            fields["last_ack"] = self._last_ack[group_id]
+        return fields
+
+
+class _ProxyComponent:
+    """Holds the proxy's connection pool open for the daemon's lifetime."""
+
+    def __init__(self, proxy: CommandProxy) -> None:
+        self._proxy = proxy
+
+    async def run(self) -> None:
+        await self._proxy.start()
+        try:
+            await asyncio.Event().wait()  # until cancelled at shutdown
+        finally:
+            await self._proxy.close()
+
+
+def build_service(
+    settings: Settings,
+    store: Store,
+    *,
+    reload_settings: Callable[[], Settings] | None = None,
+    status: bool = True,
+) -> Service:
+    """The daemon as `nbwss run` starts it. Raises `ConfigError` for a bad set-up (e.g. a
+    poller credential file missing) before anything connects."""
+    wiring = DeliveryWiring(store, settings)
+    live = LiveStatus(store, settings, wiring)
+    proxy = CommandProxy(settings)
+    components: list[Component] = [*wiring.components, _ProxyComponent(proxy)]
+    if settings.poller_active:
+        components.append(Poller(settings, store, waker=wiring.waker))
+    if status:
+        components.append(StatusServer(settings.status_address, store, source=live))
+    service = Service(
+        settings,
+        store,
+        delivery_for_group=live.pump,
+        command_handler=proxy,
+        components=components,
+        reload_settings=reload_settings,
+    )
+    live.supervisor = service.supervisor
+    return service
