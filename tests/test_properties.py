@@ -305,3 +305,10 @@ def test_paths_in_the_file_win_over_the_environment() -> None:
 def test_unresolved_store_path_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"store\.path is not resolved"):
         _ = Settings().database
+
+
+def test_systemd_credential_wins_over_store_key_file_when_present(tmp_path: Path) -> None:
+    (tmp_path / "nbwss.key").write_bytes(b"k" * 32)
+    settings = settings_from_text("store.path=/d/my.db\nstore.keyFile=/k/my.key\n")
+    resolved = resolve_paths(settings, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert resolved.key_file == tmp_path / "nbwss.key"

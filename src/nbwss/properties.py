@@ -392,11 +392,18 @@ def default_store_path(env: Mapping[str, str]) -> Path:
 
 
 def resolve_paths(settings: Settings, env: Mapping[str, str]) -> Settings:
-    """Fill in the store and key paths from the environment when the file left them empty."""
+    """Fill in the store path when the file left it empty, and pick the key file.
+
+    A key handed over by systemd (`LoadCredential=nbwss.key:...`, seen as
+    `$CREDENTIALS_DIRECTORY/nbwss.key`) wins over `store.keyFile`: then the key can stay
+    0600 root on disk and the service still reads it.
+    """
     store_path = settings.store_path or default_store_path(env)
     key_path = settings.key_path
-    if key_path is None and env.get("CREDENTIALS_DIRECTORY"):
-        key_path = Path(env["CREDENTIALS_DIRECTORY"]) / "nbwss.key"
+    if env.get("CREDENTIALS_DIRECTORY"):
+        credential = Path(env["CREDENTIALS_DIRECTORY"]) / "nbwss.key"
+        if key_path is None or credential.exists():
+            key_path = credential
     return replace(settings, store_path=store_path, key_path=key_path)
 
 
