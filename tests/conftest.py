@@ -56,11 +56,21 @@ def tls(tmp_path: Path) -> TlsMaterial:
 
 
 @pytest.fixture
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private state directory; the environment points the store at it."""
     directory = tmp_path / "state"
     directory.mkdir(mode=0o700)
     monkeypatch.setenv("STATE_DIRECTORY", str(directory))
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     monkeypatch.delenv("NBWSS_CONFIG", raising=False)
-    yield directory
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """`cli.main` points structlog at the stderr of the test that ran it; once that stream
+    is closed a later test would write to it. Every test starts from the defaults."""
+    import structlog
+
+    yield
+    structlog.reset_defaults()
