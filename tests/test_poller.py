@@ -7,7 +7,8 @@ SQLite store), which is what the delivery side sends on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -18,11 +19,11 @@ import structlog
 
 from nbwss.errors import ConfigError
 from nbwss.properties import Settings
-from nbwss.sources.poller import Poller, outbox_rows
+from nbwss.sources.poller import Poller
 from nbwss.sources.restclient import ApiUnavailableError, parse_page
 from nbwss.standin import restapi
 from nbwss.standin.restapi import StandinApi
-from nbwss.standin.scenarios import GuideScenarios, Step, comparable
+from nbwss.standin.scenarios import GuideScenarios, Step, comparable, outbox_rows
 from nbwss.store import Store
 from nbwss.wake import Waker
 from tests.conftest import TlsMaterial, timeout
@@ -63,9 +64,9 @@ def settings(tmp_path: Path, tls: TlsMaterial, standin: tuple[StandinApi, str]) 
 
 
 @asynccontextmanager
-async def polling(settings: Settings, store: Store, waker: Waker | None = None
-                  ) -> AsyncIterator[Poller]:
-    poller = Poller(settings, store, waker=waker, env={})
+async def polling(settings: Settings, store: Store, waker: Waker | None = None,
+                  clock: Callable[[], float] = time.time) -> AsyncIterator[Poller]:
+    poller = Poller(settings, store, waker=waker, env={}, clock=clock)
     task = asyncio.create_task(poller.run())
     try:
         async with asyncio.timeout(timeout(10)):
@@ -169,6 +170,19 @@ async def test_outage_mid_scenario_loses_nothing_and_logs_once(
         assert sum(e["event"] == "poller.logged_in" for e in events) == 2
     else:
         assert names == ["poller.api_down", "poller.api_recovered"]
+
+
+async def test_first_start_fixes_a_watermark_so_a_quiet_start_misses_nothing(
+    settings: Settings, store: Store, standin: tuple[StandinApi, str]
+) -> None:
+    api, _ = standin
+    steps = GuideScenarios().vmware_backup()
+    now = [time.time()]
+    async with polling(settings, store, clock=lambda: now[0]) as poller:
+        await settle(poller)  # nothing happens for a while ...
+        now[0] += 3600  # ... an hour, say, between two polls (a long poller.jobsRate)
+        await play(poller, api, steps[:1])
+    assert queued(store) == expected(steps[:1])
 
 
 async def test_api_key_is_sent_as_authorization_and_never_logged(

@@ -17,9 +17,9 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import aiohttp
 
@@ -166,6 +166,10 @@ class Poller:
     async def poll_jobs(self) -> int:
         """One jobs poll: list what changed since the watermark, decide, commit; # queued."""
         watermark = await asyncio.to_thread(self._read_watermark)
+        if watermark is None:
+            # First start: history is not replayed, and from now on nothing is missed,
+            # however long the first polls find nothing (this watermark is committed).
+            watermark = self._clock()
         params = {"filter": mapping.jobs_filter(watermark, self._clock()), "sort": JOBS_SORT}
         records = await self._client().list_all(JOBS_PATH, params)
         jobs = [mapping.parse_job(record["attributes"]) for record in records]
@@ -255,11 +259,3 @@ class Poller:
 def _set_state(conn: sqlite3.Connection, name: str, value: str) -> None:
     conn.execute("INSERT OR REPLACE INTO poller_state (name, value) VALUES (?, ?)",
                  (name, value))
-
-
-def outbox_rows(store: Store, objects: Iterable[str] = ("JOB", "IMAGE")) -> list[tuple[str, Any]]:
-    """Every queued (object, data) in seq order: for tests, the demo and the benchmark."""
-    wanted = set(objects)
-    with store.reading() as conn:
-        rows = conn.execute("SELECT object, data FROM outbox ORDER BY seq").fetchall()
-    return [(r[0], json.loads(r[1])) for r in rows if r[0] in wanted]

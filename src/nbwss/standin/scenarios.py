@@ -13,11 +13,13 @@ shifts them to today so that a 30-day image window still sees the images). The
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from nbwss.standin.restapi import StandinApi, iso
+from nbwss.store import Store
 
 Notification = tuple[str, dict[str, Any]]
 
@@ -152,3 +154,11 @@ def comparable(notification: Notification) -> Notification:
     if data.get("operationId") == "DELETE":
         data = {k: v for k, v in data.items() if k != "createdTime"}
     return obj, data
+
+
+def outbox_rows(store: Store, objects: Iterable[str] = ("JOB", "IMAGE")) -> list[Notification]:
+    """Every queued (object, data) in seq order, to compare with the steps' `expected`."""
+    wanted = set(objects)
+    with store.reading() as conn:
+        rows = conn.execute("SELECT object, data FROM outbox ORDER BY seq").fetchall()
+    return [(r[0], json.loads(r[1])) for r in rows if r[0] in wanted]
