@@ -116,6 +116,7 @@ class Poller:
         self.counts = PollCounts()
         self._polled = asyncio.Condition()
         self.client: RestClient | None = None
+        self._unknown_states: set[tuple[int, str]] = set()
 
     async def run(self) -> None:
         """Poll jobs and images, each at its rate, until cancelled."""
@@ -176,7 +177,9 @@ class Poller:
         seen = await asyncio.to_thread(self._read_seen_jobs, {job.job_id for job in jobs})
         decision = mapping.decide_jobs(seen, jobs, watermark)
         for job_id, api_state in decision.unmapped.items():
-            log.warning("poller.job_state_unknown", job_id=job_id, state=api_state)
+            if (job_id, api_state) not in self._unknown_states:  # once, not every poll
+                self._unknown_states.add((job_id, api_state))
+                log.warning("poller.job_state_unknown", job_id=job_id, state=api_state)
         await asyncio.to_thread(self._commit_jobs, decision)
         return self._queued(len(decision.notifications), "JOB")
 
