@@ -154,7 +154,7 @@ async def test_nbwss_run_stops_cleanly_on_sigterm(
     config.write_text(
         f"store.path={state_dir / 'nbwss.db'}\nconnectionInfo.period=30\nlog.format=json\n"
     )
-    async with Peer(tls.server_cert) as peer:
+    async with Peer(tls.server_cert) as peer, Peer(tls.server_cert) as later:
         add_endpoint(store, peer, "ep1.test")
         env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname()}
         process = await asyncio.create_subprocess_exec(
@@ -164,6 +164,9 @@ async def test_nbwss_run_stops_cleanly_on_sigterm(
         try:
             await datagram_where(notify_socket, lambda text: "READY=1" in text)
             await peer.wait_for(lambda: peer.connected, seconds=10)
+            add_endpoint(store, later, "other.test", group_id="GROUP2")
+            process.send_signal(signal.SIGHUP)  # re-read now, not in 30 s
+            await later.wait_for(lambda: later.connected, seconds=5)
             process.send_signal(signal.SIGTERM)
             async with asyncio.timeout(timeout(10)):
                 _, stderr = await process.communicate()
@@ -174,5 +177,7 @@ async def test_nbwss_run_stops_cleanly_on_sigterm(
         assert process.returncode == 0, stderr.decode()
         await peer.wait_for(lambda: peer.connections[0].closed)
         assert peer.connections[0].close_code == 1000
+        await later.wait_for(lambda: later.connections[0].closed)
+        assert later.connections[0].close_code == 1000
         assert b'"endpoint.connected"' in stderr
         assert b"token-of-the-endpoint" not in stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import json
 import re
 from collections.abc import AsyncIterator
@@ -12,11 +13,12 @@ import aiohttp
 import pytest
 
 from nbwss import messages
+from nbwss import session as session_module
 from nbwss.errors import ConnectError, TrustError
 from nbwss.link import Link
 from nbwss.messages import Message, MessageType
 from nbwss.properties import Settings
-from nbwss.session import Session, Target, connect
+from nbwss.session import Session, Target, connect, trim_tls_read_buffer
 from nbwss.trust import pinned_context
 from tests.conftest import TlsMaterial, timeout
 from tests.peers import Ack, ConnectAnswer, Peer
@@ -257,3 +259,25 @@ async def test_the_endpoint_closing_ends_the_session_with_its_code(
     assert await running.ended() == "closed by the endpoint (code 4000)"
     with pytest.raises(ConnectionError):
         await running.session.send(pump.request)
+
+
+def test_close_reasons_fit_a_control_frame_without_splitting_a_character() -> None:
+    reason = session_module._reason_bytes("é" * 100)
+    assert len(reason) <= 123
+    assert reason.decode("utf-8") == "é" * 61
+
+
+def test_the_tls_read_buffer_is_trimmed_and_never_enlarged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    protocol = asyncio.sslproto.SSLProtocol
+    monkeypatch.setattr(protocol, "max_size", 256 * 1024)
+    trim_tls_read_buffer()
+    assert protocol.max_size == session_module.TLS_READ_BUFFER_BYTES
+    monkeypatch.setattr(protocol, "max_size", 4096)
+    trim_tls_read_buffer()
+    assert protocol.max_size == 4096
+
+
+def test_a_target_never_shows_its_token() -> None:
+    assert TOKEN not in repr(Target("G", "h", "wss://h/x", TOKEN, b"der"))
