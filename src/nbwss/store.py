@@ -128,11 +128,17 @@ def open_database(path: Path) -> sqlite3.Connection:
         conn = sqlite3.connect(
             path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database {path}: {exc}") from None
+    try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         _migrate(conn)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, StoreError) as exc:
+        conn.close()  # never leave the file open behind the error (a newer schema, say)
+        if isinstance(exc, StoreError):
+            raise
         raise StoreError(f"cannot open database {path}: {exc}") from None
     return conn
 
@@ -198,7 +204,9 @@ class Store:
 
     # -- endpoints and their pinned certificates -----------------------------------------
 
-    def add_endpoint(self, details: EndpointDetails, certificate_der: bytes, fingerprint: str) -> None:
+    def add_endpoint(
+        self, details: EndpointDetails, certificate_der: bytes, fingerprint: str
+    ) -> None:
         """Store details, sealed token and pinned certificate; a new group starts at the head."""
         sealed = self.vault.encrypt(details.token, details.host_name)
         now = time.time()

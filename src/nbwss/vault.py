@@ -46,7 +46,9 @@ class TokenVault:
             except FileExistsError:
                 key = key_path.read_bytes()  # another process made it first: use theirs
             except OSError as exc:
-                raise StoreError(f"{MSG_KEYSTORE}: cannot create {key_path}: {exc.strerror}")
+                raise StoreError(
+                    f"{MSG_KEYSTORE}: cannot create {key_path}: {exc.strerror}"
+                ) from None
         except OSError as exc:
             raise StoreError(f"{MSG_KEYSTORE}: cannot read {key_path}: {exc.strerror}") from None
         if len(key) != _KEY_BYTES:
