@@ -292,7 +292,8 @@ class Session:
         return self._reason
 
     async def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
-        """Ask the connection to close (normal close frame) and wait until it has."""
+        """Ask the connection to close (normal close frame) and wait until `run()` ended;
+        for a session that is served (`run()` running or about to be)."""
         self.request_close(reason, code)
         await self.ended.wait()
 

@@ -28,7 +28,7 @@ from typing import Final
 import aiohttp
 
 from nbwss.backoff import Backoff
-from nbwss.errors import NbwssError
+from nbwss.errors import NbwssError, NotFoundError
 from nbwss.link import CommandHandler, GroupDelivery
 from nbwss.logs import get_logger, register_secret
 from nbwss.metrics import CONNECTED, FAILOVERS
@@ -223,10 +223,14 @@ class Supervisor:
         present = {record.host_name for record in records}
         digests = {}
         for host in live_hosts:
-            if host in present:
+            if host not in present:
+                continue
+            try:
                 token = self._store.token(host)
-                register_secret(token)
-                digests[host] = token_digest(token)
+            except NotFoundError:
+                continue  # deleted since `endpoints()`: no digest, so `plan` closes it
+            register_secret(token)
+            digests[host] = token_digest(token)
         return records, digests
 
     def _notify(self) -> None:
