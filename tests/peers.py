@@ -7,7 +7,8 @@ test sets and changes at any time:
 - `connect`: how it answers CONNECT (`VALID`, `INVALID`, `NEVER`, `WRONG_ID`);
 - `ack`: whether it acknowledges NOTIFICATIONs at once (`NOW`) or keeps them for the
   test to acknowledge with `ack_notification()` (`WITHHOLD`);
-- `answer_pongs`: False makes it ignore the daemon's pings (keepalive tests).
+- `answer_pongs`: False makes it ignore the daemon's pings (keepalive tests);
+- `answer_close`: False makes it ignore the daemon's close frame (a hung endpoint).
 
 It records every frame (`frames`), every JSON message (`messages`), every connection
 (`connections`, with pings seen and the close code the daemon sent), and wakes waiters
@@ -84,12 +85,14 @@ class Peer:
         connect: ConnectAnswer = ConnectAnswer.VALID,
         ack: Ack = Ack.NOW,
         answer_pongs: bool = True,
+        answer_close: bool = True,
         path: str = "/cfs/nbufacade",
     ) -> None:
         self.certificate = certificate
         self.connect = connect
         self.ack = ack
         self.answer_pongs = answer_pongs
+        self.answer_close = answer_close
         self.path = path
         self.port = 0
         self.frames: list[str | bytes] = []
@@ -132,7 +135,7 @@ class Peer:
         peer = self
 
         class Connection(ServerConnection):
-            """Counts pings and, when told to, does not answer them."""
+            """Counts pings and, when told to, answers neither them nor a close frame."""
 
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 super().__init__(*args, **kwargs)
@@ -143,6 +146,8 @@ class Peer:
                         peer._on_ping(self)
                         if not peer.answer_pongs:
                             return  # the sans-I/O protocol would queue the pong here
+                    if frame.opcode is Opcode.CLOSE and not peer.answer_close:
+                        return
                     answer(frame)
 
                 self.protocol.recv_frame = recv_frame  # type: ignore[method-assign]

@@ -134,6 +134,25 @@ async def test_service_starts_reports_to_systemd_and_stops_with_close_frames(
         assert not store.endpoint("ep1.test").connected
 
 
+async def test_a_second_stop_request_does_not_wait_for_a_hung_endpoint(
+    tls: TlsMaterial, store: Store
+) -> None:
+    async with Peer(tls.server_cert, answer_close=False) as peer:
+        add_endpoint(store, peer, "ep1.test")
+        service = Service(
+            Settings(connection_period_s=30.0, send_timeout_s=30.0), store, notifier=Notifier(None)
+        )
+        async with running(service) as task:
+            await peer.wait_for(lambda: peer.connected)
+            service.handle_exit()
+            done, _ = await asyncio.wait({task}, timeout=0.3)
+            assert not done  # waiting for the endpoint's close frame, within the grace
+            service.handle_exit()
+            async with asyncio.timeout(timeout(2)):
+                await task
+            assert service.force_exit
+
+
 async def test_reload_reads_properties_and_store_at_once(tls: TlsMaterial, store: Store) -> None:
     reloaded = Settings(connection_period_s=30.0, keepalive_rate_s=7.0)
     service = Service(

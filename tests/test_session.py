@@ -156,6 +156,37 @@ async def test_with_ignore_decoder_bad_frames_are_skipped(
     await running.ended()
 
 
+async def test_a_frame_far_over_the_size_limit_closes_even_when_ignoring(
+    http: aiohttp.ClientSession, peer: Peer
+) -> None:
+    settings = Settings(send_timeout_s=0.5, ignore_decoder=True, message_max_bytes=1024)
+    running = Running(await dial(http, peer, settings))
+    await peer.send("x" * 2049)  # over twice the limit: not even read
+    assert (await running.ended()).startswith("protocol error")
+    await peer.wait_for(lambda: peer.connections[0].closed)
+    assert peer.connections[0].close_code == 1009
+
+
+async def test_unmatched_responses_and_unexpected_requests_are_dropped(
+    http: aiohttp.ClientSession, peer: Peer
+) -> None:
+    running = Running(await dial(http, peer))
+    stray = [
+        messages.Message("AB", MessageType.COMMAND, messages.SubType.RESPONSE, 0, {}),
+        messages.Message("CD", MessageType.NOTIFICATION, messages.SubType.RESPONSE, 0, []),
+        messages.request(MessageType.CONNECT, {"token": "x"}, 0),
+    ]
+    for message in stray:
+        await peer.send(message.to_json())
+    command = messages.request(MessageType.COMMAND, {"uri": "/netbackup/x", "method": "GET"}, 0)
+    await peer.send(command.to_json())
+    await peer.wait_for(lambda: bool(peer.received("COMMAND", "RESPONSE")))
+    assert [m["id"] for m in peer.received("COMMAND", "RESPONSE")] == [command.id]
+    assert not running.task.done()
+    await running.session.close("done")
+    await running.ended()
+
+
 async def test_a_command_without_a_proxy_gets_a_501_that_says_why(
     http: aiohttp.ClientSession, peer: Peer
 ) -> None:
