@@ -1,18 +1,27 @@
-"""`nbwss demo`."""
+"""`nbwss demo`: the whole flow on loopback, narrated (see `nbwss.demo`)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from nbwss import demo
 from nbwss.commands import Context
-from nbwss.errors import NbwssError
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("demo", help="(in progress)")
+    parser = commands.add_parser(
+        "demo",
+        help="see the whole flow work on loopback, narrated",
+        description="Start two reference cloud endpoints and a stand-in NetBackup REST API "
+        "on loopback, add the endpoints, run the daemon, play the guide's VMware backup, a "
+        "COMMAND round trip and a failover, then print a summary. Needs no network and no "
+        "root; state lives in a temporary directory.",
+    )
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (certificates, database, config)")
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace, context: Context) -> int:
-    raise NbwssError("'demo' is not built yet")
+    return demo.main(keep=args.keep)
