@@ -23,27 +23,49 @@ SECRET_FIELDS = frozenset(
 _MIN_SECRET_LENGTH = 4
 
 _secrets: set[str] = set()
+# Longest first, so a secret that contains another is masked whole; replaced (never
+# mutated) under the lock, so a reader in another thread always sees a complete tuple.
+_ordered_secrets: tuple[str, ...] = ()
 _secrets_lock = threading.Lock()
+_PLAIN = (int, float, bool, type(None))
 
 
 def register_secret(secret: str) -> None:
     """Scrub `secret` from every later log event (tokens, API keys, passwords, JWTs)."""
+    global _ordered_secrets
     if len(secret) >= _MIN_SECRET_LENGTH:
         with _secrets_lock:
             _secrets.add(secret)
+            _ordered_secrets = tuple(sorted(_secrets, key=len, reverse=True))
+
+
+def _scrub_text(value: str) -> str:
+    for secret in _ordered_secrets:
+        if secret in value:
+            value = value.replace(secret, REDACTED)
+    return value
 
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
-        for secret in _secrets:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
-        return value
+        return _scrub_text(value)
     if isinstance(value, dict):
-        return {k: REDACTED if _is_secret_name(k) else _scrub(v) for k, v in value.items()}
+        return {
+            _scrub_key(k): REDACTED if _is_secret_name(k) else _scrub(v) for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return [_scrub(v) for v in value]
-    return value
+    if isinstance(value, _PLAIN) or not _ordered_secrets:
+        return value
+    # Any other object (an exception, a URL) is rendered with repr(): scrub that text.
+    text = repr(value)
+    scrubbed = _scrub_text(text)
+    return value if scrubbed == text else scrubbed
+
+
+def _scrub_key(key: Any) -> Any:
+    """A mapping's key may hold a secret too (a header dict keyed by token, say)."""
+    return _scrub_text(key) if isinstance(key, str) else key
 
 
 def _is_secret_name(name: Any) -> bool:

@@ -1,0 +1,185 @@
+"""Logs: secrets never reach a line, and JSON output is one event per line."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nbwss.logs import REDACTED, configure, get_logger, redact, register_secret
+from tests.strategies import json_scalars
+
+
+def fresh_secret() -> str:
+    """A secret no other test registered (the registry is process-wide, as in the daemon)."""
+    return f"secret-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def output() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    configure(level="info", fmt="json", stream=stream)
+    yield stream
+    structlog.reset_defaults()
+
+
+def events(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def scrub(**fields: Any) -> dict[str, Any]:
+    return dict(redact(None, "info", {"event": "test.event", **fields}))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["token", "Token", "AUTHORIZATION", "password", "body", "parameters", "api_key", "apikey",
+     "Cookie"],
+)
+def test_secret_field_names_are_masked_at_any_depth(name: str) -> None:
+    event = scrub(**{name: "x"}, request={"headers": {name: "x", "Accept": "json"}},
+                  batch=[{name: "x"}], pair=({name: 1},))
+    assert event[name] == REDACTED
+    assert event["request"] == {"headers": {name: REDACTED, "Accept": "json"}}
+    assert event["batch"] == [{name: REDACTED}]
+    assert event["pair"] == [{name: REDACTED}]
+
+
+def test_registered_secrets_are_scrubbed_from_every_string() -> None:
+    secret = fresh_secret()
+    register_secret(secret)
+    event = scrub(url=f"wss://h/?t={secret}", nested={"note": [f"a{secret}b{secret}"]},
+                  **{"event": f"endpoint.{secret}"})
+    assert event == {
+        "event": f"endpoint.{REDACTED}",
+        "url": f"wss://h/?t={REDACTED}",
+        "nested": {"note": [f"a{REDACTED}b{REDACTED}"]},
+    }
+
+
+def test_a_secret_in_a_mapping_key_is_scrubbed() -> None:
+    secret = fresh_secret()
+    register_secret(secret)
+    assert scrub(seen={secret: 1, ("a", 1): 2}) == {
+        "event": "test.event", "seen": {REDACTED: 1, ("a", 1): 2}
+    }
+
+
+def test_a_secret_containing_another_is_masked_whole() -> None:
+    short = fresh_secret()
+    long = short + "-and-more-secret-text"
+    register_secret(short)
+    register_secret(long)
+    assert scrub(line=f"x {long} y {short}")["line"] == f"x {REDACTED} y {REDACTED}"
+
+
+def test_secrets_in_other_objects_are_scrubbed_from_their_repr() -> None:
+    secret = fresh_secret()
+    register_secret(secret)
+    error = ValueError(f"refused token {secret}")
+    event = scrub(error=error, raw=secret.encode(), path=Path("/etc/nbwss"), count=3)
+    assert event["error"] == f"ValueError('refused token {REDACTED}')"
+    assert event["raw"] == f"b'{REDACTED}'"
+    assert event["path"] == Path("/etc/nbwss")  # nothing to hide: left as it was
+    assert event["count"] == 3
+
+
+def test_too_short_secrets_are_not_registered() -> None:
+    register_secret("abc")  # would mangle every line holding these letters
+    assert scrub(word="abcdef")["word"] == "abcdef"
+
+
+def test_registering_while_logging_from_another_thread_is_safe() -> None:
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def log_forever() -> None:
+        while not stop.is_set():
+            try:
+                scrub(line="nothing to hide here " * 5)
+            except BaseException as exc:  # reported by the assertion below
+                failures.append(exc)
+                return
+
+    thread = threading.Thread(target=log_forever)
+    thread.start()
+    try:
+        for _ in range(500):  # few enough not to slow every later test's logging
+            register_secret(fresh_secret())
+    finally:
+        stop.set()
+        thread.join()
+    assert failures == []
+
+
+def test_json_output_is_one_line_per_event_and_hides_secrets(output: io.StringIO) -> None:
+    secret = fresh_secret()
+    register_secret(secret)
+    log = get_logger("nbwss.test")
+    log.info("endpoint.connected", group="G1", host="h1", token=secret)
+    log.warning("command.done", uri="/netbackup/x\nsecond line", status=200)
+    try:
+        raise RuntimeError(f"boom with {secret}\nand a second line")
+    except RuntimeError:
+        log.exception("command.failed", headers={"Authorization": f"Bearer {secret}"})
+    log.debug("not.shown")
+    lines = output.getvalue().splitlines()
+    assert len(lines) == 3
+    assert secret not in output.getvalue()
+    first, second, third = events(output)
+    assert first["event"] == "endpoint.connected"
+    assert (first["group"], first["host"], first["token"]) == ("G1", "h1", REDACTED)
+    assert first["level"] == "info"
+    assert first["timestamp"].endswith("Z")
+    assert second["uri"] == "/netbackup/x\nsecond line"
+    assert third["headers"] == {"Authorization": REDACTED}
+    assert "RuntimeError: boom with [redacted]" in third["exception"]
+
+
+def test_level_filters_events(output: io.StringIO) -> None:
+    configure(level="warning", fmt="json", stream=output)
+    log = get_logger("nbwss.test")
+    log.info("quiet")
+    log.error("loud")
+    assert [event["event"] for event in events(output)] == ["loud"]
+
+
+def test_console_format_for_people(output: io.StringIO) -> None:
+    configure(level="info", fmt="console", stream=output)
+    get_logger("nbwss.test").info("endpoint.connected", host="h1", token="x")
+    text = output.getvalue()
+    assert "endpoint.connected" in text
+    assert "host=h1" in text
+    assert f"token={REDACTED}" in text
+
+
+_FUZZ_SECRET = f"fuzz-secret-{uuid.uuid4().hex}"
+_leaf = st.one_of(json_scalars, st.text(max_size=4).map(lambda t: f"{t}{_FUZZ_SECRET}{t}"))
+_fields = st.recursive(
+    _leaf,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.tuples(children, children),
+        st.dictionaries(st.one_of(st.text(max_size=5), _leaf), children, max_size=3),
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), _fields, max_size=4))
+def test_no_registered_secret_survives_redaction(fields: dict[str, Any]) -> None:
+    register_secret(_FUZZ_SECRET)
+    event = redact(None, "info", {"event": "fuzz", **fields})
+    rendered = structlog.processors.JSONRenderer()(None, "info", event)
+    assert isinstance(rendered, str)
+    assert _FUZZ_SECRET not in rendered
+    assert "\n" not in rendered
