@@ -118,7 +118,7 @@ async def test_failover_no_preemption_and_return_to_the_first(
         add_endpoint(store, second, "ep2.test", priority=2)
         await first.stop()
         async with supervising(Supervisor(settings(30.0), store)) as supervisor:
-            await second.wait_for(lambda: second.connected, seconds=1)
+            await second.wait_for(lambda: second.connected, seconds=2)
             await until(supervisor, lambda: store.endpoint("ep2.test").connected)
             assert store.endpoint("ep1.test").last_error is not None
 
@@ -132,7 +132,7 @@ async def test_failover_no_preemption_and_return_to_the_first(
             assert supervisor.connected == {"GROUP1": "ep2.test"}
 
             await second.close(1000, "app closes")  # back to priority 1, at once
-            await first.wait_for(lambda: first.connected, seconds=1)
+            await first.wait_for(lambda: first.connected, seconds=2)  # period: 30 s
             assert len(second.connections) == 1
             await until(supervisor, lambda: supervisor.connected == {"GROUP1": "ep1.test"})
 

@@ -39,10 +39,10 @@ from nbwss.trust import pinned_context
 
 log = get_logger("nbwss.supervisor")
 
-# A connection that lived this long was not flapping: the next failure backs off from
-# the start again. Shorter ones keep the backoff growing, so an endpoint that accepts
-# and drops at once is not hammered.
-STABLE_AFTER_S: Final = 5.0
+# A connection that lived this long was not flapping: when it drops, the group retries
+# at once and backs off from the start again. Shorter ones keep the backoff growing, so
+# an endpoint that accepts CONNECT and then drops at once is not hammered.
+STABLE_AFTER_S: Final = 1.0
 # TLS handshakes are CPU-bound; a thousand groups dial in waves rather than all at once.
 MAX_CONCURRENT_DIALS: Final = 64
 
