@@ -23,13 +23,15 @@ The rules it keeps:
 from __future__ import annotations
 
 import enum
+import itertools
 import json
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from nbwss.messages import Message, MessageType, SubType, encode, request
-from nbwss.notifications import NOTIFICATION_TYPE, payload_elements
+from nbwss.notifications import NOTIFICATION_TYPE, element
 from nbwss.outbox import OutboxEvent, PersistedBatch
 
 # Bytes an element adds around its data: {"notificationType":"INFO","object":"JOB","data":[]}
@@ -101,6 +103,15 @@ def _frame_size(message: Message) -> int:
     return len(encode(message).encode("utf-8"))
 
 
+def _payload(events: Sequence[OutboxEvent]) -> list[dict[str, Any]]:
+    """The payload elements of `events`; each run's data is parsed by one `json.loads`
+    (a tenth of the cost of one call per event, which dominated a batch's build)."""
+    return [
+        element(obj, json.loads("[" + ",".join(event.data for event in run) + "]"))
+        for obj, run in itertools.groupby(events, key=operator.attrgetter("object"))
+    ]
+
+
 def build_batch(
     events: Sequence[OutboxEvent],
     *,
@@ -132,7 +143,7 @@ def build_batch(
         taken += 1
         previous = event.object
     chosen = events[:taken]
-    payload = payload_elements((e.object, json.loads(e.data)) for e in chosen)
+    payload = _payload(chosen)
     message = request(MessageType.NOTIFICATION, payload, now, id=message_id)
     return Batch(
         message=message,

@@ -8,7 +8,9 @@ spec does not name are kept as they are: a newer NetBackup may add some.
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -61,8 +63,26 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+_MISSING: Final = object()
+
+
+def _fits(spec: Field, value: Any) -> bool:
+    """The fast check, run on every field of every event at intake (100,000 at a time).
+
+    `type(...) is` rather than isinstance: JSON gives exact ints and strs, and a bool is
+    an int subclass that must not pass as a job id.
+    """
+    if spec.kind is int:
+        return type(value) is int and value >= 0
+    if type(value) is not str:
+        return False
+    if spec.choices:
+        return value in spec.choices
+    return spec.may_be_empty or bool(value.strip())
+
+
 def _check_field(spec: Field, value: Any) -> str | None:
-    """Why `value` does not fit `spec`, or None when it does."""
+    """Why `value` does not fit `spec` (for the error message), or None when it does."""
     if spec.kind is int:
         # JSON has no separate bool type in the spec's sense: true is not a job id.
         if isinstance(value, bool) or not isinstance(value, int):
@@ -90,11 +110,12 @@ def validate(obj: Any, data: Any, where: str = "") -> Notification:
     if not isinstance(data, dict):
         raise NotificationError(f"{prefix}{obj} data is {_show(data)}, expected an object")
     for spec in FIELDS[obj]:
-        if spec.name not in data:
+        value = data.get(spec.name, _MISSING)
+        if _fits(spec, value):
+            continue
+        if value is _MISSING:
             raise NotificationError(f"{prefix}{obj} field {spec.name!r} is missing")
-        problem = _check_field(spec, data[spec.name])
-        if problem:
-            raise NotificationError(f"{prefix}{obj} field {spec.name!r} {problem}")
+        raise NotificationError(f"{prefix}{obj} field {spec.name!r} {_check_field(spec, value)}")
     return obj, data
 
 
@@ -104,7 +125,15 @@ def encode_data(data: dict[str, Any]) -> str:
     It is the exact text `messages.encode` produces for the same value, so a batch's
     frame size can be counted from the stored rows without encoding it.
     """
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(data)
+
+
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def element(obj: str, data: list[dict[str, Any]]) -> dict[str, Any]:
+    """One payload element: the notifications of one run of one object."""
+    return {"notificationType": NOTIFICATION_TYPE, "object": obj, "data": data}
 
 
 def payload_elements(notifications: Iterable[Notification]) -> list[dict[str, Any]]:
@@ -113,10 +142,7 @@ def payload_elements(notifications: Iterable[Notification]) -> list[dict[str, An
     JOB, JOB, IMAGE, JOB gives three elements (JOB x2, IMAGE, JOB): merging the two JOB
     runs would move the last job before the image, and the order is the guarantee.
     """
-    elements: list[dict[str, Any]] = []
-    for obj, data in notifications:
-        if elements and elements[-1]["object"] == obj:
-            elements[-1]["data"].append(data)
-        else:
-            elements.append({"notificationType": NOTIFICATION_TYPE, "object": obj, "data": [data]})
-    return elements
+    return [
+        element(obj, [data for _, data in run])
+        for obj, run in itertools.groupby(notifications, key=operator.itemgetter(0))
+    ]

@@ -1,0 +1,361 @@
+"""Notification delivery: intake rate, end-to-end throughput and latency.
+
+    .venv/bin/python -m bench delivery                 # every figure, default sizes
+    .venv/bin/python bench/delivery.py --events 100000 --groups 100 --group-events 5000
+
+The daemon side is the real thing in this process: `Service` with the delivery wiring
+(`DeliveryWiring`: pumps, wake socket, janitor) over a real SQLite store, dialling
+wss:// with pinned trustme certificates. The endpoint is a `websockets` server in a
+child process that answers CONNECT valid and acknowledges every NOTIFICATION at once;
+it stamps each arrival with CLOCK_MONOTONIC (shared by both processes) and checks that
+each endpoint's job ids arrive contiguous and in order.
+
+Figures:
+- intake: `nbwss notify -` as a process, fed N JSON lines, to exit (daemon not involved);
+- one group: from the start of a `nbwss notify -` of N events to the last one arriving
+  (events count only once committed, since only committed rows can be sent);
+- 100 groups: the same with M events each delivered to every group (M x groups);
+- latency: for single events, from `notify` returning (commit, then the wake datagram)
+  to arrival; measured in-process (P events) and with the `nbwss notify` command.
+Goals (issue 4): >= 20,000 notifications/s for one group; p50 latency < 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import trustme  # noqa: E402
+
+from nbwss import logs, outbox  # noqa: E402
+from nbwss.endpoints import EndpointDetails  # noqa: E402
+from nbwss.properties import Settings  # noqa: E402
+from nbwss.pump import DeliveryWiring  # noqa: E402
+from nbwss.sdnotify import Notifier  # noqa: E402
+from nbwss.service import Service  # noqa: E402
+from nbwss.store import Store  # noqa: E402
+from nbwss.trust import fingerprint  # noqa: E402
+from nbwss.wake import send_wake  # noqa: E402
+
+BENCHMARK = True
+GOAL_RATE = 20_000.0
+GOAL_P50_MS = 20.0
+SCRIPT = str(Path(__file__).resolve())
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")])}
+
+
+def job(job_id: int) -> dict[str, Any]:
+    return {
+        "scheduleType": "ST_FULL", "clientName": "DummyTestVM", "status": 0,
+        "startTime": 1459829698, "state": "ACTIVE", "policyName": "vmware2",
+        "parentJobId": 145, "jobId": job_id, "policyType": "VMWARE", "jobType": "BACKUP",
+    }  # fmt: skip
+
+
+def json_lines(first: int, count: int) -> bytes:
+    return "".join(
+        json.dumps({"object": "JOB", "data": job(n)}) + "\n" for n in range(first, first + count)
+    ).encode()
+
+
+# -- the endpoint (child process) ----------------------------------------------------------
+
+
+async def serve_endpoints(cert_file: str, key_file: str) -> None:
+    """Ack at once; one stdout line per arrival: `N time path count first last` / `C path`."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    out = sys.stdout
+
+    async def handler(ws: ServerConnection) -> None:
+        path = ws.request.path if ws.request else "?"
+        async for frame in ws:
+            request = json.loads(frame)
+            if request.get("subType") != "REQUEST":
+                continue
+            if request["type"] == "CONNECT":
+                await ws.send(json.dumps({**request, "subType": "RESPONSE",
+                                          "payload": {"valid": True}}))  # fmt: skip
+                out.write(f"C {path}\n")
+                out.flush()
+                continue
+            await ws.send(json.dumps({**request, "subType": "RESPONSE", "payload": []}))
+            ids = [d["jobId"] for e in request["payload"] for d in e["data"]]
+            out.write(f"N {time.monotonic():.6f} {path} {len(ids)} {ids[0]} {ids[-1]}\n")
+            out.flush()
+
+    async with serve(
+        handler, "127.0.0.1", 0, ssl=context, ping_interval=None, compression=None,
+        backlog=1024, max_size=None,
+    ) as server:  # fmt: skip
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Event().wait()
+
+
+# -- the daemon side ----------------------------------------------------------------------
+
+
+@dataclass
+class Arrivals:
+    """What the endpoint reported, per path; wakes waiters on each line."""
+
+    connected: set[str] = field(default_factory=set)
+    last_id: dict[str, int] = field(default_factory=dict)
+    arrived_at: dict[int, float] = field(default_factory=dict)  # first path only
+    out_of_order: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def feed(self, line: str) -> None:
+        parts = line.split()
+        if parts[0] == "C":
+            self.connected.add(parts[1])
+        else:
+            at, path, first, last = float(parts[1]), parts[2], int(parts[4]), int(parts[5])
+            previous = self.last_id.get(path)
+            if previous is not None and first != previous + 1 and first > previous:
+                self.out_of_order += 1
+            self.last_id[path] = max(last, previous or last)
+            if path == "/g0":
+                for n in range(first, last + 1):
+                    self.arrived_at.setdefault(n, at)
+        self.changed.set()
+
+    async def until(self, predicate: Callable[[], bool], seconds: float = 300) -> None:
+        async with asyncio.timeout(seconds):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def read_arrivals(stream: asyncio.StreamReader, arrivals: Arrivals) -> None:
+    while line := await stream.readline():
+        arrivals.feed(line.decode())
+
+
+async def notify_process(config: Path, stdin: bytes) -> float:
+    """Run `nbwss notify -`; the monotonic time it exited."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nbwss", "-c", str(config), "notify", "-",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE, env=ENV,
+    )  # fmt: skip
+    _, err = await process.communicate(stdin)
+    if process.returncode != 0:
+        raise RuntimeError(f"nbwss notify failed: {err.decode().strip()}")
+    return time.monotonic()
+
+
+def setup_state(directory: Path, groups: int, port: int, leaf_der: bytes) -> tuple[Path, Store]:
+    directory.mkdir()
+    config = directory / "nbwss.properties"
+    config.write_text(f"store.path={directory / 'nbwss.db'}\nlog.level=error\n")
+    store = Store(directory / "nbwss.db", directory / "nbwss.key")
+    for index in range(groups):
+        details = EndpointDetails(
+            token=f"bench-token-{index:06d}", priority=1, group_id=f"GROUP{index:06d}",
+            host_name=f"ep{index:06d}.bench", url=f"wss://127.0.0.1:{port}/g{index}",
+        )  # fmt: skip
+        store.add_endpoint(details, leaf_der, fingerprint(leaf_der))
+    return config, store
+
+
+async def with_daemon(
+    store: Store, groups: int, arrivals: Arrivals, work: Callable[[Settings], Any]
+) -> Any:
+    settings = Settings(
+        store_path=store.path, connection_period_s=5.0, notification_rate_s=5.0,
+        send_timeout_s=10.0,
+    )  # fmt: skip
+    wiring = DeliveryWiring(store, settings)
+    service = Service(
+        settings, store, delivery_for_group=wiring.pump, components=wiring.components,
+        notifier=Notifier(None),
+    )  # fmt: skip
+    task = asyncio.create_task(service.async_run(handle_signals=False))
+    try:
+        await arrivals.until(lambda: len(arrivals.connected) >= groups, seconds=120)
+        await asyncio.wait_for(wiring.listener.ready.wait(), 10)
+        return await work(settings)
+    finally:
+        service.handle_exit()
+        await asyncio.wait_for(task, 30)
+
+
+async def throughput(
+    workdir: Path, name: str, groups: int, events: int, port: int, leaf_der: bytes,
+    endpoint: asyncio.subprocess.Process, precommitted: bool = False,
+) -> float:  # fmt: skip
+    config, store = setup_state(workdir / name, groups, port, leaf_der)
+    arrivals = Arrivals()
+    assert endpoint.stdout is not None
+    reader = asyncio.create_task(read_arrivals(endpoint.stdout, arrivals))
+    lines = json_lines(0, events)
+    items = [("JOB", job(n)) for n in range(events)]
+    paths = [f"/g{i}" for i in range(groups)]
+
+    async def work(settings: Settings) -> float:
+        started = time.monotonic()
+        if precommitted:
+            with store.transaction() as conn:
+                outbox.enqueue(conn, ((obj, data) for obj, data in items), time.time())
+            send_wake(settings.wake_socket)
+        else:
+            await notify_process(config, lines)
+        await arrivals.until(lambda: all(arrivals.last_id.get(p) == events - 1 for p in paths))
+        return (
+            max(arrivals.arrived_at.values()) - started
+            if groups == 1
+            else (time.monotonic() - started)
+        )
+
+    try:
+        took = float(await with_daemon(store, groups, arrivals, work))
+    finally:
+        reader.cancel()
+        store.close()
+    delivered = events * groups
+    rate = delivered / took
+    print(
+        f"{name}: groups={groups} events={events} delivered={delivered} seconds={took:.2f} "
+        f"notifications_per_s={rate:,.0f} per_group_per_s={rate / groups:,.0f} "
+        f"out_of_order={arrivals.out_of_order}",
+        flush=True,
+    )
+    return rate
+
+
+async def latency(
+    workdir: Path, samples: int, cli_samples: int, port: int, leaf_der: bytes,
+    endpoint: asyncio.subprocess.Process,
+) -> float:  # fmt: skip
+    config, store = setup_state(workdir / "latency", 1, port, leaf_der)
+    arrivals = Arrivals()
+    assert endpoint.stdout is not None
+    reader = asyncio.create_task(read_arrivals(endpoint.stdout, arrivals))
+
+    async def work(settings: Settings) -> tuple[list[float], list[float]]:
+        in_process, by_command = [], []
+        for n in range(samples):
+            with store.transaction() as conn:  # what `nbwss notify` does, then returns
+                outbox.enqueue(conn, [("JOB", job(n))], time.time())
+            send_wake(settings.wake_socket)
+            returned = time.monotonic()
+            await arrivals.until(lambda n=n: n in arrivals.arrived_at, seconds=30)  # type: ignore[misc]
+            in_process.append(arrivals.arrived_at[n] - returned)
+        for n in range(samples, samples + cli_samples):
+            returned = await notify_process(config, json_lines(n, 1))
+            await arrivals.until(lambda n=n: n in arrivals.arrived_at, seconds=30)  # type: ignore[misc]
+            by_command.append(arrivals.arrived_at[n] - returned)
+        return in_process, by_command
+
+    try:
+        in_process, by_command = await with_daemon(store, 1, arrivals, work)
+    finally:
+        reader.cancel()
+        store.close()
+    p50: float = statistics.median(in_process) * 1000
+    p99 = statistics.quantiles(in_process, n=100)[98] * 1000
+    print(
+        f"latency (in-process notify, n={samples}): p50_ms={p50:.2f} p99_ms={p99:.2f} "
+        f"max_ms={max(in_process) * 1000:.2f}",
+        flush=True,
+    )
+    cmd = sorted(by_command)
+    print(
+        f"latency (nbwss notify command, n={cli_samples}, from process exit): "
+        f"p50_ms={statistics.median(cmd) * 1000:.2f} max_ms={cmd[-1] * 1000:.2f} "
+        f"arrived_before_exit={sum(1 for x in cmd if x < 0)}",
+        flush=True,
+    )
+    return p50
+
+
+async def intake(workdir: Path, events: int) -> float:
+    directory = workdir / "intake"
+    directory.mkdir()
+    config = directory / "nbwss.properties"
+    config.write_text(f"store.path={directory / 'nbwss.db'}\nlog.level=error\n")
+    lines = json_lines(0, events)
+    started = time.monotonic()
+    ended = await notify_process(config, lines)
+    took = ended - started
+    print(
+        f"intake: `nbwss notify -` of {events} JSON lines: seconds={took:.2f} "
+        f"events_per_s={events / took:,.0f} (process start to exit, every chunk committed)",
+        flush=True,
+    )
+    return events / took
+
+
+async def run(args: argparse.Namespace) -> bool:
+    with tempfile.TemporaryDirectory(prefix="nbwb") as tmp:
+        workdir = Path(tmp)
+        leaf = trustme.CA().issue_cert("127.0.0.1", "localhost")
+        cert_file, key_file = workdir / "cert.pem", workdir / "key.pem"
+        leaf.cert_chain_pems[0].write_to_path(str(cert_file))
+        leaf.private_key_pem.write_to_path(str(key_file))
+        leaf_der = ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
+        endpoint = await asyncio.create_subprocess_exec(
+            sys.executable, SCRIPT, "--serve", str(cert_file),
+            str(key_file), stdout=asyncio.subprocess.PIPE, env=ENV, limit=1 << 20,
+        )  # fmt: skip
+        try:
+            assert endpoint.stdout is not None
+            port = int(await endpoint.stdout.readline())
+            await intake(workdir, args.events)
+            one = await throughput(workdir, "one-group", 1, args.events, port, leaf_der, endpoint)
+            await throughput(
+                workdir, "many-groups", args.groups, args.group_events, port, leaf_der, endpoint
+            )
+            p50 = await latency(workdir, args.samples, args.cli_samples, port, leaf_der, endpoint)
+        finally:
+            endpoint.terminate()
+            await endpoint.wait()
+    ok = one >= GOAL_RATE and p50 < GOAL_P50_MS
+    print(
+        f"goals: one group >= {GOAL_RATE:,.0f}/s: {'met' if one >= GOAL_RATE else 'MISSED'}; "
+        f"p50 < {GOAL_P50_MS:g} ms: {'met' if p50 < GOAL_P50_MS else 'MISSED'}",
+        flush=True,
+    )
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench delivery",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--events", type=int, default=100_000, help="events for one group")
+    parser.add_argument("--groups", type=int, default=100)
+    parser.add_argument("--group-events", type=int, default=5_000, help="events, many groups")
+    parser.add_argument("--samples", type=int, default=300, help="latency samples")
+    parser.add_argument("--cli-samples", type=int, default=20, help="latency via the command")
+    parser.add_argument("--serve", nargs=2, metavar=("CERT", "KEY"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        asyncio.run(serve_endpoints(*args.serve))
+        return 0
+    logs.configure("error", "json")
+    return 0 if asyncio.run(run(args)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
