@@ -141,7 +141,8 @@ def near_valid_frames(draw: st.DrawFn) -> bytes:
         key = draw(st.sampled_from([*frame, "payload"]))
         fault = draw(
             st.sampled_from(
-                ["drop", "wrong", "deep", "nan", "duplicate", "swap-kind", "inner-wrong", "extra"]
+                ["drop", "wrong", "deep", "nan", "huge-number", "duplicate", "swap-kind",
+                 "inner-wrong", "extra"]
             )
         )
         if fault == "drop":
@@ -152,6 +153,8 @@ def near_valid_frames(draw: st.DrawFn) -> bytes:
             raw[key] = deep_nesting(draw(st.sampled_from([MAX_DEPTH - 2, MAX_DEPTH, 200, 5000])))
         elif fault == "nan":
             raw[key] = draw(st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999"]))
+        elif fault == "huge-number":  # past Python's 4,300-digit int conversion limit
+            raw[key] = draw(st.sampled_from(["9" * 5000, "-" + "1" * 4301, "1" * 4300, "1e400"]))
         elif fault == "duplicate":
             duplicates.append(key)
         elif fault == "swap-kind":
@@ -179,7 +182,8 @@ def _byte_faults(data: bytes) -> st.SearchStrategy[bytes]:
             junk = draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xf8\x88\x80"]))
             return data[:at] + junk + data[at:]
         if kind == "surrogate":
-            return data.replace(b'"1.0"', b'"1.0\\ud800"', 1)
+            escape = draw(st.sampled_from([b"\\ud800", b"\\uDFFF", b"\\udbff\\u0041"]))
+            return data.replace(b'"id":"', b'"id":"' + escape, 1)
         if kind == "bom":
             return b"\xef\xbb\xbf" + data
         return data[:at]

@@ -116,6 +116,11 @@ def test_encode_is_compact_and_keeps_non_ascii() -> None:
         (frame(timeStamp=True), "'timeStamp' is true, expected epoch seconds"),
         (frame(timeStamp=None), "'timeStamp' is null, expected epoch seconds"),
         (frame(timeStamp=_DROP), "message has no 'timeStamp'"),
+        (frame(timeStamp=2**63), "'timeStamp' is 9223372036854775808, expected epoch seconds"),
+        (frame(timeStamp=-(2**63)), "expected epoch seconds"),
+        (frame(timeStamp=1e300), "'timeStamp' is 1e+300, expected epoch seconds"),
+        (frame(timeStamp=7).replace(": 7,", ": 1e999,"), "'timeStamp' is Infinity, expected"),
+        (frame(timeStamp=7).replace(": 7,", ": " + "1" * 4300 + ","), "expected epoch seconds"),
         (frame(payload=_DROP), "message has no 'payload'"),
         (frame(payload=[]), "'payload' of a CONNECT message must be an object"),
         (frame(type="COMMAND", payload="{}"), "'payload' of a COMMAND message must be an object"),
@@ -165,6 +170,7 @@ def test_nesting_up_to_the_limit_is_accepted() -> None:
 
 def test_a_float_time_stamp_is_tolerated_and_truncated() -> None:
     assert decode(frame(timeStamp=1444944181.9)).time_stamp == 1444944181
+    assert decode(frame(timeStamp=2**63 - 1)).time_stamp == 2**63 - 1
 
 
 # -- builders ------------------------------------------------------------------------------

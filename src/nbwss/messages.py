@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 import re
 import uuid
 from dataclasses import dataclass
@@ -89,6 +88,8 @@ def _reject_constant(name: str) -> Any:
 # Real messages nest four or five levels; anything far deeper is an attack on the stack
 # (every consumer that walks a payload recursively would otherwise need its own guard).
 MAX_DEPTH: Final = 64
+# A Java long, what the vendor's side keeps a time stamp in.
+MAX_TIME_STAMP: Final = 2**63 - 1
 # A JSON escape of a UTF-16 surrogate: the only way an unpaired one gets past UTF-8 decoding.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -177,10 +178,12 @@ def decode(text: str | bytes, max_bytes: int | None = None) -> Message:
     sub_type = _enum_field(obj, "subType", SubType)
     time_stamp = _field(obj, "timeStamp")
     # The guide says epoch seconds as an integer; a float is tolerated and truncated.
+    # The range check also refuses inf (and NaN) without math.isfinite, which overflows
+    # on a 4,000-digit integer.
     if (
         isinstance(time_stamp, bool)
         or not isinstance(time_stamp, int | float)
-        or not math.isfinite(time_stamp)
+        or not -MAX_TIME_STAMP <= time_stamp <= MAX_TIME_STAMP
     ):
         raise DecodeError(f"'timeStamp' is {_show(time_stamp)}, expected epoch seconds")
     payload = _field(obj, "payload")
