@@ -18,7 +18,12 @@ def main(argv: list[str]) -> int:
         return int(module.main(argv[1:]))
     worst = 0
     for info in sorted(pkgutil.iter_modules([str(HERE)]), key=lambda m: m.name):
-        module = importlib.import_module(f"bench.{info.name}")
+        try:
+            module = importlib.import_module(f"bench.{info.name}")
+        except ImportError as exc:
+            print(f"== bench.{info.name}: cannot import: {exc}", flush=True)
+            worst = 1
+            continue
         if getattr(module, "BENCHMARK", False):
             print(f"== bench.{info.name}", flush=True)
             worst = max(worst, int(module.main([])))
