@@ -9,7 +9,7 @@ import pytest
 
 from nbwss.delivery import Batch, EventRange, GroupDelivery, Phase, Send, Verdict, build_batch
 from nbwss.messages import Message, MessageType, SubType, decode, encode, response_to
-from nbwss.notifications import encode_data
+from nbwss.notifications import encode_data, payload_elements
 from nbwss.outbox import OutboxEvent, PersistedBatch
 
 RATE = 5.0
@@ -138,12 +138,19 @@ def test_first_send_is_immediate_and_nothing_new_while_outstanding() -> None:
     delivery = machine()
     batch = started(delivery, events("JOB"))
     assert delivery.poll(T0) == Send(batch, resend=False)
+    assert delivery.wanted() is None  # not even read ahead until the write is done
     delivery.sent(batch.id, T0)
-    assert delivery.wanted() is None  # no second request while this one is outstanding
-    with pytest.raises(RuntimeError):
-        delivery.take(events("JOB", start=2), T0, "OTHER")
     assert delivery.poll(T0 + RATE - 0.001) is None
     assert delivery.deadline() == T0 + RATE
+    # The next batch is read ahead, but it is not sent while this one is outstanding.
+    assert delivery.wanted() == EventRange(1, 500, ahead=True)
+    following = delivery.take(events("JOB", start=2), T0, "NEXT")
+    assert following is not None
+    assert delivery.prepared is following
+    assert delivery.poll(T0 + RATE) == Send(batch, resend=True)
+    assert delivery.wanted() is None
+    with pytest.raises(RuntimeError):
+        delivery.take(events("JOB", start=3), T0, "OTHER")
 
 
 def test_ack_with_same_id_and_empty_payload_advances_after_commit() -> None:
@@ -153,10 +160,37 @@ def test_ack_with_same_id_and_empty_payload_advances_after_commit() -> None:
     assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
     assert delivery.awaiting_commit is batch
     assert delivery.poll(T0 + 100) is None  # acknowledged: never resent
-    assert delivery.wanted() is None  # the cursor move comes first
     assert delivery.committed() is batch
     assert delivery.acked_seq == 2
+    assert delivery.outstanding is None
     assert delivery.wanted() == EventRange(2, 500)
+
+
+def test_prepared_batch_goes_out_once_the_ack_is_committed() -> None:
+    delivery = machine(max_batch=2)
+    evs = events("JOB", "JOB", "IMAGE", "IMAGE", "JOB")
+    batch = started(delivery, evs[:2])
+    delivery.sent(batch.id, T0)
+    assert delivery.wanted() == EventRange(2, 2, ahead=True)
+    following = delivery.take(evs[2:4], T0 + 1, "NEXT")
+    assert following is not None
+    assert delivery.on_response(ack(following)) is Verdict.WRONG_ID  # not in flight yet
+    assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
+    assert delivery.committed() is batch
+    assert delivery.outstanding is following
+    assert delivery.prepared is None
+    assert delivery.poll(T0 + 1) == Send(following, resend=False)
+    assert (following.id, following.first_seq, following.last_seq) == ("NEXT", 3, 4)
+
+
+def test_read_ahead_finds_nothing_then_something() -> None:
+    delivery = machine()
+    batch = started(delivery, events("JOB"))
+    delivery.sent(batch.id, T0)
+    assert delivery.take([], T0, "X") is None
+    assert delivery.wanted() == EventRange(1, 500, ahead=True)
+    with pytest.raises(ValueError, match="follow"):
+        delivery.take(events("JOB"), T0, "X")
 
 
 def test_no_ack_resends_same_message_after_rate() -> None:
@@ -293,3 +327,17 @@ def test_message_round_trips_through_the_codec() -> None:
     decoded = decode(encode(batch.message))
     assert decoded.payload == batch.message.payload
     assert json.loads(encode(batch.message))["timeStamp"] == int(T0)
+
+
+def test_payload_elements_group_runs_of_one_object() -> None:
+    items = [("JOB", job(1)), ("JOB", job(2)), ("IMAGE", image("a")), ("JOB", job(3))]
+    assert payload_elements(items) == [
+        {"notificationType": "INFO", "object": "JOB", "data": [job(1), job(2)]},
+        {"notificationType": "INFO", "object": "IMAGE", "data": [image("a")]},
+        {"notificationType": "INFO", "object": "JOB", "data": [job(3)]},
+    ]
+    batch = build_batch(
+        [OutboxEvent(n, obj, encode_data(data)) for n, (obj, data) in enumerate(items, 1)],
+        message_id="X", now=T0, max_batch=9, max_bytes=1 << 20,
+    )  # fmt: skip
+    assert batch.message.payload == payload_elements(items)

@@ -189,3 +189,13 @@ def test_backlog_per_group(store: Store) -> None:
     assert g2.oldest_unacked_age_s == pytest.approx(10)
     outbox.acknowledge(store, "G1", 3, T0)
     assert outbox.backlog(store, T0)[0].oldest_unacked_age_s is None
+
+
+def test_ack_and_the_next_batch_are_one_transaction(store: Store) -> None:
+    outbox.load_position(store, "G1", T0)
+    put(store, 1, 2, 3)
+    outbox.persist_batch(store, "G1", PersistedBatch("ID-A", 1, 2, T0))
+    outbox.acknowledge(store, "G1", 2, T0, next_batch=PersistedBatch("ID-B", 3, 3, T0 + 1))
+    assert outbox.load_position(store, "G1", T0) == GroupPosition(
+        2, PersistedBatch("ID-B", 3, 3, T0 + 1)
+    )

@@ -74,6 +74,7 @@ class EventRange:
     after_seq: int
     limit: int
     up_to_seq: int | None = None
+    ahead: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,28 +167,38 @@ class GroupDelivery:
     acked_seq: int
     restored: PersistedBatch | None = None
     outstanding: Batch | None = None
+    prepared: Batch | None = None
     phase: Phase = Phase.IDLE
     due_at: float = 0.0
     written_before: bool = False
     last_acked_id: str | None = field(default=None, repr=False)
 
     def wanted(self) -> EventRange | None:
-        """The events to read next, or None while a batch is in flight."""
-        if self.outstanding is not None:
-            return None
-        if self.restored is not None:
-            span = self.restored.last_seq - self.acked_seq
-            return EventRange(self.acked_seq, max(span, 1), self.restored.last_seq)
-        return EventRange(self.acked_seq, self.max_batch)
+        """The events to read next, or None when nothing is to be read now.
+
+        While a batch is on the wire, the next one is read ahead (`ahead`): it is built
+        then, and goes out the moment the ack is committed, so the group's link is never
+        idle while the database is read. It is still only one request outstanding.
+        """
+        if self.outstanding is None:
+            if self.restored is not None:
+                span = self.restored.last_seq - self.acked_seq
+                return EventRange(self.acked_seq, max(span, 1), self.restored.last_seq)
+            return EventRange(self.acked_seq, self.max_batch)
+        if self.prepared is None and self.phase in (Phase.SENT, Phase.ACKED):
+            return EventRange(self.outstanding.last_seq, self.max_batch, ahead=True)
+        return None
 
     def take(self, events: Sequence[OutboxEvent], now: float, message_id: str) -> Batch | None:
-        """Start the next batch from `events` (as read for `wanted()`); None if there are none.
+        """Build the batch from `events` (as read for `wanted()`); None if there are none.
 
-        A restored batch keeps its persisted id and timeStamp and every event of its
-        range, whatever the caps are now: it must be the same message as before.
+        With nothing in flight, the batch starts (persist it, then send). Read ahead,
+        it waits in `prepared` for the ack of the one in flight. A restored batch keeps
+        its persisted id and timeStamp and every event of its range, whatever the caps
+        are now: it must be the same message as before.
         """
         if self.outstanding is not None:
-            raise RuntimeError("a batch is already in flight")
+            return self._prepare(events, now, message_id)
         restored, self.restored = self.restored, None
         if not events:
             return None
@@ -207,10 +218,31 @@ class GroupDelivery:
                 max_batch=self.max_batch,
                 max_bytes=self.max_bytes,
             )
-        self.outstanding, self.phase, self.due_at = batch, Phase.PENDING, now
+        self._start(batch, now)
         # A restored batch may have reached the endpoint before the restart.
         self.written_before = restored is not None
         return batch
+
+    def _prepare(self, events: Sequence[OutboxEvent], now: float, message_id: str) -> Batch | None:
+        assert self.outstanding is not None
+        if self.prepared is not None:
+            raise RuntimeError("a batch is already in flight and the next one prepared")
+        if events and events[0].seq <= self.outstanding.last_seq:
+            raise ValueError("events read ahead must follow the batch in flight")
+        if not events:
+            return None
+        self.prepared = build_batch(
+            events,
+            message_id=message_id,
+            now=now,
+            max_batch=self.max_batch,
+            max_bytes=self.max_bytes,
+        )
+        return self.prepared
+
+    def _start(self, batch: Batch, now: float) -> None:
+        self.outstanding, self.phase, self.due_at = batch, Phase.PENDING, now
+        self.written_before = False
 
     def poll(self, now: float) -> Send | None:
         """The write to make now, if any."""
@@ -269,11 +301,18 @@ class GroupDelivery:
         return self.outstanding if self.phase is Phase.ACKED else None
 
     def committed(self) -> Batch:
-        """The cursor move of the acknowledged batch is durable: the next batch may start."""
+        """The cursor move of the acknowledged batch is durable: the next batch may start.
+
+        A prepared batch becomes the one in flight, due at once; the caller has
+        persisted it in the same transaction as the cursor move.
+        """
         batch = self.awaiting_commit
         if batch is None:
             raise RuntimeError("no acknowledged batch to commit")
         self.acked_seq = max(self.acked_seq, batch.last_seq)
         self.last_acked_id = batch.id
         self.outstanding, self.phase, self.written_before = None, Phase.IDLE, False
+        prepared, self.prepared = self.prepared, None
+        if prepared is not None:
+            self._start(prepared, 0.0)
         return batch

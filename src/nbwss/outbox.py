@@ -177,22 +177,33 @@ def read_events(
 
 
 def persist_batch(store: Store, group_id: str, batch: PersistedBatch) -> None:
-    """Record the group's in-flight batch before its first send (a group deleted meanwhile
-    keeps no row)."""
+    """Record the group's in-flight batch before its first send."""
     with store.transaction() as conn:
-        conn.execute(
-            "INSERT OR REPLACE INTO group_batches (group_id, message_id, first_seq, last_seq,"
-            " sent_at) SELECT ?, ?, ?, ?, ? WHERE EXISTS"
-            " (SELECT 1 FROM group_cursors WHERE group_id = ?)",
-            (group_id, batch.message_id, batch.first_seq, batch.last_seq, batch.sent_at, group_id),
-        )
+        _persist_batch(conn, group_id, batch)
 
 
-def acknowledge(store: Store, group_id: str, last_seq: int, now: float) -> int:
+def _persist_batch(conn: sqlite3.Connection, group_id: str, batch: PersistedBatch) -> None:
+    # A group deleted meanwhile keeps no row.
+    conn.execute(
+        "INSERT OR REPLACE INTO group_batches (group_id, message_id, first_seq, last_seq,"
+        " sent_at) SELECT ?, ?, ?, ?, ? WHERE EXISTS"
+        " (SELECT 1 FROM group_cursors WHERE group_id = ?)",
+        (group_id, batch.message_id, batch.first_seq, batch.last_seq, batch.sent_at, group_id),
+    )
+
+
+def acknowledge(
+    store: Store,
+    group_id: str,
+    last_seq: int,
+    now: float,
+    next_batch: PersistedBatch | None = None,
+) -> int:
     """Advance the group's cursor to `last_seq` and forget its batch, in one transaction.
 
-    Events now acknowledged by every group are purged in the same transaction. The
-    cursor only moves forward. Returns how many events were purged.
+    `next_batch` (read ahead while the ack was awaited) becomes the batch in flight in
+    the same transaction. Events now acknowledged by every group are purged there too.
+    The cursor only moves forward. Returns how many events were purged.
     """
     with store.transaction() as conn:
         conn.execute(
@@ -201,6 +212,8 @@ def acknowledge(store: Store, group_id: str, last_seq: int, now: float) -> int:
             (last_seq, now, group_id),
         )
         conn.execute("DELETE FROM group_batches WHERE group_id = ?", (group_id,))
+        if next_batch is not None:
+            _persist_batch(conn, group_id, next_batch)
         return _purge_acknowledged(conn)
 
 

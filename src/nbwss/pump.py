@@ -119,7 +119,7 @@ class GroupPump:
                 outbox.read_events, self._store, wanted.after_seq, wanted.limit, wanted.up_to_seq
             )
             batch = delivery.take(events, self._clock(), self._new_id())
-            if batch is not None:
+            if batch is not None and batch is delivery.outstanding:
                 # Persisted before its first write, so a restart resends it with this id.
                 await asyncio.to_thread(
                     outbox.persist_batch, self._store, self.group_id, batch.persisted()
@@ -127,6 +127,7 @@ class GroupPump:
         send = delivery.poll(self._clock())
         if send is not None:
             await self._send(delivery, link, send)
+            return  # read the next batch ahead before waiting for this one's ack
         await self._wait(delivery.deadline())
 
     async def _send(self, delivery: GroupDelivery, link: Link, send: Send) -> None:
@@ -157,8 +158,14 @@ class GroupPump:
     async def _commit(self, delivery: GroupDelivery, link: Link) -> None:
         batch = delivery.awaiting_commit
         assert batch is not None
+        prepared = delivery.prepared
         purged = await asyncio.to_thread(
-            outbox.acknowledge, self._store, self.group_id, batch.last_seq, self._clock()
+            outbox.acknowledge,
+            self._store,
+            self.group_id,
+            batch.last_seq,
+            self._clock(),
+            prepared.persisted() if prepared is not None else None,
         )
         delivery.committed()
         metrics.NOTIFICATIONS_ACKED.labels(self.group_id).inc(batch.count)
