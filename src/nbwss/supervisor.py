@@ -171,11 +171,20 @@ class Supervisor:
             await self._changed.wait()
 
     async def close_all(self, reason: str) -> None:
-        """Stop connecting and close every connection with a normal close frame."""
+        """Stop connecting, close every connection with a normal close frame, and return
+        once each one's DISCONNECTED status is written."""
         self._stopping = True
         for kick in self._kicks.values():
             kick.set()
-        await asyncio.gather(*(live.session.close(reason) for live in list(self._live.values())))
+        live = list(self._live.values())
+        keepers = [
+            self._group_tasks[group]
+            for group in {connection.session.group_id for connection in live}
+            if group in self._group_tasks
+        ]
+        await asyncio.gather(*(connection.session.close(reason) for connection in live))
+        # Each keeper writes its status after its session ended, then sees `_stopping`.
+        await asyncio.gather(*keepers, return_exceptions=True)
 
     # -- the connection process -----------------------------------------------------------
 
