@@ -10,6 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from nbwss import outbox
+from nbwss.endpoints import EndpointDetails
 from nbwss.notifications import encode_data
 from nbwss.outbox import GroupPosition, OutboxEvent, PersistedBatch, Queued
 from nbwss.store import Store
@@ -27,6 +28,15 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def job(job_id: int) -> dict[str, Any]:
     return {"jobId": job_id, "state": "ACTIVE", "clientName": "vm1"}
+
+
+def add_group(store: Store, group_id: str) -> None:
+    """A server group as `endpoint add` makes one (its cursor starts at the head)."""
+    details = EndpointDetails(
+        token="token-of-the-endpoint==", priority=1, group_id=group_id,
+        host_name=f"{group_id.lower()}.test", url="wss://127.0.0.1:1/cfs",
+    )  # fmt: skip
+    store.add_endpoint(details, b"certificate", "00:11")
 
 
 def put(store: Store, *job_ids: int, now: float = T0) -> int:
@@ -60,7 +70,7 @@ def test_enqueue_of_nothing_returns_the_head(store: Store) -> None:
 
 
 def test_seq_is_never_reused_after_a_purge(store: Store) -> None:
-    outbox.load_position(store, "G1", T0)
+    add_group(store, "G1")
     put(store, 1, 2)
     outbox.acknowledge(store, "G1", 2, T0)
     assert seqs(store) == []
@@ -81,9 +91,18 @@ def test_queue_chunked_commits_each_chunk_and_reports_the_range(store: Store) ->
 
 def test_a_new_group_starts_at_the_head(store: Store) -> None:
     put(store, 1, 2)
+    add_group(store, "G1")
     assert outbox.load_position(store, "G1", T0) == GroupPosition(2, None)
     put(store, 3)
     assert [e.seq for e in outbox.read_events(store, 2, 10)] == [3]
+
+
+def test_a_group_without_endpoints_gets_no_cursor(store: Store) -> None:
+    add_group(store, "G1")
+    put(store, 1, 2)
+    assert outbox.load_position(store, "GONE", T0) == GroupPosition(2, None)
+    outbox.acknowledge(store, "G1", 2, T0)
+    assert seqs(store) == []  # the forgotten group held nothing back
 
 
 def test_read_events_in_order_with_limit_and_ceiling(store: Store) -> None:
@@ -95,7 +114,7 @@ def test_read_events_in_order_with_limit_and_ceiling(store: Store) -> None:
 
 def test_persisted_batch_survives_a_reopen_and_ack_clears_it(tmp_path: Path) -> None:
     first = Store(tmp_path / "db", tmp_path / "key")
-    outbox.load_position(first, "G1", T0)
+    add_group(first, "G1")
     put(first, 1, 2, 3)
     outbox.persist_batch(first, "G1", PersistedBatch("ID-A", 1, 2, T0))
     first.close()
@@ -118,7 +137,7 @@ def test_batch_of_a_deleted_group_is_not_persisted(store: Store) -> None:
 
 
 def test_cursor_never_moves_back(store: Store) -> None:
-    outbox.load_position(store, "G1", T0)
+    add_group(store, "G1")
     put(store, 1, 2, 3)
     outbox.acknowledge(store, "G1", 3, T0)
     outbox.acknowledge(store, "G1", 1, T0)
@@ -126,8 +145,8 @@ def test_cursor_never_moves_back(store: Store) -> None:
 
 
 def test_purge_keeps_what_any_group_still_needs(store: Store) -> None:
-    outbox.load_position(store, "G1", T0)
-    outbox.load_position(store, "G2", T0)
+    add_group(store, "G1")
+    add_group(store, "G2")
     put(store, 1, 2, 3, 4)
     assert outbox.acknowledge(store, "G1", 4, T0) == 0
     assert seqs(store) == [1, 2, 3, 4]
@@ -142,8 +161,8 @@ def test_purge_without_any_group_drops_what_nobody_can_receive(store: Store) -> 
 
 
 def test_retention_drops_old_events_loudly_and_moves_cursors(store: Store) -> None:
-    outbox.load_position(store, "G1", T0)
-    outbox.load_position(store, "G2", T0)
+    add_group(store, "G1")
+    add_group(store, "G2")
     put(store, 1, 2, 3, now=T0)
     put(store, 4, now=T0 + 20 * DAY)
     outbox.acknowledge(store, "G1", 2, T0)
@@ -162,7 +181,7 @@ def test_retention_drops_old_events_loudly_and_moves_cursors(store: Store) -> No
 
 
 def test_retention_of_acknowledged_events_is_quiet(store: Store) -> None:
-    outbox.load_position(store, "G1", T0)
+    add_group(store, "G1")
     put(store, 1, 2, now=T0)
     put(store, 3, now=T0 + 40 * DAY)
     with store.transaction() as conn:  # acknowledged, but not purged yet
@@ -176,8 +195,8 @@ def test_retention_of_acknowledged_events_is_quiet(store: Store) -> None:
 
 
 def test_backlog_per_group(store: Store) -> None:
-    outbox.load_position(store, "G1", T0)
-    outbox.load_position(store, "G2", T0)
+    add_group(store, "G1")
+    add_group(store, "G2")
     put(store, 1, 2, now=T0)
     put(store, 3, now=T0 + 5)
     outbox.acknowledge(store, "G1", 2, T0)
@@ -192,7 +211,7 @@ def test_backlog_per_group(store: Store) -> None:
 
 
 def test_ack_and_the_next_batch_are_one_transaction(store: Store) -> None:
-    outbox.load_position(store, "G1", T0)
+    add_group(store, "G1")
     put(store, 1, 2, 3)
     outbox.persist_batch(store, "G1", PersistedBatch("ID-A", 1, 2, T0))
     outbox.acknowledge(store, "G1", 2, T0, next_batch=PersistedBatch("ID-B", 3, 3, T0 + 1))

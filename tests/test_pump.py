@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from nbwss import metrics, outbox
 from nbwss.delivery import Batch
-from nbwss.errors import NbwssError
+from nbwss.endpoints import EndpointDetails
 from nbwss.messages import Message, MessageType, SubType, encode, notification_response
 from nbwss.properties import Settings
 from nbwss.pump import GroupPump, OutboxJanitor
@@ -84,10 +84,19 @@ def job(job_id: int) -> dict[str, Any]:
     return {"jobId": job_id, "state": "ACTIVE"}
 
 
+def add_group(store: Store) -> None:
+    """The group as `endpoint add` makes it: its cursor starts at the head."""
+    details = EndpointDetails(
+        token="token-of-the-endpoint==", priority=1, group_id=GROUP, host_name="ep1.test",
+        url="wss://127.0.0.1:1/cfs",
+    )  # fmt: skip
+    store.add_endpoint(details, b"certificate", "00:11")
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     store = Store(tmp_path / "nbwss.db", tmp_path / "nbwss.key")
-    outbox.load_position(store, GROUP, 0)  # the group exists, at the head
+    add_group(store)
     yield store
     store.close()
 
@@ -248,7 +257,7 @@ async def test_failover_resends_the_outstanding_batch_first(store: Store, runnin
 
 async def test_restart_resends_the_persisted_batch_with_its_id(tmp_path: Path) -> None:
     before = Store(tmp_path / "db", tmp_path / "key")
-    outbox.load_position(before, GROUP, 0)
+    add_group(before)
     put(before, 1, 2, 3)
     link = TestLink(ack=False)
     pump = GroupPump(before, settings(notification_max_batch=2), GROUP, Waker())
@@ -348,8 +357,12 @@ async def test_stale_wake_socket_is_replaced_and_live_one_refused(short_dir: Pat
     try:
         async with asyncio.timeout(timeout(5)):
             await listener.ready.wait()
-        with pytest.raises(NbwssError, match="another nbwss daemon"):
-            await WakeListener(path, Waker()).run()
+        with capture_logs() as logged:
+            await WakeListener(path, Waker()).run()  # returns: the daemon polls instead
+        [event] = logged
+        assert event["event"] == "wake.unavailable"
+        assert "another nbwss daemon" in event["reason"]
+        assert send_wake(path)  # the first listener still has it
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -358,3 +371,13 @@ async def test_stale_wake_socket_is_replaced_and_live_one_refused(short_dir: Pat
 
 def test_send_wake_without_a_daemon_does_not_fail(short_dir: Path) -> None:
     assert send_wake(short_dir / "nothing-here") is False
+    assert send_wake(short_dir / ("x" * 200)) is False  # longer than a socket address
+
+
+async def test_a_wake_path_that_is_not_a_socket_is_left_alone(short_dir: Path) -> None:
+    path = short_dir / "nbwss.wake"
+    path.write_text("not a socket")
+    with capture_logs() as logged:
+        await WakeListener(path, Waker()).run()
+    assert [e["event"] for e in logged] == ["wake.unavailable"]
+    assert path.read_text() == "not a socket"

@@ -119,7 +119,7 @@ def queue_chunked(
     rows: Sequence[tuple[str, str]],
     clock: Callable[[], float],
     chunk_size: int = INTAKE_CHUNK,
-    after_commit: Callable[[], None] | None = None,
+    after_commit: Callable[[], object] | None = None,
 ) -> Queued:
     """Queue many validated rows, one transaction per chunk, calling `after_commit` after each.
 
@@ -143,24 +143,33 @@ def queue_chunked(
 
 
 def load_position(store: Store, group_id: str, now: float) -> GroupPosition:
-    """The group's cursor and in-flight batch; a group without a cursor starts at the head."""
+    """The group's cursor and in-flight batch.
+
+    A configured group without a cursor (added by an older release) starts at the head.
+    A group with no endpoint left gets no cursor: a forgotten group must not hold back
+    the purge; it starts at the head, and its acknowledgements move nothing.
+    """
     with store.transaction() as conn:
         conn.execute(
             "INSERT OR IGNORE INTO group_cursors (group_id, acked_seq, updated_at)"
-            " VALUES (?, (SELECT COALESCE(MAX(seq), 0) FROM outbox), ?)",
-            (group_id, now),
+            " SELECT ?, (SELECT COALESCE(MAX(seq), 0) FROM outbox), ?"
+            " WHERE EXISTS (SELECT 1 FROM endpoints WHERE group_id = ?)",
+            (group_id, now, group_id),
         )
-        (acked_seq,) = conn.execute(
+        cursor = conn.execute(
             "SELECT acked_seq FROM group_cursors WHERE group_id = ?", (group_id,)
         ).fetchone()
+        if cursor is None:
+            cursor = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()
         row = conn.execute(
             "SELECT message_id, first_seq, last_seq, sent_at FROM group_batches WHERE group_id = ?",
             (group_id,),
         ).fetchone()
+    acked_seq = int(cursor[0])
     outstanding = PersistedBatch(row[0], row[1], row[2], row[3]) if row else None
     if outstanding is not None and outstanding.last_seq <= acked_seq:
         outstanding = None  # already acknowledged (e.g. retention moved the cursor past it)
-    return GroupPosition(int(acked_seq), outstanding)
+    return GroupPosition(acked_seq, outstanding)
 
 
 def read_events(

@@ -111,7 +111,20 @@ class WakeListener:
         self.ready = asyncio.Event()
 
     async def run(self) -> None:
-        sock = bind_wake_socket(self.path)
+        """Listen until cancelled; when the socket cannot be had, log it and return.
+
+        Not fatal: the pumps still find new rows by polling the database, only later.
+        """
+        try:
+            sock = bind_wake_socket(self.path)
+        except NbwssError as exc:
+            log.error(
+                "wake.unavailable",
+                path=str(self.path),
+                reason=str(exc),
+                fallback="database poll every notification.scheduledRate",
+            )
+            return
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await loop.create_datagram_endpoint(

@@ -5,7 +5,8 @@ then the daemon (if any) is poked through the wake socket.
 
 `--object JOB|IMAGE --data JSON` queues one object or an array, in one transaction.
 `-` reads JSON lines (`{"object": ..., "data": {...}}`) from stdin to the end, validates
-every line first, and only then commits, in transactions of 5,000. So a refused input
+every line first, and only then commits, in transactions of 5,000 (waking the daemon
+after each). So a refused input
 (a bad line anywhere, named by its number) queues nothing, and a stream of 100,000
 events costs one process and twenty commits. Blank lines are skipped.
 """
@@ -16,7 +17,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from nbwss import outbox
@@ -52,8 +53,10 @@ def handle(args: argparse.Namespace, context: Context) -> int:
     else:
         parser.error("give --object and --data, or '-' to read JSON lines from stdin")
     settings = context.settings
-    queued = queue(context.store, rows, settings.message_max_bytes)
-    send_wake(settings.wake_socket)
+    # The daemon is poked after each committed chunk, so it starts sending at once.
+    queued = queue(
+        context.store, rows, settings.message_max_bytes, lambda: send_wake(settings.wake_socket)
+    )
     report(queued, context.store)
     return 0
 
@@ -100,7 +103,12 @@ def _row(obj: Any, data: Any, where: str) -> tuple[str, str]:
     return checked_obj, encode_data(checked_data)
 
 
-def queue(store: Store, rows: list[tuple[str, str]], max_bytes: int) -> Queued:
+def queue(
+    store: Store,
+    rows: list[tuple[str, str]],
+    max_bytes: int,
+    after_commit: Callable[[], object] | None = None,
+) -> Queued:
     """Commit validated rows; one too large for any frame is refused before any commit."""
     for number, (obj, text) in enumerate(rows, start=1):
         # Frame overhead (envelope and element) is under 300 bytes.
@@ -110,7 +118,7 @@ def queue(store: Store, rows: list[tuple[str, str]], max_bytes: int) -> Queued:
                 f"notification {number}: {obj} data of {size} bytes does not fit in "
                 f"message.maxBytes ({max_bytes})"
             )
-    return outbox.queue_chunked(store, rows, time.time)
+    return outbox.queue_chunked(store, rows, time.time, after_commit=after_commit)
 
 
 def report(queued: Queued, store: Store, out: TextIO | None = None) -> None:
