@@ -38,6 +38,7 @@ from nbwss.guard import ApiRequest, Policy, Refusal, check_command, loggable_uri
 from nbwss.link import Link
 from nbwss.logs import get_logger
 from nbwss.messages import JsonObject, Message, response_to
+from nbwss.neterrors import describe
 from nbwss.properties import Settings
 
 log = get_logger(__name__)
@@ -205,7 +206,7 @@ class CommandProxy:
                 f"command.maxBodyBytes ({limit})"
             )
         except aiohttp.ClientError as exc:
-            return _own_answer(502, f"the REST API cannot be reached: {_describe(exc)}")
+            return _own_answer(502, f"the REST API cannot be reached: {describe(exc)}")
         except Exception as exc:  # a failure must become a response, never end the session
             return _own_answer(502, f"the call failed unexpectedly ({type(exc).__name__})")
 
@@ -267,14 +268,3 @@ def _raw_method_and_uri(payload: Any) -> tuple[str, str]:
     method_text = method[:20] if isinstance(method, str) else ""
     uri_text = loggable_uri(uri)[:200] if isinstance(uri, str) else ""
     return method_text, uri_text
-
-
-def _describe(exc: aiohttp.ClientError) -> str:
-    """One line about a client error, without anything the app sent."""
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"its TLS certificate is not trusted ({exc.certificate_error})"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc})"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the server closed the connection without answering"
-    return type(exc).__name__

@@ -31,6 +31,7 @@ from nbwss.link import CommandHandler, GroupDelivery
 from nbwss.logs import get_logger
 from nbwss.messages import Message, MessageType, SubType
 from nbwss.metrics import DECODE_ERRORS, HANDSHAKES, PONG_MISSES
+from nbwss.neterrors import describe
 from nbwss.properties import Settings
 from nbwss.trust import check_peer
 
@@ -132,7 +133,7 @@ async def _dial(
         raise TrustError(f"{MSG_CERT_MISMATCH}: {host}: {exc.certificate_error}") from None
     except (aiohttp.ClientError, OSError) as exc:
         _count_handshake(target, "error")
-        raise ConnectError(f"{unable_to_connect(host)}: {exc or type(exc).__name__}") from None
+        raise ConnectError(f"{unable_to_connect(host)}: {describe(exc)}") from None
 
 
 def _count_handshake(target: Target, result: str) -> None:
