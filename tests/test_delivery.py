@@ -160,7 +160,7 @@ def test_ack_with_same_id_and_empty_payload_advances_after_commit() -> None:
     assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
     assert delivery.awaiting_commit is batch
     assert delivery.poll(T0 + 100) is None  # acknowledged: never resent
-    assert delivery.committed() is batch
+    assert delivery.committed(T0) is batch
     assert delivery.acked_seq == 2
     assert delivery.outstanding is None
     assert delivery.wanted() == EventRange(2, 500)
@@ -176,11 +176,16 @@ def test_prepared_batch_goes_out_once_the_ack_is_committed() -> None:
     assert following is not None
     assert delivery.on_response(ack(following)) is Verdict.WRONG_ID  # not in flight yet
     assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
-    assert delivery.committed() is batch
-    assert delivery.outstanding is following
+    later = T0 + 3 * RATE  # the ack came after resends: the prepared batch waited
+    assert delivery.committed(later) is batch
     assert delivery.prepared is None
-    assert delivery.poll(T0 + 1) == Send(following, resend=False)
-    assert (following.id, following.first_seq, following.last_seq) == ("NEXT", 3, 4)
+    started_now = delivery.outstanding
+    assert started_now is not None
+    assert delivery.poll(later) == Send(started_now, resend=False)
+    assert (started_now.id, started_now.first_seq, started_now.last_seq) == ("NEXT", 3, 4)
+    assert started_now.message.payload == following.message.payload
+    assert started_now.message.time_stamp == int(later)  # stamped when it goes out
+    assert following.persisted(int(later)) == PersistedBatch("NEXT", 3, 4, later)
 
 
 def test_read_ahead_finds_nothing_then_something() -> None:
@@ -251,10 +256,10 @@ def test_second_ack_of_a_resent_batch_is_a_duplicate() -> None:
     delivery.sent(batch.id, T0)
     assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
     assert delivery.on_response(ack(batch)) is Verdict.DUPLICATE
-    delivery.committed()
+    delivery.committed(T0)
     assert delivery.on_response(ack(batch)) is Verdict.DUPLICATE
     with pytest.raises(RuntimeError):
-        delivery.committed()
+        delivery.committed(T0)
 
 
 def test_ack_racing_the_end_of_the_write_is_kept() -> None:
@@ -310,7 +315,7 @@ def test_restart_resends_the_persisted_batch_with_its_id_and_bytes() -> None:
     assert after.poll(T0 + 60) == Send(rebuilt, resend=True)
     after.sent(rebuilt.id, T0 + 60)
     assert after.on_response(ack(original)) is Verdict.ACKNOWLEDGED
-    after.committed()
+    after.committed(T0)
     assert after.wanted() == EventRange(3, 1)
 
 

@@ -22,6 +22,7 @@ The rules it keeps:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import itertools
 import json
@@ -44,7 +45,7 @@ _ELEMENT_OVERHEAD: Final = {
     )
     for obj in ("JOB", "IMAGE")
 }
-# The envelope around an empty payload; its timeStamp may grow by a digit, hence the slack.
+# A margin under message.maxBytes, so that no miscount of a byte or two ever matters.
 _ENVELOPE_SLACK: Final = 8
 
 
@@ -63,8 +64,11 @@ class Batch:
     def id(self) -> str:
         return self.message.id
 
-    def persisted(self) -> PersistedBatch:
-        return PersistedBatch(self.id, self.first_seq, self.last_seq, self.message.time_stamp)
+    def persisted(self, time_stamp: int | None = None) -> PersistedBatch:
+        """The row that lets a restart rebuild this very message (`time_stamp`: the one
+        it will carry when sent, if not yet its own)."""
+        stamp = self.message.time_stamp if time_stamp is None else time_stamp
+        return PersistedBatch(self.id, self.first_seq, self.last_seq, stamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,8 @@ class Send:
 
 
 class Verdict(enum.StrEnum):
+    """What a response did to the batch in flight; only ACKNOWLEDGED ends it."""
+
     ACKNOWLEDGED = "acknowledged"
     WRONG_ID = "wrong_id"
     DUPLICATE = "duplicate"  # an ack again for a batch already acknowledged (after a resend)
@@ -94,6 +100,8 @@ class Verdict(enum.StrEnum):
 
 
 class Phase(enum.StrEnum):
+    """Where the batch in flight stands."""
+
     IDLE = "idle"  # nothing in flight
     PENDING = "pending"  # in flight, not (known to be) written yet
     SENT = "sent"  # written, waiting for the ack
@@ -106,7 +114,7 @@ def _frame_size(message: Message) -> int:
 
 def _payload(events: Sequence[OutboxEvent]) -> list[dict[str, Any]]:
     """The payload elements of `events`; each run's data is parsed by one `json.loads`
-    (a tenth of the cost of one call per event, which dominated a batch's build)."""
+    (one call per event was the largest cost of building a batch)."""
     return [
         element(obj, json.loads("[" + ",".join(event.data for event in run) + "]"))
         for obj, run in itertools.groupby(events, key=operator.attrgetter("object"))
@@ -300,11 +308,12 @@ class GroupDelivery:
         """The acknowledged batch whose cursor move is still to be committed."""
         return self.outstanding if self.phase is Phase.ACKED else None
 
-    def committed(self) -> Batch:
+    def committed(self, now: float) -> Batch:
         """The cursor move of the acknowledged batch is durable: the next batch may start.
 
-        A prepared batch becomes the one in flight, due at once; the caller has
-        persisted it in the same transaction as the cursor move.
+        A prepared batch becomes the one in flight, due at once, its timeStamp set to
+        `now` (it may have waited through resends); the caller has persisted it in the
+        same transaction as the cursor move.
         """
         batch = self.awaiting_commit
         if batch is None:
@@ -314,5 +323,6 @@ class GroupDelivery:
         self.outstanding, self.phase, self.written_before = None, Phase.IDLE, False
         prepared, self.prepared = self.prepared, None
         if prepared is not None:
-            self._start(prepared, 0.0)
+            message = dataclasses.replace(prepared.message, time_stamp=int(now))
+            self._start(dataclasses.replace(prepared, message=message), now)
         return batch

@@ -158,16 +158,17 @@ class GroupPump:
     async def _commit(self, delivery: GroupDelivery, link: Link) -> None:
         batch = delivery.awaiting_commit
         assert batch is not None
+        now = self._clock()
         prepared = delivery.prepared
         purged = await asyncio.to_thread(
             outbox.acknowledge,
             self._store,
             self.group_id,
             batch.last_seq,
-            self._clock(),
-            prepared.persisted() if prepared is not None else None,
+            now,
+            prepared.persisted(int(now)) if prepared is not None else None,
         )
-        delivery.committed()
+        delivery.committed(now)
         metrics.NOTIFICATIONS_ACKED.labels(self.group_id).inc(batch.count)
         self._log(log.info, "notification.acked", link, batch, purged=purged)
         if self._on_acked is not None:
