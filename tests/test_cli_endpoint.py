@@ -16,6 +16,7 @@ import socket
 import sqlite3
 import ssl
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,6 +41,8 @@ from nbwss.errors import (
     MSG_ONLY_WSS,
     MSG_UNPARSABLE,
 )
+from nbwss.outbox import backlog
+from nbwss.store import Store
 from nbwss.trust import fingerprint
 from tests.conftest import TlsMaterial, make_tls, timeout
 
@@ -479,6 +482,39 @@ async def test_readd_with_a_new_token_after_delete(nbwss: RunCli, cloud: Cloud) 
     assert (await nbwss("endpoint", "add", "--yes", "--file", renewed)).code == 0
     shown = await nbwss("endpoint", "show", "cloud1.example.com", "--json", "--token")
     assert json.loads(shown.out)["token"] == "renewed-T0KEN=="
+
+
+
+IMAGE_EVENT = {
+    "clientType": "VMWARE", "clientName": "vm1", "backupTime": 1459811698,
+    "createdTime": 1459829720, "operationId": "CREATE", "backupId": "vm1_1459811698",
+}
+
+
+async def test_replace_renews_token_in_place_and_keeps_the_delivery_position(
+    nbwss: RunCli, cloud: Cloud, state_dir: Path
+) -> None:
+    first = cloud.file(cloud.details())
+    assert (await nbwss("endpoint", "add", "--yes", "--file", first)).code == 0
+    assert (await nbwss("endpoint", "disable", "cloud1.example.com")).code == 0
+    queued = await nbwss("notify", "--object", "IMAGE", "--data", json.dumps(IMAGE_EVENT))
+    assert queued.code == 0
+    renewed = cloud.file(cloud.details(token="renewed-T0KEN==", priority=3), "renewed.json")
+    result = await nbwss("endpoint", "add", "--replace", "--yes", "--file", renewed)
+    assert result.code == 0, result.err
+    assert result.out.startswith("Renewed cloud1.example.com")
+    assert [e["event"] for e in result.events()] == ["endpoint.replaced"]
+    shown = json.loads((await nbwss("endpoint", "show", "cloud1.example.com", "--json",
+                                    "--token")).out)
+    assert (shown["token"], shown["priority"], shown["state"]) == ("renewed-T0KEN==", 3,
+                                                                   "DISABLED")
+    # The notification queued before the renewal is still owed to the group.
+    store = Store(state_dir / "nbwss.db", state_dir / "nbwss.key")
+    try:
+        [group] = backlog(store, time.time())
+    finally:
+        store.close()
+    assert (group.group_id, group.backlog) == ("GROUP1", 1)
 
 
 # -- as an admin runs it ---------------------------------------------------------------------

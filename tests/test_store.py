@@ -268,6 +268,34 @@ def test_deleting_a_groups_last_endpoint_drops_its_cursor_and_batch(store: Store
     assert cursors(store)["G1"] == head
 
 
+
+def test_replace_renews_in_place_and_keeps_the_groups_position(store: Store) -> None:
+    store.add_endpoint(details("h1", "G1"), CERT, "AB")
+    store.set_enabled("h1", False)
+    queue(store, 3)  # owed to G1, whose cursor is still 0
+    store.add_endpoint(details("h1", "G1", 7, token="new-token"), b"new-cert", "CD",
+                       replace=True)
+    [record] = store.endpoints()
+    assert (record.priority, record.fingerprint, record.certificate_der) == (7, "CD", b"new-cert")
+    assert not record.enabled  # a renewal does not re-enable
+    assert store.token("h1") == "new-token"
+    assert cursors(store) == {"G1": 0}
+
+
+def test_replace_into_another_group_starts_it_at_the_head_and_forgets_the_empty_one(
+    store: Store,
+) -> None:
+    store.add_endpoint(details("h1", "G1"), CERT, "AB")
+    head = queue(store, 2)
+    store.add_endpoint(details("h1", "G2"), CERT, "AB", replace=True)
+    assert cursors(store) == {"G2": head}
+
+
+def test_replace_of_an_unknown_host_adds_it(store: Store) -> None:
+    store.add_endpoint(details("h9", "G9"), CERT, "AB", replace=True)
+    assert [r.host_name for r in store.endpoints()] == ["h9"]
+
+
 # -- connection status -----------------------------------------------------------------------
 
 

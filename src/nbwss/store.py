@@ -164,6 +164,32 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
+_INSERT_ENDPOINT = (
+    "INSERT INTO endpoints (host_name, url, group_id, priority, token_sealed, enabled,"
+    " certificate_der, fingerprint, added_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?)"
+)
+# A renewal keeps `enabled` and `added_at`.
+_REPLACE_ENDPOINT = (
+    _INSERT_ENDPOINT + " ON CONFLICT (host_name) DO UPDATE SET url = excluded.url,"
+    " group_id = excluded.group_id, priority = excluded.priority,"
+    " token_sealed = excluded.token_sealed, certificate_der = excluded.certificate_der,"
+    " fingerprint = excluded.fingerprint, updated_at = excluded.updated_at"
+)
+
+
+def _forget_empty_groups(conn: sqlite3.Connection) -> None:
+    """Drop the delivery state of groups with no endpoint left.
+
+    A group added again later starts from the head (spec section 7), and a forgotten
+    group must not hold back the purge of acknowledged events.
+    """
+    for table in ("group_cursors", "group_batches"):
+        conn.execute(
+            f"DELETE FROM {table} WHERE group_id NOT IN"  # noqa: S608 - fixed table names
+            " (SELECT DISTINCT group_id FROM endpoints)"
+        )
+
+
 class Store:
     """The daemon's and the CLI's one handle on the database."""
 
@@ -205,17 +231,26 @@ class Store:
     # -- endpoints and their pinned certificates -----------------------------------------
 
     def add_endpoint(
-        self, details: EndpointDetails, certificate_der: bytes, fingerprint: str
+        self,
+        details: EndpointDetails,
+        certificate_der: bytes,
+        fingerprint: str,
+        *,
+        replace: bool = False,
     ) -> None:
-        """Store details, sealed token and pinned certificate; a new group starts at the head."""
+        """Store details, sealed token and pinned certificate; a new group starts at the head.
+
+        `replace` renews an existing endpoint in place (new token, certificate, URL,
+        priority or group) and keeps its enabled state. Its group keeps its cursor, so
+        nothing queued meanwhile is skipped, as it would be by delete-then-add when the
+        endpoint is the group's only one.
+        """
         sealed = self.vault.encrypt(details.token, details.host_name)
         now = time.time()
         try:
             with self.transaction() as conn:
                 conn.execute(
-                    "INSERT INTO endpoints (host_name, url, group_id, priority, token_sealed,"
-                    " enabled, certificate_der, fingerprint, added_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+                    _REPLACE_ENDPOINT if replace else _INSERT_ENDPOINT,
                     (details.host_name, details.url, details.group_id, details.priority,
                      sealed, certificate_der, fingerprint, now, now),
                 )
@@ -224,6 +259,7 @@ class Store:
                     " VALUES (?, (SELECT COALESCE(MAX(seq), 0) FROM outbox), ?)",
                     (details.group_id, now),
                 )
+                _forget_empty_groups(conn)  # a replace may have moved the last one away
         except sqlite3.IntegrityError:
             raise AlreadyExistsError(f"{MSG_EXISTS}: {details.host_name}") from None
         except sqlite3.Error as exc:
@@ -279,14 +315,7 @@ class Store:
                 raise NotFoundError(f"{MSG_NOT_FOUND}: {host_name}")
             conn.execute("DELETE FROM endpoints WHERE host_name = ?", (host_name,))
             conn.execute("DELETE FROM endpoint_status WHERE host_name = ?", (host_name,))
-            # A group added again later starts from the head (spec section 7), and a
-            # forgotten group must not hold back the purge of acknowledged events.
-            for table in ("group_cursors", "group_batches"):
-                conn.execute(
-                    f"DELETE FROM {table} WHERE group_id = ?"  # noqa: S608 - fixed names
-                    " AND NOT EXISTS (SELECT 1 FROM endpoints WHERE group_id = ?)",
-                    (row[0], row[0]),
-                )
+            _forget_empty_groups(conn)
 
     # -- connection status (written by the daemon) -----------------------------------------
 

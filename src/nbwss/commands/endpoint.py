@@ -65,6 +65,12 @@ def register(commands: Any) -> None:
         "--fingerprint", metavar="SHA256", help="the SHA-256 fingerprint accepted at validate"
     )
     add.add_argument("--yes", action="store_true", help="accept the certificate seen now")
+    add.add_argument(
+        "--replace",
+        action="store_true",
+        help="renew an endpoint already added (new token, certificate, URL or priority) "
+        "in one step that keeps its group's delivery position",
+    )
     add.set_defaults(handler=handle_add, parser=add)
 
     listing = actions.add_parser("list", help="every endpoint with state and status")
@@ -226,7 +232,9 @@ def _ensure_absent(store: Store, host_name: str) -> None:
         store.endpoint(host_name)
     except NotFoundError:
         return
-    raise AlreadyExistsError(f"{MSG_EXISTS}: {host_name} (delete it first to re-add it)")
+    raise AlreadyExistsError(
+        f"{MSG_EXISTS}: {host_name} (use 'nbwss endpoint add --replace' to renew it)"
+    )
 
 
 def _accept_certificate(inspection: Inspection, args: argparse.Namespace) -> None:
@@ -262,23 +270,25 @@ def handle_add(args: argparse.Namespace, context: Context) -> int:
         normalize_fingerprint(args.fingerprint)  # a typo fails before any connection
     store = context.store
     details = _load_details(args)
-    _ensure_absent(store, details.host_name)  # before connecting anywhere
+    if not args.replace:
+        _ensure_absent(store, details.host_name)  # before connecting anywhere
     inspection = _inspect(details, args.timeout)
     problems = certificate_problems(inspection, datetime.now(UTC))
     if problems:
         raise TrustError(f"{MSG_NO_SSL}: {problems[0]}")
     _accept_certificate(inspection, args)
     cert = inspection.certificate
-    store.add_endpoint(details, cert.der, cert.fingerprint)
+    store.add_endpoint(details, cert.der, cert.fingerprint, replace=args.replace)
     log.info(
-        "endpoint.added",
+        "endpoint.replaced" if args.replace else "endpoint.added",
         host=details.host_name,
         group=details.group_id,
         priority=details.priority,
         fingerprint=cert.fingerprint,
     )
     sys.stdout.write(
-        f"Added {details.host_name} (group {details.group_id}, priority {details.priority}) "
+        f"{'Renewed' if args.replace else 'Added'} {details.host_name} "
+        f"(group {details.group_id}, priority {details.priority}) "
         f"with certificate {cert.fingerprint} pinned.\n"
         f"The daemon connects at its next connection run (every "
         f"{context.settings.connection_period_s:g} s).\n"
