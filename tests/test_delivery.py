@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nbwss.delivery import Batch, EventRange, GroupDelivery, Phase, Send, Verdict, build_batch
 from nbwss.messages import Message, MessageType, SubType, decode, encode, response_to
@@ -346,3 +349,89 @@ def test_payload_elements_group_runs_of_one_object() -> None:
         message_id="X", now=T0, max_batch=9, max_bytes=1 << 20,
     )  # fmt: skip
     assert batch.message.payload == payload_elements(items)
+
+
+# -- properties ------------------------------------------------------------------------------
+
+
+@given(
+    objects=st.lists(st.sampled_from(["JOB", "IMAGE"]), min_size=1, max_size=60),
+    max_batch=st.integers(1, 70),
+    max_bytes=st.integers(300, 6000),
+)
+def test_any_batch_is_an_in_order_prefix_within_the_caps(
+    objects: list[str], max_batch: int, max_bytes: int
+) -> None:
+    evs = events(*objects)
+    batch = build_batch(evs, message_id="X", now=T0, max_batch=max_batch, max_bytes=max_bytes)
+    size = len(encode(batch.message).encode("utf-8"))
+    assert size == batch.size_bytes
+    assert 1 <= batch.count <= max_batch
+    assert size <= max_bytes or (batch.count == 1 and batch.oversized)
+    sent = [(e["object"], d) for e in elements(batch) for d in e["data"]]
+    assert sent == [(e.object, json.loads(e.data)) for e in evs[: batch.count]]
+    objects_sent = [e["object"] for e in elements(batch)]
+    assert all(a != b for a, b in itertools.pairwise(objects_sent))
+
+
+def seqs_in(message: Message) -> list[int]:
+    """The outbox seqs a message carries (`events()` puts the seq in jobId or backupId)."""
+    assert isinstance(message.payload, list)
+    return [
+        data["jobId"] if element["object"] == "JOB" else int(data["backupId"][1:])
+        for element in message.payload
+        for data in element["data"]
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.sampled_from(["ack", "lose", "wrong", "timeout", "wait", "reconnect", "queue"]),
+        max_size=80,
+    )
+)
+def test_whatever_happens_delivery_is_in_order_without_loss(steps: list[str]) -> None:
+    """A group against an endpoint that loses, refuses and delays; the guarantees hold."""
+    outbox_rows = events("JOB", "IMAGE", "IMAGE", "JOB", "JOB")
+    delivery = machine(max_batch=3)
+    received: list[Message] = []
+    acknowledged: set[str] = set()
+    now = T0
+    ids = (f"ID-{n}" for n in itertools.count())
+
+    for step in [*steps, *["ack"] * 30]:
+        wanted = delivery.wanted()
+        if wanted is not None:
+            rows = [e for e in outbox_rows if e.seq > wanted.after_seq][: wanted.limit]
+            delivery.take(rows, now, next(ids))
+        send = delivery.poll(now)
+        if send is not None:
+            received.append(send.batch.message)
+            delivery.sent(send.batch.id, now)
+        if step == "ack" and received:
+            if delivery.on_response(response_to(received[-1], [], now)) is Verdict.ACKNOWLEDGED:
+                acknowledged.add(delivery.committed(now).id)
+        elif step == "wrong" and received:
+            delivery.on_response(response_to(received[-1], [{"refused": True}], now))
+        elif step == "timeout" and delivery.outstanding is not None:
+            delivery.send_failed(delivery.outstanding.id, now)
+        elif step == "wait":
+            now += RATE
+        elif step == "reconnect":
+            delivery.connected(now)
+        elif step == "queue":
+            outbox_rows += events("IMAGE", "JOB", start=len(outbox_rows) + 1)
+        # ("lose": the response never comes.) Never two requests unacknowledged at once:
+        assert len({m.id for m in received} - acknowledged) <= 1
+
+    first_copy: dict[str, str] = {}
+    order: list[int] = []
+    for message in received:
+        if message.id in first_copy:
+            assert encode(message) == first_copy[message.id]  # a resend is the same bytes
+            continue
+        first_copy[message.id] = encode(message)
+        order += seqs_in(message)
+    assert order == [e.seq for e in outbox_rows]  # in order, nothing lost or skipped
+    assert delivery.acked_seq == len(outbox_rows)
