@@ -202,7 +202,8 @@ class SoakEndpoint:
         if message.type is MessageType.NOTIFICATION and message.is_request:
             elements: list[Any] = message.payload if isinstance(message.payload, list) else []
             tags = [int(data["jobId"]) for element in elements for data in element["data"]]
-            await self.soak.arrived(self.group, tags)
+            if not self.soak.sabotaged():
+                await self.soak.arrived(self.group, tags)
             if time.monotonic() < self.withhold_until:
                 self.soak.counts["acks_withheld"] += 1
                 return
@@ -296,6 +297,7 @@ class Options:
     drain_s: float = 90.0
     seed: int | None = None
     workdir: Path | None = None
+    lose_every: int = 0
 
 
 def job(tag: int) -> dict[str, Any]:
@@ -341,6 +343,7 @@ class Soak:
         self.notify_failures: list[str] = []
         self._arrival = asyncio.Condition()
         self._next_tag = 1
+        self._messages_seen = 0
         self.api = restapi.StandinApi()
         self.authorization = self.api.login()
         self.endpoints = [
@@ -349,6 +352,12 @@ class Soak:
             for priority, letter in ((1, "a"), (2, "b"))
         ]
         self.daemon: Daemon | None = None
+
+    def sabotaged(self) -> bool:
+        """`--lose-every N`: forget every Nth message (acked all the same), a self-test."""
+        self._messages_seen += 1
+        every = self.options.lose_every
+        return every > 0 and self._messages_seen % every == 0
 
     async def arrived(self, group: str, tags: list[int]) -> None:
         now = time.monotonic()
@@ -501,13 +510,18 @@ class Soak:
         }
 
     async def _chaos(self, until: float) -> None:
+        """Faults in shuffled rounds, so every kind comes up once per round."""
         kinds = self._fault_kinds()
-        names = sorted(kinds)
+        bag: list[str] = []
         while time.monotonic() < until:
-            await asyncio.sleep(self.options.fault_every_s)
+            await asyncio.sleep(min(self.options.fault_every_s, until - time.monotonic()))
+            if time.monotonic() >= until:
+                break
             assert self.daemon is not None
             await self.daemon.ensure_running()
-            name = self.random.choice(names)
+            if not bag:
+                bag = self.random.sample(sorted(kinds), len(kinds))
+            name = bag.pop()
             self.faults[name] += 1
             await kinds[name]()
 
@@ -624,10 +638,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--seed", type=int, default=None, help="random seed (faults)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep state, log and report here (default: a temporary directory)")
+    parser.add_argument("--lose-every", type=int, default=0, metavar="N",
+                        help="self-test: endpoints ack but forget every Nth message, so the "
+                        "run must report losses and fail")
     args = parser.parse_args(argv)
     return Options(seconds=args.seconds, fault_every_s=args.fault_every,
                    notify_every_s=args.notify_every, batch=args.batch, drain_s=args.drain,
-                   seed=args.seed, workdir=args.workdir)
+                   seed=args.seed, workdir=args.workdir, lose_every=args.lose_every)
 
 
 def main(argv: list[str] | None = None) -> int:

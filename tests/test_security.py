@@ -289,6 +289,10 @@ def _run_soak(workdir: Path, seconds: float) -> dict[str, Any]:
     return report
 
 
+# Whichever of these runs first pays for the module's soak run; a hang still ends.
+SOAK_BUDGET = pytest.mark.timeout(600)
+
+
 @pytest.fixture(scope="module")
 def soaked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     workdir = tmp_path_factory.mktemp("soak")
@@ -304,6 +308,7 @@ def _variants(secret: str) -> list[bytes]:
     ]
 
 
+@SOAK_BUDGET
 def test_run_had_tokens_and_commands(soaked: tuple[Path, dict[str, Any]]) -> None:
     """The checks below mean something only if secrets really went over the wire."""
     _, report = soaked
@@ -312,6 +317,7 @@ def test_run_had_tokens_and_commands(soaked: tuple[Path, dict[str, Any]]) -> Non
     assert len(report["secrets"]["tokens"]) == 6
 
 
+@SOAK_BUDGET
 def test_secrets_are_in_no_log_line(soaked: tuple[Path, dict[str, Any]]) -> None:
     workdir, report = soaked
     log = (workdir / "daemon.log").read_bytes()
@@ -321,6 +327,7 @@ def test_secrets_are_in_no_log_line(soaked: tuple[Path, dict[str, Any]]) -> None
             assert variant not in log, "a secret is in the daemon's log"
 
 
+@SOAK_BUDGET
 def test_secrets_are_in_no_state_file(soaked: tuple[Path, dict[str, Any]]) -> None:
     workdir, report = soaked
     files = [p for p in (workdir / "state").rglob("*") if p.is_file()]
@@ -332,6 +339,7 @@ def test_secrets_are_in_no_state_file(soaked: tuple[Path, dict[str, Any]]) -> No
                 assert variant not in content, f"a secret is in {path.name} in clear text"
 
 
+@SOAK_BUDGET
 def test_database_and_key_files_are_owner_only(soaked: tuple[Path, dict[str, Any]]) -> None:
     workdir, _ = soaked
     state = workdir / "state"
