@@ -9,6 +9,7 @@ event loop, as from a shell), and once as a real subprocess on a pseudo-terminal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pty
@@ -42,6 +43,7 @@ from nbwss.errors import (
     MSG_UNPARSABLE,
 )
 from nbwss.outbox import backlog
+from nbwss.status import StatusServer
 from nbwss.store import Store
 from nbwss.trust import fingerprint
 from tests.conftest import TlsMaterial, make_tls, timeout
@@ -515,6 +517,44 @@ async def test_replace_renews_token_in_place_and_keeps_the_delivery_position(
     finally:
         store.close()
     assert (group.group_id, group.backlog) == ("GROUP1", 1)
+
+
+
+class _DaemonView:
+    """What a running daemon's supervisor tells the status server (a `StatusSource`)."""
+
+    def __init__(self, connected: dict[str, str]) -> None:
+        self.connected = connected
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return {g: {"connected": True, "endpoint": h} for g, h in self.connected.items()}
+
+
+async def test_list_shows_connected_from_the_running_daemon_only(
+    nbwss: RunCli, cloud: Cloud, state_dir: Path
+) -> None:
+    for name, priority in (("cloud1.example.com", 1), ("cloud2.example.com", 2)):
+        details = cloud.file(cloud.details(name, priority=priority), f"{name}.json")
+        assert (await nbwss("endpoint", "add", "--yes", "--file", details)).code == 0
+    store = Store(state_dir / "nbwss.db", state_dir / "nbwss.key")
+    try:
+        store.set_status("cloud1.example.com", True)  # left behind by a killed daemon
+        assert [e["status"] for e in await listed(nbwss)] == ["DISCONNECTED"] * 2
+        view = _DaemonView({"GROUP1": "cloud2.example.com"})
+        server = StatusServer(str(state_dir / "nbwss.sock"), store, source=view)
+        serving = asyncio.create_task(server.run())
+        try:
+            async with asyncio.timeout(timeout(10)):
+                await server.ready.wait()
+            assert [e["status"] for e in await listed(nbwss)] == ["DISCONNECTED", "CONNECTED"]
+            shown = await nbwss("endpoint", "show", "cloud2.example.com", "--json")
+            assert json.loads(shown.out)["status"] == "CONNECTED"
+        finally:
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+    finally:
+        store.close()
 
 
 # -- as an admin runs it ---------------------------------------------------------------------

@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import sqlite3
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,14 @@ from nbwss.errors import (
     MSG_NOT_FOUND,
     AlreadyExistsError,
     DetailsError,
+    NbwssError,
     NotFoundError,
     StoreError,
     TrustError,
     unable_to_delete_certificate,
 )
+from nbwss.properties import Settings
+from nbwss.status import fetch_status
 from nbwss.store import EndpointRecord, Store
 from nbwss.trust import CertificateInfo, certificate_info, fetch_certificate, normalize_fingerprint
 
@@ -306,6 +309,29 @@ def _records(store: Store) -> list[EndpointRecord]:
         raise StoreError(f"{MSG_NOT_FOUND}: the endpoints cannot be read ({exc})") from None
 
 
+# `list` and `show` must answer quickly even when the daemon is wedged.
+STATUS_TIMEOUT_S = 2.0
+
+
+def _with_live_status(records: list[EndpointRecord], settings: Settings) -> list[EndpointRecord]:
+    """CONNECTED comes from the running daemon, never from what a killed one left behind:
+    with no daemon answering, nothing is connected."""
+    try:
+        document = asyncio.run(fetch_status(settings.status_address, STATUS_TIMEOUT_S))
+    except NbwssError:
+        live: dict[str, str] = {}
+    else:
+        live = {
+            group: str(fields.get("endpoint"))
+            for group, fields in document.get("groups", {}).items()
+            if isinstance(fields, dict) and fields.get("connected")
+        }
+    return [
+        replace(record, connected=live.get(record.group_id) == record.host_name)
+        for record in records
+    ]
+
+
 def _state(record: EndpointRecord) -> str:
     return "ENABLED" if record.enabled else "DISABLED"
 
@@ -327,7 +353,7 @@ def _record_json(record: EndpointRecord) -> dict[str, Any]:
 
 
 def handle_list(args: argparse.Namespace, context: Context) -> int:
-    records = _records(context.store)
+    records = _with_live_status(_records(context.store), context.settings)
     if args.json:
         print_json([_record_json(record) for record in records])
         return 0
@@ -358,7 +384,7 @@ def _iso(timestamp: float | None) -> str | None:
 
 
 def handle_show(args: argparse.Namespace, context: Context) -> int:
-    record = _find(context.store, args.host)
+    [record] = _with_live_status([_find(context.store, args.host)], context.settings)
     cert = certificate_info(record.certificate_der)
     shown: dict[str, Any] = {
         **_record_json(record),
