@@ -381,3 +381,23 @@ async def test_a_wake_path_that_is_not_a_socket_is_left_alone(short_dir: Path) -
         await WakeListener(path, Waker()).run()
     assert [e["event"] for e in logged] == ["wake.unavailable"]
     assert path.read_text() == "not a socket"
+
+
+async def test_a_group_added_again_starts_from_its_new_cursor(store: Store) -> None:
+    put(store, 1)
+    pump = GroupPump(store, settings(), GROUP, Waker())
+    first = TestLink()
+    run = Running(pump, first)
+    await first.wait_for(lambda: first.job_ids() == [1])
+    await run.stop()
+    store.delete_endpoint("ep1.test")
+    put(store, 2)  # queued while the group did not exist: never its to receive
+    add_group(store)
+    put(store, 3)
+    again = TestLink()
+    run = Running(pump, again)
+    try:
+        await again.wait_for(lambda: len(again.sent) == 1)
+    finally:
+        await run.stop()
+    assert again.job_ids() == [3]

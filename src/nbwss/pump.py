@@ -85,7 +85,10 @@ class GroupPump:
         self._host = link.host_name
         self._waker.register(self._kick)
         try:
-            if self._delivery is None:
+            if self._delivery is None or self._delivery.awaiting_commit is None:
+                # Each connection starts from what the database says (the batch in flight
+                # is persisted, so it comes back as the same message): a group deleted
+                # and added again meanwhile starts at its new cursor, not the old one.
                 self._delivery = await self._load()
             self._delivery.connected(self._clock())
             while True:
