@@ -106,6 +106,16 @@ def test_malformed_unicode_escape_is_a_config_error_naming_the_line(value: str) 
         parse_properties(f"# first\nk={value}")
 
 
+def test_malformed_escape_in_a_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nbwss.properties"
+    path.write_text("a=1\nlog.level=\\u00zz\n")
+    with pytest.raises(ConfigError) as caught:
+        load(path, env={})
+    assert str(caught.value) == (
+        f"{path}:2: malformed \\uXXXX escape, expected four hex digits after \\u"
+    )
+
+
 def test_duplicate_keys_are_kept_in_order_and_the_last_wins() -> None:
     text = "keepAlive.scheduledRate=1\nkeepAlive.scheduledRate=2\n"
     assert pairs(text) == [("keepAlive.scheduledRate", "1"), ("keepAlive.scheduledRate", "2")]

@@ -95,7 +95,9 @@ def _unescape(raw: str, line_no: int) -> str:
         if char == "u":
             digits = raw[index : index + 4]
             if len(digits) != 4 or any(c not in "0123456789abcdefABCDEF" for c in digits):
-                raise ConfigError(f"line {line_no}: malformed \\uXXXX escape")
+                raise ConfigError(
+                    f"line {line_no}: malformed \\uXXXX escape, expected four hex digits after \\u"
+                )
             out.append(chr(int(digits, 16)))
             index += 4
         else:
@@ -412,7 +414,13 @@ def settings_from_text(text: str, source: Path | None = None) -> Settings:
     where = f"{source}:" if source else "line "
     values: dict[str, Any] = {}
     warnings: list[str] = []
-    for entry in parse_properties(text):
+    try:
+        entries = parse_properties(text)
+    except ConfigError as exc:
+        if source is None:
+            raise
+        raise ConfigError(f"{source}:{str(exc).removeprefix('line ')}") from None
+    for entry in entries:
         if entry.key.startswith(IGNORED_PREFIXES):
             continue
         prop = _BY_KEY.get(entry.key)
