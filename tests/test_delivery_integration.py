@@ -183,27 +183,10 @@ async def test_failover_to_priority_2_resumes_without_loss(
             assert [d["jobId"] for _, d in delivered(notifications(secondary))] == list(range(1, 8))
 
 
-DAEMON = """
-import asyncio, sys
-from pathlib import Path
-from nbwss import logs, properties
-from nbwss.pump import DeliveryWiring
-from nbwss.service import Service
-from nbwss.store import Store
-
-settings = properties.load(Path(sys.argv[1]))
-logs.configure("warning", "json")
-store = Store(settings.database, settings.key_file)
-wiring = DeliveryWiring(store, settings)
-service = Service(settings, store, delivery_for_group=wiring.pump, components=wiring.components)
-asyncio.run(service.async_run())
-"""
-
-
 async def start_daemon(config: Path) -> asyncio.subprocess.Process:
-    """The daemon as its own process, wired as `nbwss run` wires delivery."""
+    """`nbwss run` as an admin starts it, in its own process so it can be killed."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-c", DAEMON, str(config),
+        sys.executable, "-m", "nbwss", "-c", str(config), "run",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         env={**os.environ, "NOTIFY_SOCKET": ""},
     )  # fmt: skip
@@ -216,7 +199,7 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(
     config = short_dir / "nbwss.properties"
     config.write_text(
         f"store.path={short_dir / 'nbwss.db'}\nconnectionInfo.period=0.5\n"
-        "notification.maxBatch=50\nnotification.scheduledRate=30\n"
+        "notification.maxBatch=50\nnotification.scheduledRate=30\nlog.level=warning\n"
     )
     settings = settings_for(short_dir)
     async with Peer(tls.server_cert, ack=Ack.WITHHOLD) as peer:
