@@ -7,32 +7,18 @@ random faults every two seconds. It must end with nothing lost and nothing out o
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from bench import soak
 
 from tests.conftest import timeout
 
 SOAK_PATH = Path(__file__).resolve().parents[1] / "bench" / "soak.py"
-
-
-def _load_soak() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("nbwss_bench_soak", SOAK_PATH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-soak = _load_soak()
 
 
 def _ledger(queued: list[int], arrivals: list[int]) -> Any:
