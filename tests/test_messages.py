@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import bench.fuzz
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -242,3 +243,27 @@ def test_what_decodes_can_be_encoded_again(data: bytes) -> None:
 def test_any_id_is_echoed_unchanged(message_id: str) -> None:
     req = decode(frame(id=message_id, type="COMMAND", payload={}))
     assert decode(encode(response_to(req, {}, 0))).id == message_id
+
+
+# -- the long fuzz run (bench/fuzz.py) stays runnable and can fail ----------------------------
+
+
+def test_the_fuzz_bench_runs_clean(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.fuzz.main(["--cases", "10", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    for target in bench.fuzz.TARGETS:
+        assert f"{target:16} cases      10  failures    0" in out
+
+
+def test_the_fuzz_bench_reports_a_planted_crash(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def crashing_decode(data: str | bytes, max_bytes: int | None = None) -> Message:
+        raise KeyError("planted")
+
+    monkeypatch.setattr(bench.fuzz, "decode", crashing_decode)
+    assert bench.fuzz.main(["--cases", "10", "--targets", "messages", "--seed", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "messages         cases      10  failures   10" in out
+    assert "10 x KeyError" in out
+    assert "result: FAILURES FOUND" in out

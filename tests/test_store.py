@@ -9,8 +9,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from nbwss.endpoints import EndpointDetails
+from nbwss.endpoints import EndpointDetails, details_from_object
 from nbwss.errors import (
     MSG_EXISTS,
     MSG_KEYSTORE,
@@ -20,6 +22,7 @@ from nbwss.errors import (
     StoreError,
 )
 from nbwss.store import MIGRATIONS, Store, open_database
+from tests.strategies import valid_details
 
 TOKEN = "tok-3f9a61c2e0b84d7aa1e5-secret-value"
 CERT = b"0\x82\x01\x0a-fake-der-certificate"
@@ -314,3 +317,24 @@ def test_status_is_set_kept_and_reset(store: Store) -> None:
     store.delete_endpoint("h1")
     with store.reading() as conn:
         assert conn.execute("SELECT host_name FROM endpoint_status").fetchall() == [("h2",)]
+
+
+@settings(max_examples=25)  # each example is a real database file
+@given(st.lists(valid_details(), min_size=1, max_size=3, unique_by=lambda d: d["hostName"]))
+def test_any_valid_details_are_stored_and_read_back(
+    tmp_path_factory: pytest.TempPathFactory, objects: list[dict[str, object]]
+) -> None:
+    directory = tmp_path_factory.mktemp("store")
+    store = Store(directory / "nbwss.db", directory / "nbwss.key")
+    try:
+        added = [details_from_object(obj) for obj in objects]
+        for endpoint in added:
+            store.add_endpoint(endpoint, CERT, "AB")
+        for endpoint in added:
+            record = store.endpoint(endpoint.host_name)
+            assert (record.url, record.group_id, record.priority) == (
+                endpoint.url, endpoint.group_id, endpoint.priority
+            )
+            assert store.token(endpoint.host_name) == endpoint.token
+    finally:
+        store.close()
