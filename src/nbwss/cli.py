@@ -8,6 +8,7 @@ own module under `nbwss.commands` and registers itself here.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from nbwss import __version__
-from nbwss.commands import Context, demo, endpoint, notify, run, status
+from nbwss.commands import Context
 from nbwss.errors import NbwssError
 
 DEFAULT_CONFIG = Path("/etc/nbwss/nbwss.properties")
@@ -30,7 +31,30 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Each command's module is imported only when that command runs: NetBackup's notify
+# scripts start `nbwss notify` once per event, and it must not pay for aiohttp or the demo.
+COMMANDS: dict[str, str] = {
+    "run": "run the daemon in the foreground",
+    "endpoint": "validate, add, list, show, enable, disable, delete endpoints",
+    "notify": "queue job/image notifications for delivery",
+    "status": "show the running daemon's view of each server group",
+    "demo": "see the whole flow work on loopback, narrated",
+}
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The command named on the line, skipping the global options and their values."""
+    words = iter(argv)
+    for word in words:
+        if word in ("-c", "--config"):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with `argv`, only the command it names is loaded (all of them without)."""
     parser = _Parser(prog="nbwss", description="NetBackup WebSocket Service")
     parser.add_argument("--version", action="version", version=f"nbwss {__version__}")
     parser.add_argument(
@@ -42,8 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    for module in (run, endpoint, notify, status, demo):
-        module.register(commands)
+    chosen = None if argv is None else _chosen_command(argv)
+    for name, summary in COMMANDS.items():
+        if chosen in (None, name):
+            importlib.import_module(f"nbwss.commands.{name}").register(commands)
+        else:
+            commands.add_parser(name, help=summary)
     return parser
 
 
@@ -56,7 +84,8 @@ def config_path(option: Path | None, env: dict[str, str] | os._Environ[str]) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     context = Context(config_path(args.config, os.environ))
     try:
         code: int = args.handler(args, context)

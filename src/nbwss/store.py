@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nbwss.endpoints import EndpointDetails
 from nbwss.errors import (
     MSG_EXISTS,
     MSG_NOT_FOUND,
@@ -29,6 +29,9 @@ from nbwss.errors import (
     StoreError,
 )
 from nbwss.vault import TokenVault, create_private_file
+
+if TYPE_CHECKING:  # endpoints.py brings aiohttp, which `nbwss notify` must not pay for
+    from nbwss.endpoints import EndpointDetails
 
 # Each entry upgrades the schema by one version; never edit a released one, append.
 MIGRATIONS: tuple[str, ...] = (
