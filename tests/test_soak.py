@@ -2,7 +2,7 @@
 
 The short run is `bench/soak.py` as a person runs it, a subprocess: the real daemon
 (`nbwss run`), real endpoints behind fault proxies, `nbwss notify -` for intake, and
-random faults every two seconds. It must end with nothing lost and nothing out of order.
+random faults every second. It must end with nothing lost and nothing out of order.
 """
 
 from __future__ import annotations
@@ -78,16 +78,17 @@ def test_percentile_is_nearest_rank() -> None:
 def test_short_chaos_soak_loses_nothing(tmp_path: Path) -> None:
     """About a minute of the real daemon under random faults (the CI version of the soak)."""
     done = subprocess.run(
-        [sys.executable, str(SOAK_PATH), "--seconds", "40", "--fault-every", "2",
+        [sys.executable, str(SOAK_PATH), "--seconds", "40", "--fault-every", "1",
          "--seed", "2026", "--workdir", str(tmp_path)],
         capture_output=True, text=True, timeout=timeout(400), check=False,
     )
     report = json.loads((tmp_path / "report.json").read_text())
-    shown = done.stdout + done.stderr[-3000:]
+    daemon_log = (tmp_path / "daemon.log").read_text().splitlines()
+    shown = "\n".join([done.stdout, done.stderr[-3000:], *daemon_log[-40:]])
     assert done.returncode == 0, shown
     assert report["lost"] == 0, shown
     assert report["out_of_order"] == 0, shown
-    assert report["events_queued"] >= 50, shown
+    assert report["events_queued"] >= 25, shown
     assert len(report["faults"]) == 9, shown  # every kind of fault came up
     assert report["commands_answered"] > 0, shown
     assert "events queued:" in done.stdout
