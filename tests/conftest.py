@@ -15,6 +15,10 @@ from pathlib import Path
 import pytest
 import trustme
 
+# The vendor guide's example messages as valid JSON, copied from the project's shared
+# spec/examples/ so that a clone alone can run the tests.
+SPEC_EXAMPLES = Path(__file__).parent / "fixtures" / "spec-examples"
+
 TIMEOUT_FACTOR = float(os.environ.get("NBWSS_TESTS_TIMEOUT_FACTOR", "1"))
 
 

@@ -29,10 +29,10 @@ from nbwss.sdnotify import Notifier
 from nbwss.service import Service
 from nbwss.store import Store
 from nbwss.wake import send_wake
-from tests.conftest import TlsMaterial, timeout
+from tests.conftest import SPEC_EXAMPLES, TlsMaterial, timeout
 from tests.peers import Ack, Peer, add_endpoint
 
-EXAMPLES = Path("/work/shared/spec/examples")
+EXAMPLES = SPEC_EXAMPLES
 GROUP = "GROUP1"
 
 

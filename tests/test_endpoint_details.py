@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +18,10 @@ from nbwss.endpoints import (
     parse_details,
 )
 from nbwss.errors import MSG_INCORRECT_URL, MSG_INVALID_JSON, MSG_ONLY_WSS, DetailsError
+from tests.conftest import SPEC_EXAMPLES
 from tests.strategies import arbitrary_details, json_values, to_text, valid_details
 
-EXAMPLE = Path("/work/shared/spec/examples/endpoint-details.json")
+EXAMPLE = SPEC_EXAMPLES / "endpoint-details.json"
 
 GOOD: dict[str, Any] = {
     "token": "MIID4TCCAsmgAwIBAgIEBZCDRzANBgkqhkiG9w0B==",

@@ -28,9 +28,10 @@ from nbwss.messages import (
     request,
     response_to,
 )
+from tests.conftest import SPEC_EXAMPLES
 from tests.strategies import arbitrary_frames, deep_nesting, near_valid_frames, valid_frames
 
-EXAMPLES = Path("/work/shared/spec/examples")
+EXAMPLES = SPEC_EXAMPLES
 MESSAGE_FILES = sorted(p for p in EXAMPLES.glob("*.json") if p.name != "endpoint-details.json")
 
 VALID: dict[str, Any] = {

@@ -19,9 +19,9 @@ from nbwss import outbox
 from nbwss.cli import main
 from nbwss.store import Store
 from nbwss.wake import WakeListener, Waker
-from tests.conftest import timeout
+from tests.conftest import SPEC_EXAMPLES, timeout
 
-EXAMPLES = Path("/work/shared/spec/examples")
+EXAMPLES = SPEC_EXAMPLES
 
 
 @pytest.fixture(autouse=True)

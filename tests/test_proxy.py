@@ -23,7 +23,7 @@ from nbwss.metrics import REGISTRY
 from nbwss.properties import Settings
 from nbwss.proxy import CommandProxy
 from nbwss.standin.restapi import MEDIA_TYPE, StandinApi, iso, serving
-from tests.conftest import TlsMaterial, make_tls, timeout
+from tests.conftest import SPEC_EXAMPLES, TlsMaterial, make_tls, timeout
 
 
 @dataclass
@@ -189,7 +189,7 @@ async def test_standin_hold_gates_a_path_until_released(
 
 # -- the proxy ---------------------------------------------------------------------------
 
-EXAMPLES = Path("/work/shared/spec/examples")
+EXAMPLES = SPEC_EXAMPLES
 GUIDE_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiI"  # the Authorization of the guide's examples
 
 
