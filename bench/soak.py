@@ -7,13 +7,15 @@ short periods; 3 server groups of 2 endpoints each are served here (a `websocket
 server per endpoint, so the two sides share no WebSocket code), each behind a
 `FaultProxy`, with trustme certificates, pinned in the store through `Store.add_endpoint`.
 Notifications go in through `nbwss notify -`, tagged by `jobId`, a sequence number.
-Every few seconds one random fault: kill -9 of the daemon and restart, an endpoint
-killed and restarted, a connection cut (FIN or RST) or stalled, new connections
-refused, acks withheld, a garbage frame, a slow stand-in REST API under COMMANDs.
+Every few seconds one fault, in shuffled rounds of every kind: kill -9 of the daemon
+and restart, an endpoint killed and restarted, a connection cut (FIN or RST), stalled
+or slowed, new connections refused, acks withheld, a garbage frame, a slow stand-in
+REST API under the COMMANDs that the endpoints send every second.
 After `--seconds`, faults and intake stop, everything heals, and the run waits (at
 most `--drain`) for every group to have everything. Then, per group: lost (never
 arrived), out of order (a first arrival after a later tag's), duplicates, delivery
-delay. Exit 1 when anything was lost or out of order, or the daemon died by itself.
+delay. Exit 1 when anything was lost or out of order, the daemon died by itself, or
+an `nbwss notify` failed. `docs/soak.md` explains the figures.
 """
 
 from __future__ import annotations
