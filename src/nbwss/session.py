@@ -179,7 +179,6 @@ class Session:
         self._command_handler = command_handler
         self._clock = clock
         self._log = log.bind(group=target.group_id, host=target.host_name)
-        self._commands = asyncio.Semaphore(settings.command_max_concurrent)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._close_task: asyncio.Task[bool] | None = None
         self._reason: str | None = None
@@ -363,15 +362,15 @@ class Session:
         self.request_close(f"undecodable frame: {why}", code)
 
     async def _answer_command(self, request: Message) -> None:
-        async with self._commands:
-            if self._command_handler is None:
-                response = not_implemented_response(request, self._clock())
-            else:
-                try:
-                    response = await self._command_handler(request, self)
-                except Exception:
-                    self._log.exception("command.failed", id=request.id)
-                    response = _internal_error_response(request, self._clock())
+        # `command.maxConcurrent` is applied by the handler (the proxy queues per link).
+        if self._command_handler is None:
+            response = not_implemented_response(request, self._clock())
+        else:
+            try:
+                response = await self._command_handler(request, self)
+            except Exception:
+                self._log.exception("command.failed", id=request.id)
+                response = _internal_error_response(request, self._clock())
         try:
             await self.send(response)
         except (ConnectionError, TimeoutError) as exc:
