@@ -1,0 +1,321 @@
+"""The docs stay honest: what they name exists.
+
+Every `nbwss <command> [<action>] --option` written in `docs/*.md` and `README.md` exists
+in the real parser (`nbwss.cli.build_parser()`); every standalone `--option` exists in
+some program of the project (the `nbwss` command, `python -m nbwss.reference`, the
+benchmarks); every metric name `nbwss_...` is one the daemon exports, and every metric
+it exports is documented; every log event the operations page lists is logged by the
+code; every relative link (and `#anchor`) between the docs resolves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from nbwss.cli import build_parser
+from nbwss.metrics import REGISTRY
+from nbwss.reference.__main__ import build_parser as build_reference_parser
+from nbwss.status import StoreCollector
+from nbwss.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
+SOURCE = ROOT / "src" / "nbwss"
+
+# Words that end an invocation inside a code line (shell syntax, comments).
+_STOP = {"#", "|", "||", "&&", "&", ";", ">", "<", "2>&1"}
+_OPTION = re.compile(r"--[a-z][a-z0-9-]*")
+
+
+def _rel(page: Path) -> str:
+    return str(page.relative_to(ROOT))
+
+
+# -- what the pages hold -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Snippet:
+    page: Path
+    line: int
+    text: str
+
+
+def code_snippets(page: Path) -> Iterator[Snippet]:
+    """Fenced and indented code lines, and inline code spans, of one page."""
+    fenced = False
+    previous_blank = True
+    in_indented = False
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            previous_blank = False
+            continue
+        indented = line.startswith("    ") and line.strip() != ""
+        if fenced or (indented and (previous_blank or in_indented)):
+            in_indented = not fenced
+            yield Snippet(page, number, line.strip())
+        else:
+            in_indented = False
+            for span in re.findall(r"`([^`]+)`", line):
+                yield Snippet(page, number, span.strip())
+        previous_blank = line.strip() == ""
+
+
+def headings(page: Path) -> set[str]:
+    """GitHub's anchors for a page's headings."""
+    anchors: set[str] = set()
+    fenced = False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6} ", line):
+            text = line.lstrip("#").strip().lower()
+            slug = re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+            anchor, n = slug, 1
+            while anchor in anchors:
+                anchor, n = f"{slug}-{n}", n + 1
+            anchors.add(anchor)
+    return anchors
+
+
+# -- what the programs accept --------------------------------------------------------------
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    return {s for action in parser._actions for s in action.option_strings if s.startswith("--")}
+
+
+@pytest.fixture(scope="module")
+def cli() -> argparse.ArgumentParser:
+    return build_parser()
+
+
+def bench_options() -> dict[str, set[str]]:
+    """Each benchmark's long options, read from its source (its parser is built in main)."""
+    found = {}
+    for path in (ROOT / "bench").glob("*.py"):
+        found[path.stem] = set(re.findall(r"add_argument\(\s*\"(--[a-z0-9-]+)\"", path.read_text()))
+    return found
+
+
+def every_option(cli: argparse.ArgumentParser) -> set[str]:
+    known = _options(cli) | _options(build_reference_parser())
+    stack = [cli]
+    while stack:
+        for sub in _subparsers(stack.pop()).values():
+            known |= _options(sub)
+            stack.append(sub)
+    for options in bench_options().values():
+        known |= options
+    return known
+
+
+# -- nbwss invocations ---------------------------------------------------------------------
+
+
+def _is_nbwss(word: str) -> bool:
+    return word == "nbwss" or word.endswith("/bin/nbwss")
+
+
+def _clean(word: str) -> str:
+    return word.strip("[](),.:'\"")
+
+
+# What may come right before a command's name in a shell line (so `another nbwss is
+# already serving`, an error message, is not read as a command, nor `sudo -u nbwss`).
+_LEADS = {"", "sudo", "--", "-m", "nbwss", "&&", "||", ";", "|", "$", "time", "exec", "env"}
+
+
+def invocations(snippet: Snippet) -> Iterator[list[str]]:
+    """The words after each `nbwss` (or `python -m nbwss`) that runs the command."""
+    words = snippet.text.split()
+    for index, word in enumerate(words):
+        before = words[index - 1] if index else ""
+        if not _is_nbwss(word) or not (before in _LEADS or "=" in before):
+            continue
+        rest: list[str] = []
+        for following in words[index + 1:]:
+            if following in _STOP or following.startswith("#"):
+                break
+            rest.append(following)
+        yield rest
+
+
+def check_invocation(cli: argparse.ArgumentParser, words: list[str]) -> list[str]:
+    """Problems with one invocation: unknown command, action or option."""
+    words = list(words)
+    while words and words[0] in ("-c", "--config"):
+        words = words[2:]
+    if not words or not re.fullmatch(r"[a-z]+", words[0]) or words[0] == "nbwss":
+        return []  # not an invocation: `nbwss` the user, the unit, a placeholder
+    commands = _subparsers(cli)
+    command = words[0]
+    if command not in commands:
+        return [f"unknown command 'nbwss {command}'"]
+    parsers = [commands[command]]
+    rest = words[1:]
+    actions = _subparsers(commands[command])
+    if actions and rest and re.fullmatch(r"[a-z]+(/[a-z]+)*", rest[0]):
+        named = rest[0].split("/")
+        unknown = [a for a in named if a not in actions]
+        if unknown:
+            return [f"unknown action 'nbwss {command} {unknown[0]}'"]
+        parsers = [actions[a] for a in named]
+        rest = rest[1:]
+    problems = []
+    for word in rest:
+        for option in _OPTION.findall(_clean(word)):
+            if not any(option in _options(p) for p in parsers):
+                problems.append(f"'nbwss {command}' has no option {option}")
+    return problems
+
+
+def test_every_nbwss_command_action_and_option_in_the_docs_exists(
+    cli: argparse.ArgumentParser,
+) -> None:
+    problems, seen = [], 0
+    for page in PAGES:
+        for snippet in code_snippets(page):
+            for words in invocations(snippet):
+                seen += 1
+                problems += [
+                    f"{_rel(page)}:{snippet.line}: {p}" for p in check_invocation(cli, words)
+                ]
+    assert seen > 100  # the pages are full of them: a broken scanner must not pass
+    assert not problems, "\n".join(problems)
+
+
+def test_every_reference_and_benchmark_option_in_the_docs_exists() -> None:
+    reference = _options(build_reference_parser())
+    benches = bench_options()
+    problems = []
+    for page in PAGES:
+        for snippet in code_snippets(page):
+            text = snippet.text.split(" #")[0]
+            match = re.search(r"nbwss\.reference\b(.*)", text)
+            if match:
+                known, what = reference, "python -m nbwss.reference"
+            else:
+                match = re.search(r"(?:-m bench |bench/)([a-z]+)(?:\.py)?\b(.*)", text)
+                if not match:
+                    continue
+                name = match.group(1)
+                if name not in benches:
+                    problems.append(f"{_rel(page)}:{snippet.line}: no benchmark {name!r}")
+                    continue
+                known, what = benches[name], f"bench {name}"
+            for option in _OPTION.findall(match.group(match.lastindex or 1)):
+                if option not in known and option not in ("--help",):
+                    problems.append(f"{_rel(page)}:{snippet.line}: {what} has no {option}")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_standalone_option_in_the_docs_exists(cli: argparse.ArgumentParser) -> None:
+    """`--replace` in a sentence must be an option of one of our programs."""
+    known = every_option(cli)
+    problems = []
+    for page in PAGES:
+        for snippet in code_snippets(page):
+            if not snippet.text.startswith("--"):
+                continue
+            for option in _OPTION.findall(snippet.text):
+                if option not in known:
+                    problems.append(f"{_rel(page)}:{snippet.line}: no program has {option}")
+    assert not problems, "\n".join(problems)
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+
+def exported_metrics(tmp_path: Path) -> tuple[set[str], set[str]]:
+    """(every series name the daemon can export, the family names) from the real registries."""
+    store = Store(tmp_path / "nbwss.db", tmp_path / "nbwss.key")
+    try:
+        families = [*REGISTRY.collect(), *StoreCollector(store).collect()]
+    finally:
+        store.close()
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count",
+                                                                "_created")}
+    names, bases = set(), set()
+    for family in families:
+        bases.add(family.name)
+        names.add(family.name)
+        names |= {family.name + suffix for suffix in suffixes.get(family.type, ())}
+    return names, bases
+
+
+def test_every_metric_named_in_the_docs_is_exported(tmp_path: Path) -> None:
+    names, _ = exported_metrics(tmp_path)
+    mentioned = {
+        (_rel(page), name)
+        for page in PAGES
+        for name in re.findall(r"\bnbwss_[a-z_]+[a-z]", page.read_text(encoding="utf-8"))
+    }
+    assert len(mentioned) > 10
+    unknown = sorted(f"{page}: {name}" for page, name in mentioned if name not in names)
+    assert not unknown, "\n".join(unknown)
+
+
+def test_every_exported_metric_is_documented_in_operations(tmp_path: Path) -> None:
+    _, bases = exported_metrics(tmp_path)
+    page = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    missing = sorted(b for b in bases if not re.search(rf"`{b}(_total)?`", page))
+    assert not missing, missing
+
+
+# -- log events ----------------------------------------------------------------------------
+
+
+def documented_events() -> list[str]:
+    """The event names in the first column of the operations page's event table."""
+    lines = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8").splitlines()
+    start = lines.index("| event | level | meaning |")
+    events = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        events += re.findall(r"`([a-z_]+\.[a-z_]+)`", line.split("|")[1])
+    return events
+
+
+def test_every_documented_log_event_is_logged_by_the_code() -> None:
+    source = "\n".join(p.read_text(encoding="utf-8") for p in SOURCE.rglob("*.py"))
+    events = documented_events()
+    assert len(events) > 30
+    missing = [e for e in events if f'"{e}"' not in source]
+    assert not missing, missing
+
+
+# -- links ---------------------------------------------------------------------------------
+
+
+def test_every_relative_link_resolves() -> None:
+    problems, seen = [], 0
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # https:, mailto:
+            seen += 1
+            path_text, _, anchor = target.partition("#")
+            path = (page.parent / path_text).resolve() if path_text else page
+            if not path.exists():
+                problems.append(f"{_rel(page)}: {target}: no such file")
+            elif anchor and path.suffix == ".md" and anchor not in headings(path):
+                problems.append(f"{_rel(page)}: {target}: no heading #{anchor}")
+    assert seen > 30
+    assert not problems, "\n".join(problems)
