@@ -5,12 +5,15 @@ in the real parser (`nbwss.cli.build_parser()`); every standalone `--option` exi
 some program of the project (the `nbwss` command, `python -m nbwss.reference`, the
 benchmarks); every metric name `nbwss_...` is one the daemon exports, and every metric
 it exports is documented; every log event the operations page lists is logged by the
-code; every relative link (and `#anchor`) between the docs resolves.
+code; the fixed words of every user-facing error raised in `src/nbwss`, and every
+message of the guide, are on the error pages; every relative link (and `#anchor`)
+between the docs resolves.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from nbwss import errors
 from nbwss.cli import build_parser
 from nbwss.metrics import REGISTRY
 from nbwss.reference.__main__ import build_parser as build_reference_parser
@@ -297,6 +301,52 @@ def test_every_documented_log_event_is_logged_by_the_code() -> None:
     events = documented_events()
     assert len(events) > 30
     missing = [e for e in events if f'"{e}"' not in source]
+    assert not missing, missing
+
+
+# -- error messages ------------------------------------------------------------------------
+
+# Errors a user can meet; the message's fixed words must be on an admin's page.
+USER_ERRORS = {name for name, value in vars(errors).items()
+               if isinstance(value, type) and issubclass(value, errors.NbwssError)}
+# Raised only on a programming error, never shown to anyone.
+INTERNAL_MESSAGES = {"store.path is not resolved", "status.listen is empty"}
+ERROR_PAGES = ("errors.md", "endpoints.md", "configuration.md")
+
+
+def raised_messages() -> Iterator[tuple[str, int, str]]:
+    """(file, line, fixed text) of each user-facing error raised in src/nbwss."""
+    for path in sorted(SOURCE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in USER_ERRORS and node.args):
+                continue
+            message = node.args[0]
+            parts = [message] if isinstance(message, ast.Constant) else (
+                message.values if isinstance(message, ast.JoinedStr) else [])
+            for part in parts:
+                if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                    text = " ".join(part.value.split()).strip(" :'\"(),")
+                    if len(text) >= 8 and text not in INTERNAL_MESSAGES:
+                        yield str(path.relative_to(ROOT)), node.lineno, text
+
+
+def test_every_error_message_has_its_cause_and_fix_documented() -> None:
+    pages = " ".join(
+        " ".join((ROOT / "docs" / name).read_text(encoding="utf-8").split())
+        for name in ERROR_PAGES
+    )
+    messages = list(raised_messages())
+    assert len(messages) > 60
+    missing = [f"{where}:{line}: {text}" for where, line, text in messages if text not in pages]
+    assert not missing, "\n".join(missing)
+
+
+def test_every_message_of_the_guide_is_on_the_errors_page() -> None:
+    page = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
+    guide = [value for name, value in vars(errors).items() if name.startswith("MSG_")]
+    assert len(guide) >= 12
+    missing = [message for message in guide if f"`{message}" not in page]
     assert not missing, missing
 
 
