@@ -117,6 +117,7 @@ class FaultProxy:
         self.connections: list[ProxiedConnection] = []
         self._changed = asyncio.Condition()
         self._server: asyncio.Server | None = None
+        self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -146,6 +147,7 @@ class FaultProxy:
 
     async def close(self) -> None:
         """Stop listening, cut every connection, and wait for every pump to end."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
         for connection in self.connections:
@@ -218,6 +220,8 @@ class FaultProxy:
             return
         connection = ProxiedConnection((reader, writer), upstream, self._delay_s)
         self.connections = [*self.live, connection]  # forget the closed ones
+        if self._closing:  # accepted just before close(): it must not outlive it
+            connection.cut()
         await self._count(accepted=False)
         await connection.run()
 
