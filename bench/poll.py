@@ -36,6 +36,8 @@ from nbwss.standin import restapi
 from nbwss.standin.restapi import StandinApi, iso
 from nbwss.store import Store
 
+BENCHMARK = True  # run by `python -m bench`
+
 API_KEY = "bench-api-key-0123456789"
 PAGE_SIZE = 100  # the stand-in's (and NetBackup's) largest page
 
@@ -113,16 +115,17 @@ async def _measure_against(
         store.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--idle-polls", type=int, default=20)
     parser.add_argument("--catch-up-max", type=int, default=10_000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logs.configure("warning", "console")
     for jobs in args.jobs:
         asyncio.run(measure(jobs, args.idle_polls, jobs <= args.catch_up_max))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -34,6 +34,8 @@ from nbwss.properties import Settings
 from nbwss.proxy import CommandProxy
 from nbwss.standin.restapi import StandinApi, start
 
+BENCHMARK = True  # run by `python -m bench`
+
 URI = "/netbackup/config/servers/vmservers/vCenter2.domain.com"
 Call = Callable[[], Awaitable[None]]
 
@@ -148,14 +150,15 @@ class _BenchLink:
         raise NotImplementedError  # the proxy never sends; the session does
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--calls", type=int, default=2000, help="calls per round and mode")
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as directory, open(os.devnull, "w") as devnull:
         asyncio.run(run(args.calls, args.rounds, Path(directory), devnull))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

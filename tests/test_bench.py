@@ -1,0 +1,33 @@
+"""The benchmarks stay runnable: each one, tiny, through `python -m bench NAME`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import timeout
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("argv", "figure"),
+    [
+        (["proxy", "--calls", "20", "--rounds", "1"], "added"),
+        (["poll", "--jobs", "300", "--idle-polls", "2"], "idle poll"),
+        # Exit 1 says a goal was missed, which 5 groups must (fixed overhead): not a crash.
+        (["connect", "--groups", "5"], "all_connected_s="),
+    ],
+    ids=lambda value: value[0] if isinstance(value, list) else "",
+)
+def test_benchmark_runs_and_prints_figures(argv: list[str], figure: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", *argv], cwd=REPO, capture_output=True, text=True,
+        timeout=timeout(120), check=False,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode in (0, 1)
+    assert figure in result.stdout, result.stdout
