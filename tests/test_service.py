@@ -200,3 +200,40 @@ async def test_nbwss_run_stops_cleanly_on_sigterm(
         assert later.connections[0].close_code == 1000
         assert b'"endpoint.connected"' in stderr
         assert b"token-of-the-endpoint" not in stderr
+
+
+async def test_a_second_nbwss_run_on_the_same_state_refuses_and_touches_nothing(
+    tls: TlsMaterial, store: Store, state_dir: Path, notify_socket: socket.socket
+) -> None:
+    config = state_dir / "nbwss.properties"
+    config.write_text(f"store.path={state_dir / 'nbwss.db'}\nconnectionInfo.period=30\n")
+    async with Peer(tls.server_cert) as peer:
+        add_endpoint(store, peer, "ep1.test")
+        env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname()}
+        first = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nbwss", "-c", str(config), "run",
+            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            await datagram_where(notify_socket, lambda text: "READY=1" in text)
+            await peer.wait_for(lambda: peer.connected, seconds=10)
+            second = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "nbwss", "-c", str(config), "run",
+                env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            )
+            async with asyncio.timeout(timeout(20)):
+                _, stderr = await second.communicate()
+            assert second.returncode == 1
+            assert stderr.decode() == (
+                f"nbwss: error: another nbwss run (pid {first.pid}) is already using "
+                f"{state_dir / 'nbwss.db'}\n"
+            )
+            # The first daemon's connection and recorded status are untouched.
+            assert first.returncode is None
+            assert not peer.connections[-1].closed
+            assert store.endpoint("ep1.test").connected
+        finally:
+            first.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(timeout(10)):
+                await first.wait()
+    assert first.returncode == 0

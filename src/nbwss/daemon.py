@@ -9,12 +9,17 @@ REST poller (when credentials are configured) and the status server.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from nbwss import logs
 from nbwss.delivery import Batch
+from nbwss.errors import NbwssError
 from nbwss.properties import Settings
 from nbwss.proxy import CommandProxy
 from nbwss.pump import DeliveryWiring, GroupPump
@@ -84,6 +89,28 @@ class _ProxyComponent:
             await asyncio.Event().wait()  # until cancelled at shutdown
         finally:
             await self._proxy.close()
+
+
+@contextmanager
+def instance_lock(database: Path) -> Iterator[None]:
+    """One daemon per database: a second `nbwss run` must stop before it touches anything
+    (it would reset connection status and fight the first over the sockets)."""
+    path = database.with_name("nbwss.lock")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            raise NbwssError(
+                f"another nbwss run (pid {holder}) is already using {database}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def build_service(

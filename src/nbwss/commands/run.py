@@ -8,7 +8,8 @@ from typing import Any
 
 from nbwss import properties
 from nbwss.commands import Context
-from nbwss.daemon import build_service
+from nbwss.daemon import build_service, instance_lock
+from nbwss.errors import NbwssError
 from nbwss.logs import get_logger
 from nbwss.properties import Settings
 
@@ -29,10 +30,26 @@ def handle(args: argparse.Namespace, context: Context) -> int:
     def reload_settings() -> Settings:
         return properties.load(context.config)
 
-    service = build_service(settings, context.store, reload_settings=reload_settings)
-    try:
-        asyncio.run(service.async_run())
-    except Exception:  # a crashed component: logged with its traceback, exit 1
-        get_logger("nbwss.service").exception("service.crashed")
-        return 1
+    with instance_lock(settings.database):
+        service = build_service(settings, context.store, reload_settings=reload_settings)
+        try:
+            asyncio.run(service.async_run())
+        except Exception as exc:
+            user_error = _only_user_errors(exc)
+            if user_error is not None:
+                raise user_error from None  # one `nbwss: error:` line, exit 1
+            get_logger("nbwss.service").exception("service.crashed")  # a bug: the traceback
+            return 1
     return 0
+
+
+def _only_user_errors(exc: BaseException) -> NbwssError | None:
+    """The first `NbwssError` when everything that failed is one (e.g. a component that
+    cannot bind its socket); None when anything else, a bug, is among them."""
+    if isinstance(exc, NbwssError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_only_user_errors(inner) for inner in exc.exceptions]
+        if found and all(error is not None for error in found):
+            return found[0]
+    return None
