@@ -312,6 +312,8 @@ def test_status_is_set_kept_and_reset(store: Store) -> None:
     store.set_status("h2", False, "refused at CONNECT")
     store.set_status("h2", False)  # no new error: the last one stays for the admin
     assert store.endpoint("h2").last_error == "refused at CONNECT"
+    store.set_status("h2", True)  # connected again: the old error is no longer news
+    assert store.endpoint("h2").last_error is None
     store.reset_status()
     assert [r.connected for r in store.endpoints()] == [False, False]
     store.delete_endpoint("h1")

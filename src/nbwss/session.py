@@ -255,7 +255,7 @@ class Session:
         _count_handshake(self.target, result)
         self._reason = reason
         await self._close_now(code, reason)
-        raise ConnectError(f"{self.host_name}: {reason}")
+        raise ConnectError(reason)  # logs and /status name the host beside it
 
     async def abort(self) -> None:
         """Close after a failed handshake (no-op if already closed)."""

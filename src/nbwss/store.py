@@ -328,7 +328,9 @@ class Store:
                 "INSERT INTO endpoint_status (host_name, connected, since, last_error)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (host_name) DO UPDATE SET"
                 " connected = excluded.connected, since = excluded.since,"
-                " last_error = COALESCE(excluded.last_error, endpoint_status.last_error)",
+                # Connecting clears the last error; a drop without a reason keeps it.
+                " last_error = CASE WHEN excluded.connected THEN NULL"
+                " ELSE COALESCE(excluded.last_error, endpoint_status.last_error) END",
                 (host_name, int(connected), time.time(), last_error),
             )
 
