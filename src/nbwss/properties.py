@@ -258,7 +258,8 @@ PROPERTIES: tuple[Property, ...] = (
              "groups, drops deleted and disabled endpoints)."),
     Property("scheduledExecutor.threadPoolSize", "thread_pool_size",
              partial(_integer, minimum=1), "1",
-             "Worker threads for blocking work (database); connections are asyncio tasks."),
+             "Accepted for compatibility and checked; no effect: connections are asyncio "
+             "tasks and database calls are short."),
     # Ours, in the same style.
     Property("store.path", "store_path", _optional_path, "",
              "SQLite database. Empty: $STATE_DIRECTORY/nbwss.db, else "
