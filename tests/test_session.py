@@ -197,7 +197,9 @@ async def test_a_command_without_a_proxy_gets_a_501_that_says_why(
     (response,) = peer.received("COMMAND", "RESPONSE")
     assert response["id"] == command.id
     assert response["payload"]["responseCode"] == 501
-    assert "no REST proxy" in json.loads(response["payload"]["body"])["error"]
+    body = json.loads(response["payload"]["body"])
+    assert (body["errorCode"], body["origin"]) == (501, "nbwss")
+    assert "no REST proxy" in body["errorMessage"]
     await running.session.close("done")
     await running.ended()
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote, unquote_to_bytes
 
+from nbwss.messages import error_body
 from nbwss.properties import Settings
 
 ALLOWED_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"})
@@ -91,12 +92,7 @@ class Refusal:
 
     def body(self) -> dict[str, Any]:
         """The JSON body of the COMMAND RESPONSE, in NetBackup's error shape."""
-        return {
-            "errorCode": self.status,
-            "errorMessage": f"{self.field}: {self.reason}",
-            "field": self.field,
-            "origin": "nbwss",
-        }
+        return error_body(self.status, f"{self.field}: {self.reason}", field=self.field)
 
 
 def _malformed(field: str, reason: str) -> Refusal:

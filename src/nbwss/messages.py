@@ -241,5 +241,21 @@ def connect_valid(response: Message) -> bool:
     return valid
 
 
+def error_body(status: int, reason: str, **details: Any) -> JsonObject:
+    """The body of a COMMAND answer nbwss makes itself, in NetBackup's error shape, with
+    `origin: nbwss` so an app can tell it from an answer of the REST API."""
+    return {"errorCode": status, "errorMessage": reason, **details, "origin": "nbwss"}
+
+
+def command_error(req: Message, status: int, reason: str, now: float) -> Message:
+    """A COMMAND RESPONSE nbwss answers itself (no API call was made, or it failed)."""
+    payload = {
+        "headers": {"content-type": "application/json"},
+        "responseCode": status,
+        "body": json.dumps(error_body(status, reason)),
+    }
+    return response_to(req, payload, now)
+
+
 def notification_response(req: Message, now: float) -> Message:
     return response_to(req, [], now)

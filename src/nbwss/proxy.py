@@ -37,7 +37,7 @@ from nbwss import metrics
 from nbwss.guard import ApiRequest, Policy, Refusal, check_command, loggable_uri
 from nbwss.link import Link
 from nbwss.logs import get_logger
-from nbwss.messages import JsonObject, Message, response_to
+from nbwss.messages import JsonObject, Message, error_body, response_to
 from nbwss.neterrors import describe
 from nbwss.properties import Settings
 
@@ -64,8 +64,8 @@ class Answer:
 
 def _own_answer(status: int, reason: str) -> Answer:
     """An answer nbwss makes itself, in NetBackup's error shape."""
-    body = {"errorCode": status, "errorMessage": reason, "origin": "nbwss"}
-    return Answer(status, {"content-type": "application/json"}, json.dumps(body), 0, reason)
+    body = json.dumps(error_body(status, reason))
+    return Answer(status, {"content-type": "application/json"}, body, 0, reason)
 
 
 def _refused(refusal: Refusal) -> Answer:

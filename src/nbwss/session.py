@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import contextlib
-import json
 import ssl
 import time
 from collections.abc import Callable
@@ -142,22 +141,8 @@ def _count_handshake(target: Target, result: str) -> None:
 
 def not_implemented_response(request: Message, now: float) -> Message:
     """The answer to a COMMAND when no proxy is plugged in: never silence."""
-    body = {"error": "COMMAND is not available: this daemon has no REST proxy configured"}
-    payload = {
-        "headers": {"content-type": "application/json"},
-        "responseCode": 501,
-        "body": json.dumps(body),
-    }
-    return messages.response_to(request, payload, now)
-
-
-def _internal_error_response(request: Message, now: float) -> Message:
-    payload = {
-        "headers": {"content-type": "application/json"},
-        "responseCode": 500,
-        "body": json.dumps({"error": "the daemon failed to carry out the COMMAND"}),
-    }
-    return messages.response_to(request, payload, now)
+    reason = "COMMAND is not available: this daemon has no REST proxy configured"
+    return messages.command_error(request, 501, reason, now)
 
 
 class Session:
@@ -370,7 +355,8 @@ class Session:
                 response = await self._command_handler(request, self)
             except Exception:
                 self._log.exception("command.failed", id=request.id)
-                response = _internal_error_response(request, self._clock())
+                reason = "the daemon failed to carry out the COMMAND"
+                response = messages.command_error(request, 500, reason, self._clock())
         try:
             await self.send(response)
         except (ConnectionError, TimeoutError) as exc:
