@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import ssl
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -282,3 +283,14 @@ async def test_the_daemons_own_session_connects_and_is_refused_with_a_wrong_toke
             reason = await running
     assert (endpoint.refusals, endpoint.connections) == (1, 1)
     assert "1001" in reason
+
+
+def test_command_line_refuses_a_bad_header_in_one_line_before_serving() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "nbwss.reference", "--token", "t0ken", "--self-signed",
+         "--header", "bad", "--command", "GET /netbackup/x"],
+        capture_output=True, text=True, timeout=timeout(30), check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == "nbwss.reference: error: --header 'bad' is not 'NAME: VALUE'\n"
+    assert "listening" not in result.stdout

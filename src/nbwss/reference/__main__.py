@@ -100,9 +100,10 @@ def parse_header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-async def send_commands(endpoint: ReferenceEndpoint, args: argparse.Namespace) -> None:
+async def send_commands(
+    endpoint: ReferenceEndpoint, args: argparse.Namespace, headers: dict[str, str]
+) -> None:
     """Once a daemon is connected, send each --command in turn and print the answer."""
-    headers = dict(parse_header(h) for h in args.header)
     await endpoint.connected.wait()
     for command in args.command:
         method, _, uri = command.strip().partition(" ")
@@ -116,7 +117,7 @@ async def send_commands(endpoint: ReferenceEndpoint, args: argparse.Namespace) -
         print(json.dumps(response.payload, indent=2))
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(args: argparse.Namespace, headers: dict[str, str]) -> None:
     endpoint = ReferenceEndpoint(
         args.token, server_context(args), host=args.host, port=args.port, path=args.path,
         out=print, name="reference",
@@ -129,7 +130,7 @@ async def serve(args: argparse.Namespace) -> None:
     async with endpoint, asyncio.TaskGroup() as tasks:
         if args.details is not None:
             write_details(args, endpoint.url)
-        commands = tasks.create_task(send_commands(endpoint, args))
+        commands = tasks.create_task(send_commands(endpoint, args, headers))
         await stop.wait()
         commands.cancel()
 
@@ -137,7 +138,9 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        asyncio.run(serve(args))
+        # Checked before anything starts, so a typo is one error line, not a traceback.
+        headers = dict(parse_header(h) for h in args.header)
+        asyncio.run(serve(args, headers))
     except NbwssError as exc:
         sys.stderr.write(f"nbwss.reference: error: {exc}\n")
         return 1
