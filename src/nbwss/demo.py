@@ -28,6 +28,7 @@ import trustme
 
 from nbwss import cli, metrics, properties
 from nbwss.endpoints import EndpointDetails, details_to_json
+from nbwss.errors import NbwssError
 from nbwss.reference.endpoint import Notification, ReferenceEndpoint
 from nbwss.service import Service
 from nbwss.standin import restapi
@@ -200,8 +201,8 @@ async def _add_endpoints(world: DemoWorld, config: Path, narrator: Narrator) -> 
         narrator.say("admin", f"nbwss endpoint add --file {details_file.name} --yes")
         argv = ["-c", str(config), "endpoint", "add", "--file", str(details_file), "--yes"]
         code = await asyncio.to_thread(cli.main, argv)
-        if code != 0:
-            raise RuntimeError(f"nbwss endpoint add exited {code}")
+        if code != 0:  # its own error line is above
+            raise NbwssError(f"the demo could not add endpoint-{priority} (exit {code})")
 
 
 # -- the story --------------------------------------------------------------------------------
