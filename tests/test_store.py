@@ -299,6 +299,20 @@ def test_replace_of_an_unknown_host_adds_it(store: Store) -> None:
     assert [r.host_name for r in store.endpoints()] == ["h9"]
 
 
+
+def test_host_names_are_case_blind(store: Store) -> None:
+    store.add_endpoint(details("Cloud.Example"), CERT, "AB")
+    with pytest.raises(AlreadyExistsError):
+        store.add_endpoint(details("cloud.example", "G2"), CERT, "AB")
+    assert store.endpoint("CLOUD.example").host_name == "Cloud.Example"
+    assert store.token("cloud.EXAMPLE") == TOKEN
+    store.add_endpoint(details("cloud.example", token="renewed"), CERT, "AB", replace=True)
+    assert [r.host_name for r in store.endpoints()] == ["cloud.example"]
+    assert store.token("CLOUD.EXAMPLE") == "renewed"
+    store.delete_endpoint("CLOUD.EXAMPLE")
+    assert store.endpoints() == []
+
+
 # -- connection status -----------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # endpoints.py brings aiohttp, which `nbwss notify` must not 
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE endpoints (
-        host_name       TEXT PRIMARY KEY,
+        host_name       TEXT PRIMARY KEY COLLATE NOCASE,  -- a DNS name: case-blind
         url             TEXT NOT NULL,
         group_id        TEXT NOT NULL,
         priority        INTEGER NOT NULL,
@@ -51,7 +51,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX endpoints_by_group ON endpoints (group_id, priority, host_name);
     -- Written by the daemon, read by `endpoint list`, kept apart so admin edits never race it.
     CREATE TABLE endpoint_status (
-        host_name   TEXT PRIMARY KEY,
+        host_name   TEXT PRIMARY KEY COLLATE NOCASE,
         connected   INTEGER NOT NULL,
         since       REAL NOT NULL,
         last_error  TEXT
@@ -173,7 +173,8 @@ _INSERT_ENDPOINT = (
 )
 # A renewal keeps `enabled` and `added_at`.
 _REPLACE_ENDPOINT = (
-    _INSERT_ENDPOINT + " ON CONFLICT (host_name) DO UPDATE SET url = excluded.url,"
+    _INSERT_ENDPOINT + " ON CONFLICT (host_name) DO UPDATE SET host_name = excluded.host_name,"
+    " url = excluded.url,"
     " group_id = excluded.group_id, priority = excluded.priority,"
     " token_sealed = excluded.token_sealed, certificate_der = excluded.certificate_der,"
     " fingerprint = excluded.fingerprint, updated_at = excluded.updated_at"
@@ -285,19 +286,21 @@ class Store:
         ]
 
     def endpoint(self, host_name: str) -> EndpointRecord:
+        """The endpoint named `host_name`, in any case (host names are case-blind)."""
+        wanted = host_name.casefold()
         for record in self.endpoints():
-            if record.host_name == host_name:
+            if record.host_name.casefold() == wanted:
                 return record
         raise NotFoundError(f"{MSG_NOT_FOUND}: {host_name}")
 
     def token(self, host_name: str) -> str:
         with self.reading() as conn:
             row = conn.execute(
-                "SELECT token_sealed FROM endpoints WHERE host_name = ?", (host_name,)
+                "SELECT host_name, token_sealed FROM endpoints WHERE host_name = ?", (host_name,)
             ).fetchone()
         if row is None:
             raise NotFoundError(f"{MSG_NOT_FOUND}: {host_name}")
-        return self.vault.decrypt(row[0], host_name)
+        return self.vault.decrypt(row[1], row[0])  # sealed with the name as stored
 
     def set_enabled(self, host_name: str, enabled: bool) -> None:
         with self.transaction() as conn:
