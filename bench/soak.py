@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import math
 import os
@@ -241,6 +242,12 @@ class SoakEndpoint:
 # -- the daemon as an admin runs it -------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the soak dies, so a killed soak leaves no daemon behind."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class Daemon:
     """`nbwss run` as a subprocess; its log lines are appended to one file across restarts."""
 
@@ -256,6 +263,7 @@ class Daemon:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "nbwss", "-c", str(self.config), "run",
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
 
     async def ensure_running(self) -> None:
