@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import trustme  # noqa: E402
 
+from bench.tlsfiles import write_server_cert  # noqa: E402
 from nbwss import logs  # noqa: E402
 from nbwss.endpoints import EndpointDetails  # noqa: E402
 from nbwss.properties import Settings  # noqa: E402
@@ -144,11 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure("error", "json")
     with tempfile.TemporaryDirectory(prefix="nbwss-bench-") as tmp:
         workdir = Path(tmp)
-        leaf = trustme.CA().issue_cert("127.0.0.1", "localhost")
-        cert_file, key_file = workdir / "cert.pem", workdir / "key.pem"
-        leaf.cert_chain_pems[0].write_to_path(str(cert_file))
-        leaf.private_key_pem.write_to_path(str(key_file))
-        leaf_der = ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
+        tls = write_server_cert(workdir)
+        cert_file, key_file, leaf_der = tls.cert_file, tls.key_file, tls.der
         server = subprocess.Popen(
             [sys.executable, "-m", "bench.connect", "--serve", str(cert_file), str(key_file)],
             cwd=REPO, stdout=subprocess.PIPE, text=True,

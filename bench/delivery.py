@@ -40,8 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import trustme  # noqa: E402
 
+from bench.tlsfiles import write_server_cert  # noqa: E402
 from nbwss import logs, outbox  # noqa: E402
 from nbwss.endpoints import EndpointDetails  # noqa: E402
 from nbwss.properties import Settings  # noqa: E402
@@ -314,11 +314,8 @@ async def intake(workdir: Path, events: int) -> float:
 async def run(args: argparse.Namespace) -> bool:
     with tempfile.TemporaryDirectory(prefix="nbwb") as tmp:
         workdir = Path(tmp)
-        leaf = trustme.CA().issue_cert("127.0.0.1", "localhost")
-        cert_file, key_file = workdir / "cert.pem", workdir / "key.pem"
-        leaf.cert_chain_pems[0].write_to_path(str(cert_file))
-        leaf.private_key_pem.write_to_path(str(key_file))
-        leaf_der = ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
+        tls = write_server_cert(workdir)
+        cert_file, key_file, leaf_der = tls.cert_file, tls.key_file, tls.der
         endpoint = await asyncio.create_subprocess_exec(
             sys.executable, SCRIPT, "--serve", str(cert_file),
             str(key_file), stdout=asyncio.subprocess.PIPE, env=ENV, limit=1 << 20,
