@@ -227,6 +227,8 @@ def test_unknown_key_is_a_warning_naming_the_line(tmp_path: Path) -> None:
         ("keepAlive.maxPongMissAllowed=ten", "an integer >= 1"),
         ("keepAlive.maxPongMissAllowed=2.5", "an integer >= 1"),
         ("keepAlive.maxPongMissAllowed=0", "an integer >= 1"),
+        ("keepAlive.maxPongMissAllowed=1_000", "an integer >= 1"),  # Java refuses it
+        ("keepAlive.maxPongMissAllowed=\u0663", "an integer >= 1"),  # an Arabic-Indic 3
         ("scheduledExecutor.threadPoolSize=-1", "an integer >= 1"),
         ("keepAlive.scheduledRate=-1", "a number of seconds > 0"),
         ("connectionInfo.period=0", "a number of seconds > 0"),
@@ -322,3 +324,7 @@ def test_systemd_credential_wins_over_store_key_file_when_present(tmp_path: Path
     settings = settings_from_text("store.path=/d/my.db\nstore.keyFile=/k/my.key\n")
     resolved = resolve_paths(settings, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert resolved.key_file == tmp_path / "nbwss.key"
+
+
+def test_a_signed_integer_is_read_as_java_reads_it() -> None:
+    assert settings_from_text("keepAlive.maxPongMissAllowed=+12\n").max_pong_misses == 12

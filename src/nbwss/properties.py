@@ -140,10 +140,11 @@ Converter = Callable[[str], Any]
 
 
 def _integer(text: str, minimum: int = 0) -> int:
-    try:
-        value = int(text.strip(), 10)
-    except ValueError:
-        raise ValueError(f"an integer >= {minimum}") from None
+    digits = text.strip()
+    # Python's int() also takes "1_000" and non-ASCII digits; Java's parseInt does not.
+    if not digits.lstrip("+-").isascii() or not digits.lstrip("+-").isdigit():
+        raise ValueError(f"an integer >= {minimum}")
+    value = int(digits, 10)
     if value < minimum:
         raise ValueError(f"an integer >= {minimum}")
     return value
