@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Iterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trustme
+
+from nbwss.standin import restapi
+from nbwss.standin.restapi import StandinApi
+from nbwss.standin.scenarios import GuideScenarios
 
 # The vendor guide's example messages as valid JSON, copied from the project's shared
 # spec/examples/ so that a clone alone can run the tests.
@@ -57,6 +62,23 @@ def make_tls(directory: Path, *names: str) -> TlsMaterial:
 @pytest.fixture
 def tls(tmp_path: Path) -> TlsMaterial:
     return make_tls(tmp_path)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """State in a short path, so the daemon's Unix sockets fit their address limit."""
+    with tempfile.TemporaryDirectory(prefix="nbw") as name:
+        yield Path(name)
+
+
+@pytest.fixture
+async def standin(tls: TlsMaterial) -> AsyncIterator[tuple[StandinApi, str]]:
+    """The stand-in NetBackup REST API over HTTPS, its catalog ready for the guide's
+    scenarios; yields the model to drive and the base URL."""
+    api = StandinApi()
+    GuideScenarios().prepare(api)
+    async with restapi.serving(api, tls.server_context()) as base_url:
+        yield api, base_url
 
 
 @pytest.fixture

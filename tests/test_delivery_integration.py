@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -34,13 +33,6 @@ from tests.peers import Ack, Peer, add_endpoint
 
 EXAMPLES = SPEC_EXAMPLES
 GROUP = "GROUP1"
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """State in a short path, so the wake socket's path fits a Unix socket address."""
-    with tempfile.TemporaryDirectory(prefix="nbw") as name:
-        yield Path(name)
 
 
 @pytest.fixture

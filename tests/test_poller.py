@@ -21,7 +21,6 @@ from nbwss.errors import ConfigError
 from nbwss.properties import Settings
 from nbwss.sources.poller import Poller
 from nbwss.sources.restclient import ApiUnavailableError, parse_page
-from nbwss.standin import restapi
 from nbwss.standin.restapi import StandinApi
 from nbwss.standin.scenarios import GuideScenarios, Step, comparable, outbox_rows
 from nbwss.store import Store
@@ -40,14 +39,6 @@ def store(tmp_path: Path) -> Iterator[Store]:
     store = Store(tmp_path / "nbwss.db", tmp_path / "nbwss.key")
     yield store
     store.close()
-
-
-@pytest.fixture
-async def standin(tls: TlsMaterial) -> AsyncIterator[tuple[StandinApi, str]]:
-    api = StandinApi()
-    GuideScenarios().prepare(api)
-    async with restapi.serving(api, tls.server_context()) as base_url:
-        yield api, base_url
 
 
 @pytest.fixture

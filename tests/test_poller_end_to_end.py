@@ -10,7 +10,6 @@ with its id, which an app drops by id).
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,7 +19,6 @@ import pytest
 
 from nbwss.daemon import build_service
 from nbwss.properties import Settings
-from nbwss.standin import restapi
 from nbwss.standin.restapi import StandinApi
 from nbwss.standin.scenarios import GuideScenarios, Step, comparable
 from nbwss.store import Store
@@ -31,25 +29,10 @@ RATE_S = 0.05
 
 
 @pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """State in a short path, so the daemon's Unix sockets fit their address limit."""
-    with tempfile.TemporaryDirectory(prefix="nbw") as name:
-        yield Path(name)
-
-
-@pytest.fixture
 def store(short_dir: Path) -> Iterator[Store]:
     db = Store(short_dir / "nbwss.db", short_dir / "nbwss.key")
     yield db
     db.close()
-
-
-@pytest.fixture
-async def standin(tls: TlsMaterial) -> AsyncIterator[tuple[StandinApi, str]]:
-    api = StandinApi()
-    GuideScenarios().prepare(api)
-    async with restapi.serving(api, tls.server_context()) as base_url:
-        yield api, base_url
 
 
 @pytest.fixture
