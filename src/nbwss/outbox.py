@@ -73,6 +73,7 @@ class GroupBacklog:
     backlog: int
     oldest_unacked_age_s: float | None
     outstanding_id: str | None
+    cursor_moved_at: float  # when the group last acknowledged (or was added)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +290,7 @@ def backlog(store: Store, now: float) -> list[GroupBacklog]:
     """Per group: events not yet acknowledged, the age of the oldest, the batch in flight."""
     with store.reading() as conn:
         rows = conn.execute(
-            "SELECT c.group_id, c.acked_seq,"
+            "SELECT c.group_id, c.acked_seq, c.updated_at,"
             " (SELECT COUNT(*) FROM outbox o WHERE o.seq > c.acked_seq),"
             " (SELECT o.queued_at FROM outbox o WHERE o.seq > c.acked_seq ORDER BY o.seq"
             "  LIMIT 1),"
@@ -304,6 +305,7 @@ def backlog(store: Store, now: float) -> list[GroupBacklog]:
             backlog=count,
             oldest_unacked_age_s=None if oldest is None else max(0.0, now - oldest),
             outstanding_id=message_id,
+            cursor_moved_at=moved_at,
         )
-        for group_id, acked_seq, count, oldest, message_id in rows
+        for group_id, acked_seq, moved_at, count, oldest, message_id in rows
     ]

@@ -19,7 +19,6 @@ import ipaddress
 import json
 import os
 import socket
-import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from nbwss import __version__, logs
+from nbwss import __version__, logs, outbox
 from nbwss.errors import ConfigError, NbwssError
 from nbwss.metrics import REGISTRY
 from nbwss.store import Store
@@ -112,7 +111,11 @@ class StatusSource(Protocol):
 
 
 def _age(now: float, then: float | None) -> float | None:
-    return None if then is None else round(max(0.0, now - then), 3)
+    return None if then is None else _rounded(now - then)
+
+
+def _rounded(age_s: float | None) -> float | None:
+    return None if age_s is None else round(max(0.0, age_s), 3)
 
 
 def store_snapshot(store: Store, now: float) -> dict[str, dict[str, Any]]:
@@ -130,11 +133,12 @@ def store_snapshot(store: Store, now: float) -> dict[str, dict[str, Any]]:
                          since=record.status_since)
         if record.last_error and group["last_error"] is None:
             group["last_error"] = f"{record.host_name}: {record.last_error}"
+    for figures in outbox.backlog(store, now):
+        groups.setdefault(figures.group_id, _empty_group()).update(
+            acked_seq=figures.acked_seq, last_ack=figures.cursor_moved_at,
+            backlog=figures.backlog, oldest_unacked_age_s=_rounded(figures.oldest_unacked_age_s),
+        )
     with store.reading() as conn:
-        for group_id, acked_seq, cursor_moved, backlog, oldest in _cursor_rows(conn):
-            group = groups.setdefault(group_id, _empty_group())
-            group.update(acked_seq=acked_seq, last_ack=cursor_moved, backlog=backlog,
-                         oldest_unacked_age_s=_age(now, oldest))
         for group_id, message_id, first_seq, last_seq, sent_at in conn.execute(
             "SELECT group_id, message_id, first_seq, last_seq, sent_at FROM group_batches"
         ):
@@ -151,16 +155,6 @@ def _empty_group() -> dict[str, Any]:
         "outstanding": None, "backlog": 0, "oldest_unacked_age_s": None, "acked_seq": None,
         "last_ack": None, "last_error": None, "endpoints": [],
     }
-
-
-def _cursor_rows(conn: sqlite3.Connection) -> Iterator[tuple[str, int, float, int, float | None]]:
-    """Per group cursor: acked seq, when it last moved, backlog and oldest unacked time."""
-    yield from conn.execute(
-        "SELECT c.group_id, c.acked_seq, c.updated_at,"
-        " (SELECT COUNT(*) FROM outbox o WHERE o.seq > c.acked_seq),"
-        " (SELECT MIN(o.queued_at) FROM outbox o WHERE o.seq > c.acked_seq)"
-        " FROM group_cursors c ORDER BY c.group_id"
-    )
 
 
 def status_document(store: Store, now: float, started_at: float) -> dict[str, Any]:
@@ -209,13 +203,12 @@ class StoreCollector(Collector):
             "Age of the group's oldest unacknowledged notification (0 when none).",
             labels=["group"],
         )
-        now = time.time()
         with self._store.reading() as conn:
             row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-            queued.add_metric([], row[0] if row else 0)
-            for group_id, _, _, count, oldest_at in _cursor_rows(conn):
-                backlog.add_metric([group_id], count)
-                oldest.add_metric([group_id], _age(now, oldest_at) or 0.0)
+        queued.add_metric([], row[0] if row else 0)
+        for figures in outbox.backlog(self._store, time.time()):
+            backlog.add_metric([figures.group_id], figures.backlog)
+            oldest.add_metric([figures.group_id], _rounded(figures.oldest_unacked_age_s) or 0.0)
         yield from (queued, backlog, oldest)
 
 
