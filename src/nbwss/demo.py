@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import ssl
 import tempfile
 import time
 from collections.abc import Callable, MutableMapping
@@ -27,12 +28,13 @@ import structlog
 import trustme
 
 from nbwss import cli, metrics, properties
+from nbwss.daemon import build_service
 from nbwss.endpoints import EndpointDetails, details_to_json
 from nbwss.errors import NbwssError
 from nbwss.reference.endpoint import Notification, ReferenceEndpoint
 from nbwss.service import Service
 from nbwss.standin import restapi
-from nbwss.standin.scenarios import GuideScenarios, Step
+from nbwss.standin.scenarios import GuideScenarios, Step, comparable
 from nbwss.status import fetch_status
 from nbwss.store import Store
 
@@ -147,9 +149,7 @@ async def _start_world(root: Path, narrator: Narrator) -> DemoWorld:
     return world
 
 
-def _server_context(ca: trustme.CA) -> Any:
-    import ssl
-
+def _server_context(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
     return context
@@ -276,24 +276,11 @@ async def _failover(world: DemoWorld, steps: list[Step], narrator: Narrator) -> 
 
 def _comparable(notifications: list[Notification]) -> list[tuple[str, dict[str, Any]]]:
     """(object, data) in arrival order, without the one value no scenario predicts."""
-    found = []
-    for n in notifications:
-        data = dict(n.data)
-        if data.get("operationId") == "DELETE":
-            data.pop("createdTime", None)
-        found.append((n.object, data))
-    return found
+    return [comparable((n.object, n.data)) for n in notifications]
 
 
 def _expected(steps: list[Step]) -> list[tuple[str, dict[str, Any]]]:
-    found = []
-    for step in steps:
-        for obj, data in step.expected:
-            data = dict(data)
-            if data.get("operationId") == "DELETE":
-                data.pop("createdTime", None)
-            found.append((obj, data))
-    return found
+    return [comparable(item) for step in steps for item in step.expected]
 
 
 def _metric(name: str, **labels: str) -> float:
@@ -338,8 +325,6 @@ async def _show_status(settings: properties.Settings, narrator: Narrator) -> Non
 
 async def run_demo(root: Path, narrator: Narrator) -> Summary:
     """The whole demo in `root`; returns the checked summary."""
-    from nbwss.daemon import build_service
-
     world = await _start_world(root, narrator)
     try:
         config = _write_config(world)
