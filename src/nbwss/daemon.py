@@ -139,4 +139,5 @@ def build_service(
         reload_settings=reload_settings,
     )
     live.supervisor = service.supervisor
+    wiring.waker.on_endpoints_changed(service.supervisor.wake)
     return service

@@ -2,7 +2,7 @@
 
 It makes a throw-away CA, starts two reference cloud endpoints (group DEMO, priorities
 1 and 2) and the stand-in NetBackup REST API, adds the endpoints through the same code
-as `nbwss endpoint add`, and runs the daemon as `nbwss run` builds it. Then it plays
+as `nbwss endpoint add` (`nbwss.admin`), and runs the daemon as `nbwss run` builds it. Then it plays
 the guide's VMware backup (the REST poller turns it into notifications), sends a
 COMMAND round trip (login, POST and GET a VM server), and stops endpoint 1 while a
 notification is unacknowledged, to show failover to endpoint 2 with nothing lost.
@@ -27,10 +27,9 @@ from typing import Any
 import structlog
 import trustme
 
-from nbwss import cli, metrics, properties
+from nbwss import admin, metrics, properties
 from nbwss.daemon import build_service
 from nbwss.endpoints import EndpointDetails, details_to_json
-from nbwss.errors import NbwssError
 from nbwss.reference.endpoint import Notification, ReferenceEndpoint
 from nbwss.service import Service
 from nbwss.standin import restapi
@@ -188,8 +187,8 @@ def _write_config(world: DemoWorld) -> Path:
     return config
 
 
-async def _add_endpoints(world: DemoWorld, config: Path, narrator: Narrator) -> None:
-    """Write each endpoint's details file and add it with `nbwss endpoint add`."""
+async def _add_endpoints(world: DemoWorld, store: Store, narrator: Narrator) -> None:
+    """Write each endpoint's details file and add it as `nbwss endpoint add` does."""
     for priority, endpoint in enumerate(world.endpoints, start=1):
         details = EndpointDetails(
             token=endpoint.token, priority=priority, group_id=GROUP,
@@ -199,10 +198,8 @@ async def _add_endpoints(world: DemoWorld, config: Path, narrator: Narrator) -> 
         details_file.write_text(details_to_json(details))
         details_file.chmod(0o600)
         narrator.say("admin", f"nbwss endpoint add --file {details_file.name} --yes")
-        argv = ["-c", str(config), "endpoint", "add", "--file", str(details_file), "--yes"]
-        code = await asyncio.to_thread(cli.main, argv)
-        if code != 0:  # its own error line is above
-            raise NbwssError(f"the demo could not add endpoint-{priority} (exit {code})")
+        inspection = await admin.inspect(details, STEP_TIMEOUT_S)
+        await asyncio.to_thread(admin.add_endpoint, store, inspection)
 
 
 # -- the story --------------------------------------------------------------------------------
@@ -327,15 +324,14 @@ async def run_demo(root: Path, narrator: Narrator) -> Summary:
     """The whole demo in `root`; returns the checked summary."""
     world = await _start_world(root, narrator)
     try:
-        config = _write_config(world)
-        await _add_endpoints(world, config, narrator)
-        settings = properties.load(config, env={})
+        settings = properties.load(_write_config(world), env={})
         _configure_narrative_logs(narrator)
         scenarios = GuideScenarios(shift=int(time.time()) - 1459811679)
         scenarios.prepare(world.api)
         store = Store(settings.database, settings.key_file)
-        service = build_service(settings, store)
         try:
+            await _add_endpoints(world, store, narrator)
+            service = build_service(settings, store)
             return await _run_story(service, settings, world, scenarios, narrator)
         finally:
             store.close()

@@ -181,16 +181,19 @@ _REPLACE_ENDPOINT = (
 )
 
 
-def _forget_empty_groups(conn: sqlite3.Connection) -> None:
-    """Drop the delivery state of groups with no endpoint left.
+def _forget_group_if_empty(conn: sqlite3.Connection, group_id: str) -> None:
+    """Drop the delivery state of `group_id` when it has no endpoint left.
 
     A group added again later starts from the head (spec section 7), and a forgotten
-    group must not hold back the purge of acknowledged events.
+    group must not hold back the purge of acknowledged events. Only the group an
+    operation touched is forgotten: a position kept by `delete --keep-position` stays
+    until an endpoint of its group is added again (or retention drops the events).
     """
     for table in ("group_cursors", "group_batches"):
         conn.execute(
-            f"DELETE FROM {table} WHERE group_id NOT IN"  # noqa: S608 - fixed table names
-            " (SELECT DISTINCT group_id FROM endpoints)"
+            f"DELETE FROM {table} WHERE group_id = ? AND NOT EXISTS"  # noqa: S608 - fixed names
+            " (SELECT 1 FROM endpoints WHERE group_id = ?)",
+            (group_id, group_id),
         )
 
 
@@ -253,6 +256,9 @@ class Store:
         now = time.time()
         try:
             with self.transaction() as conn:
+                previous = conn.execute(
+                    "SELECT group_id FROM endpoints WHERE host_name = ?", (details.host_name,)
+                ).fetchone()
                 conn.execute(
                     _REPLACE_ENDPOINT if replace else _INSERT_ENDPOINT,
                     (details.host_name, details.url, details.group_id, details.priority,
@@ -263,7 +269,8 @@ class Store:
                     " VALUES (?, (SELECT COALESCE(MAX(seq), 0) FROM outbox), ?)",
                     (details.group_id, now),
                 )
-                _forget_empty_groups(conn)  # a replace may have moved the last one away
+                if previous is not None:  # a replace may have moved the last one away
+                    _forget_group_if_empty(conn, previous[0])
         except sqlite3.IntegrityError:
             raise AlreadyExistsError(f"{MSG_EXISTS}: {details.host_name}") from None
         except sqlite3.Error as exc:
@@ -311,8 +318,9 @@ class Store:
         if not changed:
             raise NotFoundError(f"{MSG_NOT_FOUND}: {host_name}")
 
-    def delete_endpoint(self, host_name: str) -> None:
-        """Remove credentials and certificate; a group left empty forgets its cursor."""
+    def delete_endpoint(self, host_name: str, *, keep_position: bool = False) -> None:
+        """Remove credentials and certificate; a group left empty forgets its cursor,
+        unless `keep_position`: then its backlog waits for the group's next endpoint."""
         with self.transaction() as conn:
             row = conn.execute(
                 "SELECT group_id FROM endpoints WHERE host_name = ?", (host_name,)
@@ -321,7 +329,8 @@ class Store:
                 raise NotFoundError(f"{MSG_NOT_FOUND}: {host_name}")
             conn.execute("DELETE FROM endpoints WHERE host_name = ?", (host_name,))
             conn.execute("DELETE FROM endpoint_status WHERE host_name = ?", (host_name,))
-            _forget_empty_groups(conn)
+            if not keep_position:
+                _forget_group_if_empty(conn, row[0])
 
     # -- connection status (written by the daemon) -----------------------------------------
 

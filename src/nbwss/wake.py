@@ -4,7 +4,9 @@
 the database (`Settings.wake_socket`); the daemon's `WakeListener` wakes every group's
 pump at once through the in-process `Waker` (which the REST poller calls directly). A
 lost datagram costs latency, never a notification: each pump still reads the database
-every `notification.scheduledRate` seconds.
+every `notification.scheduledRate` seconds. `nbwss endpoint add|enable|disable|delete`
+send another byte (`ENDPOINTS_DATAGRAM`), which runs the connection process at once
+instead of at its next `connectionInfo.period`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import os
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,10 @@ from nbwss.errors import NbwssError
 
 log = logs.get_logger("nbwss.wake")
 
+# New notifications are committed: wake every pump.
 WAKE_DATAGRAM = b"w"
+# An admin changed the endpoints: run the connection process now.
+ENDPOINTS_DATAGRAM = b"e"
 
 
 class Waker:
@@ -34,6 +40,7 @@ class Waker:
 
     def __init__(self) -> None:
         self._events: set[asyncio.Event] = set()
+        self._endpoint_listeners: list[Callable[[], None]] = []
 
     def register(self, event: asyncio.Event) -> None:
         self._events.add(event)
@@ -46,16 +53,24 @@ class Waker:
         for event in self._events:
             event.set()
 
+    def on_endpoints_changed(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (e.g. `Supervisor.wake`) when an admin changed the endpoints."""
+        self._endpoint_listeners.append(listener)
 
-def send_wake(path: Path) -> bool:
+    def endpoints_changed(self) -> None:
+        for listener in self._endpoint_listeners:
+            listener()
+
+
+def send_wake(path: Path, datagram: bytes = WAKE_DATAGRAM) -> bool:
     """Poke the daemon after a commit; False (and no error) when no daemon listens.
 
-    The notification is already durable, so nothing here may fail the caller.
+    The change is already durable, so nothing here may fail the caller.
     """
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
-            sock.sendto(WAKE_DATAGRAM, str(path))
+            sock.sendto(datagram, str(path))
     except OSError:
         # No socket, no listener, or its queue is full (then it is awake already).
         return False
@@ -67,7 +82,10 @@ class _WakeProtocol(asyncio.DatagramProtocol):
         self._waker = waker
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._waker.wake()
+        if data == ENDPOINTS_DATAGRAM:
+            self._waker.endpoints_changed()
+        else:
+            self._waker.wake()
 
     def error_received(self, exc: Exception) -> None:
         log.warning("wake.socket_error", error=str(exc))

@@ -1,9 +1,9 @@
 """`nbwss endpoint`: the admin's side of endpoints (the guide's "WebSocket Server" dialog).
 
 validate -> add (pins the certificate seen now) -> list / show -> enable / disable ->
-delete. Every change is one store transaction and one log event; the daemon picks it up
-at its next connection run. The token is never printed (except `show --token`) and
-never logged.
+delete. The changes are made by `nbwss.admin` (one store transaction and one log event
+each), which then wakes the running daemon's connection process, so they apply at once.
+The token is never printed (except `show --token`) and never logged.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import argparse
 import asyncio
 import sqlite3
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nbwss import logs
+from nbwss import admin, logs
+from nbwss.admin import Inspection, certificate_problems
 from nbwss.commands import Context, print_json, print_table
 from nbwss.endpoints import (
     FETCH_TIMEOUT_S,
@@ -36,14 +37,11 @@ from nbwss.errors import (
     NotFoundError,
     StoreError,
     TrustError,
-    unable_to_delete_certificate,
 )
 from nbwss.properties import Settings
 from nbwss.status import fetch_status
 from nbwss.store import EndpointRecord, Store
-from nbwss.trust import CertificateInfo, certificate_info, fetch_certificate, normalize_fingerprint
-
-log = logs.get_logger("nbwss.endpoint")
+from nbwss.trust import certificate_info, normalize_fingerprint
 
 
 def register(commands: Any) -> None:
@@ -94,6 +92,17 @@ def register(commands: Any) -> None:
         action = actions.add_parser(name, help=text)
         action.add_argument("host", metavar="HOST", help="the endpoint's hostName")
         action.set_defaults(handler=handler)
+        if name != "enable":
+            action.add_argument(
+                "--yes", action="store_true",
+                help="go on when this is the group's last endpoint and notifications are "
+                "waiting for it (asked on a terminal)",
+            )
+        if name == "delete":
+            action.add_argument(
+                "--keep-position", action="store_true",
+                help="keep the group's unacknowledged notifications for its next endpoint",
+            )
 
 
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -116,18 +125,6 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
 
 
 # -- validate and add ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Inspection:
-    """Details from the source, and the certificate their server presents right now."""
-
-    details: EndpointDetails
-    certificate: CertificateInfo
-
-    @property
-    def server(self) -> str:
-        return f"{self.details.server_host}:{self.details.port}"
 
 
 def _check_source_options(args: argparse.Namespace) -> None:
@@ -156,22 +153,7 @@ def _load_details(args: argparse.Namespace) -> EndpointDetails:
 
 
 def _inspect(details: EndpointDetails, timeout_s: float) -> Inspection:
-    fetch = fetch_certificate(details.server_host, details.port, timeout_s)
-    return Inspection(details, asyncio.run(fetch))
-
-
-def certificate_problems(inspection: Inspection, now: datetime) -> list[str]:
-    """Why the daemon could not use this certificate: it checks host name and validity."""
-    cert, host = inspection.certificate, inspection.details.server_host
-    problems = []
-    if not cert.names_host(host):
-        names = ", ".join(cert.sans) or "none"
-        problems.append(f"the certificate does not name {host} (its names: {names})")
-    if now > cert.not_after:
-        problems.append(f"the certificate expired on {cert.not_after:%Y-%m-%d %H:%M} UTC")
-    elif now < cert.not_before:
-        problems.append(f"the certificate is not valid before {cert.not_before:%Y-%m-%d %H:%M} UTC")
-    return problems
+    return asyncio.run(admin.inspect(details, timeout_s))
 
 
 def _details_json(details: EndpointDetails) -> dict[str, Any]:
@@ -280,22 +262,13 @@ def handle_add(args: argparse.Namespace, context: Context) -> int:
     if problems:
         raise TrustError(f"{MSG_NO_SSL}: {problems[0]}")
     _accept_certificate(inspection, args)
-    cert = inspection.certificate
-    store.add_endpoint(details, cert.der, cert.fingerprint, replace=args.replace)
-    log.info(
-        "endpoint.replaced" if args.replace else "endpoint.added",
-        host=details.host_name,
-        group=details.group_id,
-        priority=details.priority,
-        fingerprint=cert.fingerprint,
-    )
+    admin.add_endpoint(store, inspection, replace=args.replace)
     sys.stdout.write(
         f"{'Renewed' if args.replace else 'Added'} {details.host_name} "
         f"(group {details.group_id}, priority {details.priority}) "
-        f"with certificate {cert.fingerprint} pinned.\n"
-        f"The daemon connects at its next connection run (every "
-        f"{context.settings.connection_period_s:g} s).\n"
+        f"with certificate {inspection.certificate.fingerprint} pinned.\n"
     )
+    _report_applied(context.settings, "connects with it now")
     return 0
 
 
@@ -421,40 +394,66 @@ def handle_show(args: argparse.Namespace, context: Context) -> int:
 # -- enable, disable, delete -----------------------------------------------------------------
 
 
-def _set_enabled(context: Context, host_name: str, enabled: bool) -> int:
-    store = context.store
-    record = _find(store, host_name)
+def _report_applied(settings: Settings, effect: str) -> None:
+    """Wake the running daemon's connection process and say whether one took the change."""
+    if admin.wake_daemon(settings):
+        sys.stdout.write(f"applied: the running daemon {effect}\n")
+    else:
+        sys.stdout.write("no daemon running: applies at its start\n")
+
+
+def _confirm_discard(context: Context, args: argparse.Namespace, deleting: bool) -> None:
+    """A group's last endpoint with a backlog: ask on a terminal, else need --yes."""
+    at_risk = admin.backlog_at_risk(context.store, args.host, deleting=deleting)
+    if at_risk is None or args.yes:
+        return
+    since = _iso(at_risk.since)
+    if deleting:
+        what = (f"deleting the last endpoint of group {at_risk.group_id} discards its "
+                f"{at_risk.count} unacknowledged notification(s) queued since {since}")
+        way_out = "--keep-position to keep them for the group's next endpoint, or --yes"
+    else:
+        what = (f"disabling the last enabled endpoint of group {at_risk.group_id} stops "
+                f"delivery of its {at_risk.count} unacknowledged notification(s) queued "
+                f"since {since}")
+        way_out = "--yes"
+    if not sys.stdin.isatty():
+        raise NbwssError(f"{what}; pass {way_out}")
+    try:
+        answer = input(f"Warning: {what}. Go on? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() not in ("y", "yes"):
+        raise NbwssError("nothing was changed")
+
+
+def _set_enabled(context: Context, args: argparse.Namespace, enabled: bool) -> int:
     word = "enabled" if enabled else "disabled"
-    if record.enabled == enabled:
-        sys.stdout.write(f"Endpoint {host_name} is already {word}.\n")
+    if not enabled:
+        _confirm_discard(context, args, deleting=False)
+    if not admin.set_enabled(context.store, args.host, enabled):
+        sys.stdout.write(f"Endpoint {args.host} is already {word}.\n")
         return 0
-    store.set_enabled(host_name, enabled)
-    log.info(f"endpoint.{word}", host=host_name, group=record.group_id)
-    effect = "connects to it" if enabled else "disconnects from it"
-    sys.stdout.write(
-        f"Endpoint {host_name} {word}; the daemon {effect} at its next connection run.\n"
-    )
+    sys.stdout.write(f"Endpoint {args.host} {word}.\n")
+    _report_applied(context.settings, "connects to it now" if enabled
+                    else "disconnects from it now")
     return 0
 
 
 def handle_enable(args: argparse.Namespace, context: Context) -> int:
-    return _set_enabled(context, args.host, True)
+    return _set_enabled(context, args, True)
 
 
 def handle_disable(args: argparse.Namespace, context: Context) -> int:
-    return _set_enabled(context, args.host, False)
+    return _set_enabled(context, args, False)
 
 
 def handle_delete(args: argparse.Namespace, context: Context) -> int:
-    store = context.store
-    record = _find(store, args.host)
-    try:
-        store.delete_endpoint(args.host)
-    except sqlite3.Error as exc:
-        raise StoreError(f"{unable_to_delete_certificate(args.host)} ({exc})") from None
-    log.info("endpoint.deleted", host=args.host, group=record.group_id)
-    sys.stdout.write(
-        f"Endpoint {args.host} deleted with its pinned certificate; the daemon disconnects "
-        "from it at its next connection run.\n"
-    )
+    if not args.keep_position:
+        _confirm_discard(context, args, deleting=True)
+    admin.delete_endpoint(context.store, args.host, keep_position=args.keep_position)
+    kept = " (its group's notifications are kept for its next endpoint)" \
+        if args.keep_position else ""
+    sys.stdout.write(f"Endpoint {args.host} deleted with its pinned certificate{kept}.\n")
+    _report_applied(context.settings, "disconnects from it now")
     return 0

@@ -1,0 +1,133 @@
+"""Admin operations on endpoints, as library functions: the CLI and the demo call these.
+
+Each change is one store transaction and one log event, then a wake-up datagram to the
+running daemon's connection process (`wake.ENDPOINTS_DATAGRAM`), so the change applies
+within a moment instead of at the next `connectionInfo.period`. What to print, and
+whether to ask, is the caller's business: nothing here reads a terminal.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from nbwss import logs, outbox
+from nbwss.endpoints import EndpointDetails
+from nbwss.errors import MSG_NO_SSL, StoreError, TrustError, unable_to_delete_certificate
+from nbwss.properties import Settings
+from nbwss.store import EndpointRecord, Store
+from nbwss.trust import CertificateInfo, fetch_certificate
+from nbwss.wake import ENDPOINTS_DATAGRAM, send_wake
+
+log = logs.get_logger("nbwss.endpoint")
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    """Details from the source, and the certificate their server presents right now."""
+
+    details: EndpointDetails
+    certificate: CertificateInfo
+
+    @property
+    def server(self) -> str:
+        return f"{self.details.server_host}:{self.details.port}"
+
+
+async def inspect(details: EndpointDetails, timeout_s: float) -> Inspection:
+    """Connect to the details' server and take the certificate it presents."""
+    certificate = await fetch_certificate(details.server_host, details.port, timeout_s)
+    return Inspection(details, certificate)
+
+
+def certificate_problems(inspection: Inspection, now: datetime) -> list[str]:
+    """Why the daemon could not use this certificate: it checks host name and validity."""
+    cert, host = inspection.certificate, inspection.details.server_host
+    problems = []
+    if not cert.names_host(host):
+        names = ", ".join(cert.sans) or "none"
+        problems.append(f"the certificate does not name {host} (its names: {names})")
+    if now > cert.not_after:
+        problems.append(f"the certificate expired on {cert.not_after:%Y-%m-%d %H:%M} UTC")
+    elif now < cert.not_before:
+        problems.append(f"the certificate is not valid before {cert.not_before:%Y-%m-%d %H:%M} UTC")
+    return problems
+
+
+def add_endpoint(store: Store, inspection: Inspection, *, replace: bool = False) -> None:
+    """Store the details and pin the certificate seen (`replace` renews one in place).
+
+    Refuses a certificate the daemon could not use (expired, host not named)."""
+    problems = certificate_problems(inspection, datetime.now(UTC))
+    if problems:
+        raise TrustError(f"{MSG_NO_SSL}: {problems[0]}")
+    details, cert = inspection.details, inspection.certificate
+    store.add_endpoint(details, cert.der, cert.fingerprint, replace=replace)
+    log.info(
+        "endpoint.replaced" if replace else "endpoint.added",
+        host=details.host_name,
+        group=details.group_id,
+        priority=details.priority,
+        fingerprint=cert.fingerprint,
+    )
+
+
+def set_enabled(store: Store, host_name: str, enabled: bool) -> bool:
+    """Enable or disable an endpoint; False when it already was."""
+    record = store.endpoint(host_name)
+    if record.enabled == enabled:
+        return False
+    store.set_enabled(record.host_name, enabled)
+    log.info("endpoint.enabled" if enabled else "endpoint.disabled",
+             host=record.host_name, group=record.group_id)
+    return True
+
+
+def delete_endpoint(store: Store, host_name: str, *, keep_position: bool = False) -> EndpointRecord:
+    """Remove an endpoint and its pinned certificate; `keep_position` keeps the backlog of
+    a group left empty for the group's next endpoint. Returns what was deleted."""
+    record = store.endpoint(host_name)
+    try:
+        store.delete_endpoint(record.host_name, keep_position=keep_position)
+    except StoreError as exc:
+        raise StoreError(f"{unable_to_delete_certificate(host_name)} ({exc})") from None
+    log.info("endpoint.deleted", host=record.host_name, group=record.group_id,
+             kept_position=keep_position)
+    return record
+
+
+@dataclass(frozen=True, slots=True)
+class AtRisk:
+    """Unacknowledged notifications a change would stop delivering (or discard)."""
+
+    group_id: str
+    count: int
+    since: float  # epoch seconds: when the oldest of them was queued
+
+
+def backlog_at_risk(store: Store, host_name: str, *, deleting: bool) -> AtRisk | None:
+    """What removing `host_name` from its group's service would leave undelivered.
+
+    Deleting the group's last endpoint discards its backlog (the group forgets its
+    position); disabling its last enabled one stops delivery until one is enabled again.
+    None when the group keeps an endpoint for them, or has nothing waiting.
+    """
+    record = store.endpoint(host_name)
+    if not deleting and not record.enabled:
+        return None
+    others = [r for r in store.endpoints()
+              if r.group_id == record.group_id and r.host_name != record.host_name]
+    if any(deleting or r.enabled for r in others):
+        return None
+    now = time.time()
+    for figures in outbox.backlog(store, now):
+        if figures.group_id == record.group_id and figures.backlog:
+            age = figures.oldest_unacked_age_s or 0.0
+            return AtRisk(record.group_id, figures.backlog, now - age)
+    return None
+
+
+def wake_daemon(settings: Settings) -> bool:
+    """Tell a running daemon that the endpoints changed; False when none listens."""
+    return send_wake(settings.wake_socket, ENDPOINTS_DATAGRAM)
