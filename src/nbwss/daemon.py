@@ -129,7 +129,8 @@ def build_service(
     if settings.poller_active:
         components.append(Poller(settings, store, waker=wiring.waker))
     if status:
-        components.append(StatusServer(settings.status_address, store, source=live))
+        components.append(StatusServer(settings.status_address, store, source=live,
+                                       max_backlog_age_s=settings.status_max_backlog_age_s))
     service = Service(
         settings,
         store,

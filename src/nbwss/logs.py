@@ -79,9 +79,18 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
     return event_dict
 
 
+_stream: TextIO | None = None  # where `configure` last pointed the logs
+
+
+def reconfigure(level: str, fmt: str) -> None:
+    """New level and format (a reload), on the stream the logs already go to."""
+    configure(level, fmt, _stream)
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog once per process; `fmt` is json, console, or auto (by terminal)."""
-    stream = stream or sys.stderr
+    global _stream
+    stream = _stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     renderer: Any = (

@@ -8,6 +8,7 @@ key, its default and its meaning (docs and `config/nbwss.properties` follow it).
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -226,15 +227,25 @@ def _prefixes(text: str) -> tuple[str, ...]:
     return values
 
 
+class Applies(enum.StrEnum):
+    """When the running daemon applies a changed value after a SIGHUP (reload)."""
+
+    NOW = "at once"
+    NEW_CONNECTIONS = "to connections made from then on"
+    RESTART = "after a restart"
+
+
 @dataclass(frozen=True, slots=True)
 class Property:
-    """One documented key: where it goes in `Settings`, how it is read, what it means."""
+    """One documented key: where it goes in `Settings`, how it is read, what it means,
+    and when a reload applies it (docs, the sample file and the daemon follow it)."""
 
     key: str
     field: str
     convert: Converter
     default: str  # as written in the file, so docs and the sample file show it verbatim
     doc: str
+    applies: Applies = Applies.RESTART
 
 
 _MIB = 1024 * 1024
@@ -243,20 +254,25 @@ PROPERTIES: tuple[Property, ...] = (
     # The vendor's keys (spec section 5), with the vendor's defaults.
     Property("exception.ignoreDecoder", "ignore_decoder", _boolean, "false",
              "On a frame that cannot be decoded: false closes the connection, true logs "
-             "and ignores it."),
+             "and ignores it.",
+             applies=Applies.NEW_CONNECTIONS),
     Property("notification.sendTimeout", "send_timeout_s", partial(_seconds, scale=0.001),
              "2000", "Milliseconds a send (or the CONNECT answer) may take before it counts "
-             "as not done."),
+             "as not done.",
+             applies=Applies.NEW_CONNECTIONS),
     Property("notification.scheduledRate", "notification_rate_s", _seconds, "5",
              "Seconds to wait for a NOTIFICATION acknowledgement before sending the same "
              "message again; also the database fallback poll for new notifications."),
     Property("keepAlive.scheduledRate", "keepalive_rate_s", _seconds, "30",
-             "Seconds between WebSocket pings to each connected endpoint."),
+             "Seconds between WebSocket pings to each connected endpoint.",
+             applies=Applies.NEW_CONNECTIONS),
     Property("keepAlive.maxPongMissAllowed", "max_pong_misses", partial(_integer, minimum=1),
-             "10", "Consecutive missed pongs after which the connection is closed."),
+             "10", "Consecutive missed pongs after which the connection is closed.",
+             applies=Applies.NEW_CONNECTIONS),
     Property("connectionInfo.period", "connection_period_s", _seconds, "60",
              "Seconds between runs of the connection process (reads endpoints, connects "
-             "groups, drops deleted and disabled endpoints)."),
+             "groups, drops deleted and disabled endpoints).",
+             applies=Applies.NOW),
     Property("scheduledExecutor.threadPoolSize", "thread_pool_size",
              partial(_integer, minimum=1), "1",
              "Accepted for compatibility and checked; no effect: connections are asyncio "
@@ -269,7 +285,8 @@ PROPERTIES: tuple[Property, ...] = (
              "Token encryption key. Empty: $CREDENTIALS_DIRECTORY/nbwss.key when set, else "
              "nbwss.key beside the database (created 0600 on first use)."),
     Property("message.maxBytes", "message_max_bytes", partial(_integer, minimum=1024),
-             str(16 * _MIB), "Largest frame accepted from or sent to an endpoint, in bytes."),
+             str(16 * _MIB), "Largest frame accepted from or sent to an endpoint, in bytes.",
+             applies=Applies.NEW_CONNECTIONS),
     Property("notification.maxBatch", "notification_max_batch", partial(_integer, minimum=1),
              "500", "Most notifications in one NOTIFICATION message."),
     Property("notification.retentionDays", "notification_retention_days",
@@ -309,11 +326,16 @@ PROPERTIES: tuple[Property, ...] = (
     Property("status.listen", "status_listen", _optional_text, "",
              "Where /status and /metrics are served: a Unix socket path, or 127.0.0.1:PORT. "
              "Empty: nbwss.sock beside the database."),
+    Property("status.maxBacklogAge", "status_max_backlog_age_s", _seconds, "600",
+             "Seconds the oldest unacknowledged notification of a group may wait before "
+             "`nbwss status --check` and /ready report the group as failing."),
     Property("log.level", "log_level", _choice("debug", "info", "warning", "error"), "info",
-             "Least severe log events written."),
+             "Least severe log events written.",
+             applies=Applies.NOW),
     Property("log.format", "log_format", _choice("auto", "json", "console"), "auto",
              "json for the journal, console for people; auto picks by whether stderr is a "
-             "terminal."),
+             "terminal.",
+             applies=Applies.NOW),
 )
 
 _BY_KEY = {prop.key: prop for prop in PROPERTIES}
@@ -352,6 +374,7 @@ class Settings:
     poller_image_window_days: int = 30
     poller_page_size: int = 100
     status_listen: str | None = None
+    status_max_backlog_age_s: float = 600.0
     log_level: str = "info"
     log_format: str = "auto"
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -457,3 +480,9 @@ def load(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
 
 def settings_fields() -> set[str]:
     return {f.name for f in fields(Settings)}
+
+
+def changed_keys(old: Settings, new: Settings, applies: Applies) -> list[str]:
+    """The keys, of those a reload applies `applies`, whose value differs."""
+    return [prop.key for prop in PROPERTIES
+            if prop.applies is applies and getattr(old, prop.field) != getattr(new, prop.field)]

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-from nbwss import logs
+from nbwss import logs, properties
 from nbwss.errors import NbwssError
 from nbwss.link import CommandHandler, GroupDelivery
-from nbwss.properties import Settings
+from nbwss.properties import Applies, Settings
 from nbwss.sdnotify import Notifier, watchdog_interval_s
 from nbwss.store import Store
 from nbwss.supervisor import Supervisor
@@ -127,21 +128,42 @@ class Service:
                 self.reload()
 
     def reload(self) -> None:
-        """SIGHUP: re-read the properties (when we know the file) and the store, now."""
-        self.notifier.send("RELOADING=1", "STATUS=reloading")
-        if self._reload_settings is not None:
-            try:
-                settings = self._reload_settings()
-            except NbwssError as exc:
-                log.error("service.reload_failed", reason=str(exc))
-            else:
-                if settings.store_path != self.settings.store_path:
-                    log.warning("service.reload_store_path_ignored", detail="needs a restart")
-                self.settings = settings
-                self.supervisor.update_settings(settings)
-                logs.configure(settings.log_level, settings.log_format)
-        log.info("service.reloaded")
+        """SIGHUP: re-read the properties (when we know the file) and the store, now.
+
+        A file that does not parse changes nothing: the old settings stay, and neither
+        `service.reloaded` nor READY=1 is sent (systemd is told in STATUS=). The
+        endpoints are re-read either way."""
         self.supervisor.wake()
+        if self._reload_settings is None:
+            self._reloading()
+            self._reloaded([])
+            return
+        try:
+            settings = self._reload_settings()
+        except NbwssError as exc:
+            log.error("service.reload_failed", reason=str(exc), settings="unchanged")
+            self.notifier.send(f"STATUS=reload failed, settings unchanged: {exc}")
+            return
+        self._reloading()
+        for warning in settings.warnings:
+            log.warning("config.unknown_key", detail=warning)
+        needs_restart = properties.changed_keys(self.settings, settings, Applies.RESTART)
+        if needs_restart:
+            log.warning("service.reload_needs_restart", keys=needs_restart,
+                        detail="changed, but applied only after a restart")
+        applied = [key for applies in (Applies.NOW, Applies.NEW_CONNECTIONS)
+                   for key in properties.changed_keys(self.settings, settings, applies)]
+        self.settings = settings
+        self.supervisor.update_settings(settings)
+        logs.reconfigure(settings.log_level, settings.log_format)
+        self._reloaded(applied)
+
+    def _reloading(self) -> None:
+        self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
+                           "STATUS=reloading")
+
+    def _reloaded(self, applied: list[str]) -> None:
+        log.info("service.reloaded", applied=applied)
         self.notifier.send("READY=1", "STATUS=reloaded")
 
     async def shutdown(self) -> None:

@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from nbwss import __version__, logs, outbox
+from nbwss import __version__, health, logs, outbox
 from nbwss.errors import ConfigError, NbwssError
 from nbwss.metrics import REGISTRY
 from nbwss.store import Store
@@ -223,10 +223,18 @@ def render_metrics(store_registry: CollectorRegistry) -> bytes:
 class StatusServer:
     """A component of the daemon: `run()` serves until cancelled, then removes its socket."""
 
-    def __init__(self, address: str, store: Store, source: StatusSource | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        store: Store,
+        source: StatusSource | None = None,
+        *,
+        max_backlog_age_s: float = 600.0,
+    ) -> None:
         self.address = parse_status_address(address)  # refuses a non-loopback one at once
         self._store = store
         self._source = source
+        self._max_backlog_age_s = max_backlog_age_s
         self._store_registry = CollectorRegistry(auto_describe=False)
         self._store_registry.register(StoreCollector(store))
         self._started_at = time.time()
@@ -236,6 +244,8 @@ class StatusServer:
         app = web.Application()
         app.router.add_get("/status", self._status)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/ready", self._ready)
+        app.router.add_get("/healthz", self._healthz)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         unix_inode: int | None = None
@@ -261,13 +271,30 @@ class StatusServer:
             if isinstance(self.address, UnixAddress) and unix_inode is not None:
                 _remove_if_ours(self.address.path, unix_inode)
 
-    async def _status(self, _: web.Request) -> web.Response:
+    async def _document(self) -> dict[str, Any]:
         document = await asyncio.to_thread(
             status_document, self._store, time.time(), self._started_at
         )
         if self._source is not None:  # the live view is read on the loop, where it lives
             overlay_live(document, self._source.snapshot(), time.time())
+        return document
+
+    async def _status(self, _: web.Request) -> web.Response:
+        document = await self._document()
         return web.json_response(document, dumps=lambda v: json.dumps(v, indent=2))
+
+    async def _ready(self, _: web.Request) -> web.Response:
+        """200 when every enabled group is CONNECTED with a young backlog, else 503."""
+        document = await self._document()
+        failing = health.failing_groups(document, self._max_backlog_age_s)
+        if failing:
+            return web.Response(status=503, text="".join(f"{line}\n" for line in failing))
+        return web.Response(text=f"ready: {health.enabled_group_count(document)} enabled "
+                                 "server group(s) CONNECTED\n")
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        """Answered from the event loop: a hung loop answers nothing (the watchdog's case)."""
+        return web.Response(text="ok\n")
 
     async def _metrics(self, _: web.Request) -> web.Response:
         body = await asyncio.to_thread(render_metrics, self._store_registry)

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from nbwss import health
 from nbwss.commands import Context, print_json, print_table
 from nbwss.status import fetch_status
 
@@ -25,18 +26,40 @@ def register(commands: Any) -> None:
         help="show the running daemon's view of each server group",
         description="Per server group: the connected endpoint and since when, the "
         "notification batch awaiting its ack, the backlog and its oldest age, the last "
-        "ack and the last error. Exits 1 when the daemon is not running.",
+        "ack and the last error. Exits 1 when the daemon is not running. With --check, "
+        "exits 0 only when every enabled group is CONNECTED and its backlog is young.",
     )
-    parser.add_argument("--json", action="store_true", help="print the /status JSON document")
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print the /status JSON document")
+    shown.add_argument(
+        "--check", action="store_true",
+        help="exit 0 when every enabled server group is CONNECTED and its oldest "
+        "unacknowledged notification is younger than status.maxBacklogAge, else print one "
+        "line per failing group and exit 1 (for monitoring scripts)",
+    )
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace, context: Context) -> int:
     document = asyncio.run(fetch_status(context.settings.status_address))
+    if args.check:
+        return check(document, context.settings.status_max_backlog_age_s)
     if args.json:
         print_json(document)
         return 0
     print_status(document, time.time())
+    return 0
+
+
+def check(document: dict[str, Any], max_backlog_age_s: float) -> int:
+    failing = health.failing_groups(document, max_backlog_age_s)
+    if failing:
+        sys.stdout.write("".join(f"{line}\n" for line in failing))
+        return 1
+    sys.stdout.write(
+        f"ok: {health.enabled_group_count(document)} enabled server group(s) CONNECTED, "
+        f"no backlog older than {max_backlog_age_s:g} s\n"
+    )
     return 0
 
 
