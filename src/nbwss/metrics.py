@@ -1,16 +1,27 @@
 """Prometheus metrics of the daemon, in one registry, defined once.
 
 Modules increment these; the status server renders `REGISTRY` at /metrics. Figures
-that live in the database (backlog, oldest unacknowledged age, queued total) are read
-at scrape time by a collector in the status server, since `nbwss notify` queues from
-another process.
+that live in the database (backlog, oldest unacknowledged age, last ack, queued total)
+are read at scrape time by a collector in the status server, since `nbwss notify`
+queues from another process. As Prometheus users expect: `nbwss_build_info`, the
+standard `process_*` collector, and no `_created` series (they double the series count
+and no alert uses them).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+
+from nbwss import __version__
+
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+ProcessCollector(registry=REGISTRY)
+BUILD_INFO = Info("nbwss_build", "The running nbwss: its version.", registry=REGISTRY)
+BUILD_INFO.info({"version": __version__})
 
 CONNECTED = Gauge(
     "nbwss_connected", "1 while the server group has a CONNECTED endpoint.",
@@ -52,4 +63,8 @@ COMMAND_SECONDS = Histogram(
     "nbwss_command_duration_seconds", "Time from COMMAND request to response.",
     registry=REGISTRY,
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+POLLER_UP = Gauge(
+    "nbwss_poller_up", "1 while the REST poller's last poll of that list succeeded, else 0.",
+    ["poll"], registry=REGISTRY,
 )

@@ -203,13 +203,19 @@ class StoreCollector(Collector):
             "Age of the group's oldest unacknowledged notification (0 when none).",
             labels=["group"],
         )
+        last_ack = GaugeMetricFamily(
+            "nbwss_last_ack_timestamp_seconds",
+            "When the group last acknowledged a notification (or was added), epoch seconds.",
+            labels=["group"],
+        )
         with self._store.reading() as conn:
             row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         queued.add_metric([], row[0] if row else 0)
         for figures in outbox.backlog(self._store, time.time()):
             backlog.add_metric([figures.group_id], figures.backlog)
             oldest.add_metric([figures.group_id], _rounded(figures.oldest_unacked_age_s) or 0.0)
-        yield from (queued, backlog, oldest)
+            last_ack.add_metric([figures.group_id], figures.cursor_moved_at)
+        yield from (queued, backlog, oldest, last_ack)
 
 
 def render_metrics(store_registry: CollectorRegistry) -> bytes:

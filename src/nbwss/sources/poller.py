@@ -25,6 +25,7 @@ import aiohttp
 
 from nbwss import logs, outbox
 from nbwss.backoff import Backoff
+from nbwss.metrics import POLLER_UP
 from nbwss.properties import Settings
 from nbwss.sources import mapping
 from nbwss.sources.mapping import (
@@ -71,11 +72,13 @@ class ApiHealth:
         self.down_since: float | None = None
 
     def failed(self, poll: str, reason: str) -> None:
+        POLLER_UP.labels(poll).set(0)
         if self.down_since is None:
             self.down_since = self._clock()
             log.warning("poller.api_down", poll=poll, reason=reason)
 
     def succeeded(self, poll: str) -> None:
+        POLLER_UP.labels(poll).set(1)
         if self.down_since is not None:
             log.info("poller.api_recovered", poll=poll,
                      down_s=round(self._clock() - self.down_since, 3))
