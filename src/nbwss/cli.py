@@ -86,7 +86,7 @@ def config_path(option: Path | None, env: dict[str, str] | os._Environ[str]) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    context = Context(config_path(args.config, os.environ))
+    context = Context(config_path(args.config, os.environ), admin=args.command != "run")
     try:
         code: int = args.handler(args, context)
     except NbwssError as exc:

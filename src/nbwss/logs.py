@@ -3,14 +3,21 @@
 Redaction happens here, in one processor, so no call site can forget it: fields whose
 name says secret are masked, and every registered secret (each token the daemon
 decrypts) is scrubbed from every string value, wherever it turns up.
+
+Under systemd (stderr is the journal's stream, `$JOURNAL_STREAM`), each line starts
+with its syslog priority (`<3>` error ... `<7>` debug), which journald strips and
+stores, so `journalctl -p warning -u nbwss` works. An admin command on a terminal
+writes only warnings and errors: its info events are what its sentence already says.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sys
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -81,16 +88,52 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
 
 _stream: TextIO | None = None  # where `configure` last pointed the logs
 
+# syslog(3) priorities, as journald reads them from a `<N>` line prefix (sd-daemon(3)).
+SYSLOG_PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
 
 def reconfigure(level: str, fmt: str) -> None:
     """New level and format (a reload), on the stream the logs already go to."""
     configure(level, fmt, _stream)
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Set up structlog once per process; `fmt` is json, console, or auto (by terminal)."""
+def is_journal(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
+    """Whether `stream` is the journal's: `$JOURNAL_STREAM` names its device and inode."""
+    expected = (os.environ if env is None else env).get("JOURNAL_STREAM")
+    if not expected:
+        return False
+    try:
+        status = os.fstat(stream.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False
+    return expected == f"{status.st_dev}:{status.st_ino}"
+
+
+def _with_priority(renderer: Any) -> Any:
+    """Render, then prefix the line with its syslog priority for journald."""
+
+    def render(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
+        priority = SYSLOG_PRIORITY.get(str(event_dict.get("level", method)), 6)
+        return f"<{priority}>{renderer(logger, method, event_dict)}"
+
+    return render
+
+
+def configure(
+    level: str = "info",
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+    *,
+    admin: bool = False,
+) -> None:
+    """Set up structlog once per process; `fmt` is json, console, or auto (by terminal).
+
+    `admin`: a command whose result is a sentence; on a terminal, at the default level,
+    only its warnings and errors are logged."""
     global _stream
     stream = _stream = stream or sys.stderr
+    if admin and level == "info" and stream.isatty():
+        level = "warning"
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     renderer: Any = (
@@ -98,6 +141,8 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         if fmt == "console"
         else structlog.processors.JSONRenderer(sort_keys=False)
     )
+    if is_journal(stream):
+        renderer = _with_priority(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

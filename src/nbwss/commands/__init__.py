@@ -19,8 +19,10 @@ from nbwss.store import Store
 class Context:
     """What every command needs, made lazily: settings, logging, the store."""
 
-    def __init__(self, config: Path | None) -> None:
+    def __init__(self, config: Path | None, *, admin: bool = True) -> None:
+        """`admin`: a command that answers with sentences (all but `run`), see `logs`."""
         self.config = config
+        self.admin = admin
         self._settings: Settings | None = None
         self._store: Store | None = None
 
@@ -28,7 +30,8 @@ class Context:
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = properties.load(self.config)
-            logs.configure(self._settings.log_level, self._settings.log_format)
+            logs.configure(self._settings.log_level, self._settings.log_format,
+                           admin=self.admin)
             log = logs.get_logger("nbwss.config")
             for warning in self._settings.warnings:
                 log.warning("config.unknown_key", detail=warning)
