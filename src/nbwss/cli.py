@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "endpoint": "validate, add, list, show, enable, disable, delete endpoints",
     "notify": "queue job/image notifications for delivery",
     "status": "show the running daemon's view of each server group",
+    "doctor": "check key, store, unit, files, REST API, endpoint certificates and clock",
     "demo": "see the whole flow work on loopback, narrated",
 }
 

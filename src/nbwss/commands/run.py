@@ -9,6 +9,7 @@ from typing import Any
 from nbwss import properties
 from nbwss.commands import Context
 from nbwss.daemon import build_service, instance_lock
+from nbwss.doctor import check_key
 from nbwss.errors import NbwssError
 from nbwss.logs import get_logger
 from nbwss.properties import Settings
@@ -31,6 +32,7 @@ def handle(args: argparse.Namespace, context: Context) -> int:
         return properties.load(context.config)
 
     with instance_lock(settings.database):
+        check_key(context.store, settings)  # a wrong key stops here, naming both paths
         service = build_service(settings, context.store, reload_settings=reload_settings)
         try:
             asyncio.run(service.async_run())
