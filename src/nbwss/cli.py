@@ -39,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "notify": "queue job/image notifications for delivery",
     "status": "show the running daemon's view of each server group",
     "doctor": "check key, store, unit, files, REST API, endpoint certificates and clock",
+    "service": "install or uninstall the systemd service (as root)",
     "demo": "see the whole flow work on loopback, narrated",
 }
 
