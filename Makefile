@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean generated
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
+
+# The man page and the shell completions, written from the parser (tests check they are current).
+generated: $(STAMP)
+	$(PY) -m nbwss.generate man > man/nbwss.1
+	$(PY) -m nbwss.generate bash > completion/nbwss.bash
+	$(PY) -m nbwss.generate zsh > completion/_nbwss
 
 bench: $(STAMP)
 	$(PY) -m bench

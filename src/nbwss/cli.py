@@ -13,10 +13,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from nbwss import __version__
-from nbwss.commands import Context
+from nbwss.commands import Context, HelpFormatter, examples
 from nbwss.errors import NbwssError
 
 DEFAULT_CONFIG = Path("/etc/nbwss/nbwss.properties")
@@ -24,7 +24,12 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line, like every other error."""
+    """argparse, but a usage error is one line, like every other error, and `--help`
+    ends with examples."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"nbwss: error: {message} (see '{self.prog} --help')\n")
@@ -57,12 +62,20 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; with `argv`, only the command it names is loaded (all of them without)."""
-    parser = _Parser(prog="nbwss", description="NetBackup WebSocket Service")
+    parser = _Parser(
+        prog="nbwss",
+        description="NetBackup WebSocket Service: keeps the master server connected to "
+        "cloud endpoints over wss://, delivers JOB and IMAGE notifications, and answers "
+        "their COMMANDs from the local REST API.",
+        epilog=examples("sudo nbwss service install", "nbwss endpoint add --file details.json",
+                        "nbwss status", "nbwss COMMAND --help"),
+    )
     parser.add_argument("--version", action="version", version=f"nbwss {__version__}")
     parser.add_argument(
         "-c",
         "--config",
         type=Path,
+        metavar="PATH",
         help="properties file (default: $NBWSS_CONFIG, else /etc/nbwss/nbwss.properties "
         "if it exists, else built-in defaults)",
     )

@@ -6,6 +6,7 @@ the store on first use, so `--help` and usage errors touch neither.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -14,6 +15,22 @@ from typing import Any
 from nbwss import logs, properties
 from nbwss.properties import Settings
 from nbwss.store import Store
+
+EXAMPLES = "examples:\n"
+
+
+def examples(*lines: str) -> str:
+    """A `--help` epilog: command lines an admin can copy, one per line."""
+    return EXAMPLES + "".join(f"  {line}\n" for line in lines)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped as usual; an epilog of examples kept line by line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith(EXAMPLES):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 class Context:

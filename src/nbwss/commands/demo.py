@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from nbwss import demo
-from nbwss.commands import Context
+from nbwss.commands import Context, examples
 
 
 def register(commands: Any) -> None:
@@ -17,6 +17,7 @@ def register(commands: Any) -> None:
         "on loopback, add the endpoints, run the daemon, play the guide's VMware backup, a "
         "COMMAND round trip and a failover, then print a summary. Needs no network and no "
         "root; state lives in a temporary directory.",
+        epilog=examples("nbwss demo", "nbwss demo --keep"),
     )
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (certificates, database, config)")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from nbwss import doctor
-from nbwss.commands import Context
+from nbwss.commands import Context, examples
 from nbwss.doctor import Verdict
 
 
@@ -22,6 +22,8 @@ def register(commands: Any) -> None:
         "API answers and accepts the credentials; each endpoint still presents its pinned "
         "certificate, which is not expiring; the clock. Prints one line per check, with "
         "what to fix; exits 1 when anything must be fixed.",
+        epilog=examples("sudo -u nbwss nbwss doctor",
+                        "nbwss doctor --unit /usr/lib/systemd/system/nbwss.service"),
     )
     parser.add_argument("--unit", type=Path, default=doctor.UNIT, metavar="PATH",
                         help=f"the installed systemd unit (default {doctor.UNIT})")

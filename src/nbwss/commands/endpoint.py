@@ -19,7 +19,7 @@ from typing import Any
 
 from nbwss import admin, logs
 from nbwss.admin import Inspection, certificate_problems
-from nbwss.commands import Context, print_json, print_table
+from nbwss.commands import Context, examples, print_json, print_table
 from nbwss.endpoints import (
     FETCH_TIMEOUT_S,
     EndpointDetails,
@@ -49,18 +49,35 @@ def register(commands: Any) -> None:
         "endpoint",
         help="validate, add, list, show, enable, disable, delete endpoints",
         description="Manage the cloud endpoints the daemon connects to.",
+        epilog=examples("nbwss endpoint validate --file details.json",
+                        "nbwss endpoint add --file details.json --fingerprint 3A:1F:...",
+                        "nbwss endpoint list", "nbwss endpoint ACTION --help"),
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
     actions.required = True
 
     validate = actions.add_parser(
-        "validate", help="check details and show the server's certificate"
+        "validate", help="check details and show the server's certificate",
+        description="Read the endpoint details (a JSON file, or an https:// URL that serves "
+        "them), check them, connect to the endpoint's server and show its certificate and "
+        "SHA-256 fingerprint. Stores nothing.",
+        epilog=examples("nbwss endpoint validate --file details.json",
+                        "nbwss endpoint validate --url https://app.example.com/details "
+                        "--ca-file app-ca.pem"),
     )
     _add_source_options(validate)
     validate.add_argument("--json", action="store_true", help="machine-readable output")
     validate.set_defaults(handler=handle_validate, parser=validate)
 
-    add = actions.add_parser("add", help="validate, then store details and pin the certificate")
+    add = actions.add_parser(
+        "add", help="validate, then store details and pin the certificate",
+        description="Validate the details, then store them (the token encrypted) and pin "
+        "the certificate the server presents now: the one --fingerprint names, or any with "
+        "--yes, or the one you accept when asked on a terminal. The running daemon "
+        "connects at once.",
+        epilog=examples("nbwss endpoint add --file details.json --fingerprint 3A:1F:...:C4",
+                        "nbwss endpoint add --replace --file new-details.json --yes"),
+    )
     _add_source_options(add)
     add.add_argument(
         "--fingerprint", metavar="SHA256", help="the SHA-256 fingerprint accepted at validate"
@@ -74,11 +91,22 @@ def register(commands: Any) -> None:
     )
     add.set_defaults(handler=handle_add, parser=add)
 
-    listing = actions.add_parser("list", help="every endpoint with state and status")
+    listing = actions.add_parser(
+        "list", help="every endpoint with state and status",
+        description="Every endpoint: host name, URL, group, priority, ENABLED/DISABLED and "
+        "CONNECTED/DISCONNECTED (from the running daemon). Never the token.",
+        epilog=examples("nbwss endpoint list", "nbwss endpoint list --json"),
+    )
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(handler=handle_list)
 
-    show = actions.add_parser("show", help="one endpoint")
+    show = actions.add_parser(
+        "show", help="one endpoint",
+        description="One endpoint, with its status, last connection error and pinned "
+        "certificate; the token only with --token.",
+        epilog=examples("nbwss endpoint show cloud1.example.com",
+                        "nbwss endpoint show cloud1.example.com --json"),
+    )
     show.add_argument("host", metavar="HOST", help="the endpoint's hostName")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.add_argument("--token", action="store_true", help="also show the token (secret)")
@@ -89,7 +117,12 @@ def register(commands: Any) -> None:
         ("disable", handle_disable, "never connect to it"),
         ("delete", handle_delete, "remove its credentials and pinned certificate"),
     ):
-        action = actions.add_parser(name, help=text)
+        action = actions.add_parser(
+            name, help=text, description=f"{name.capitalize()} an endpoint: {text}. The "
+            "running daemon applies it at once. For a group's last endpoint with "
+            "unacknowledged notifications, asks first (or needs --yes off a terminal).",
+            epilog=examples(f"nbwss endpoint {name} cloud1.example.com"),
+        )
         action.add_argument("host", metavar="HOST", help="the endpoint's hostName")
         action.set_defaults(handler=handler)
         if name != "enable":

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from nbwss import outbox
-from nbwss.commands import Context
+from nbwss.commands import Context, examples
 from nbwss.errors import NotificationError
 from nbwss.notifications import OBJECTS, encode_data, validate
 from nbwss.outbox import Queued
@@ -33,6 +33,9 @@ def register(commands: Any) -> None:
     parser = commands.add_parser(
         "notify",
         help="queue job/image notifications for delivery",
+        epilog=examples(
+            "nbwss notify --object JOB --data '{\"jobId\": 146, ...}'",
+            "nbwss notify - < notifications.jsonl"),
         description="Queue notifications. Either --object and --data, or '-' to read JSON "
         'lines {"object": "JOB"|"IMAGE", "data": {...}} from stdin.',
     )

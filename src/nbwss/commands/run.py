@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from nbwss import properties
-from nbwss.commands import Context
+from nbwss.commands import Context, examples
 from nbwss.daemon import build_service, instance_lock
 from nbwss.doctor import check_key
 from nbwss.errors import NbwssError
@@ -21,6 +21,8 @@ def register(commands: Any) -> None:
         help="run the daemon in the foreground",
         description="Keep every server group connected to its endpoints until SIGTERM or "
         "SIGINT; SIGHUP re-reads the properties file and the endpoints.",
+        epilog=examples("nbwss -c /etc/nbwss/nbwss.properties run",
+                        "sudo systemctl start nbwss    # how the service runs it"),
     )
     parser.set_defaults(handler=handle)
 

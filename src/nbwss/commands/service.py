@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nbwss import install
-from nbwss.commands import Context
+from nbwss.commands import Context, examples
 from nbwss.errors import NbwssError
 
 
@@ -20,13 +20,26 @@ def register(commands: Any) -> None:
         description="Install: the nbwss user, /etc/nbwss with the properties file and a "
         "new key, the state directory /var/lib/nbwss, the hardened unit, and systemctl "
         "daemon-reload. Uninstall: the unit (data kept unless --purge).",
+        epilog=examples("sudo nbwss service install", "sudo nbwss service uninstall"),
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
     actions.required = True
-    setup = actions.add_parser("install", help="install the service (as root)")
+    setup = actions.add_parser(
+        "install", help="install the service (as root)",
+        description="Create the nbwss user, /etc/nbwss with the properties file and a new "
+        "key, /var/lib/nbwss and the systemd unit, then systemctl daemon-reload. Prints "
+        "each step; keeps what exists (the key and the properties file always).",
+        epilog=examples("sudo nbwss service install", "nbwss service install --dry-run",
+                        "nbwss service install --root ./pkgroot    # for a package"),
+    )
     setup.add_argument("--force", action="store_true",
                        help="overwrite a unit that was changed since it was installed")
-    remove = actions.add_parser("uninstall", help="remove the service; keep its data")
+    remove = actions.add_parser(
+        "uninstall", help="remove the service; keep its data",
+        description="Stop and disable the service and remove the unit; /etc/nbwss (with "
+        "the key) and /var/lib/nbwss (the database) stay unless --purge.",
+        epilog=examples("sudo nbwss service uninstall", "sudo nbwss service uninstall --purge"),
+    )
     remove.add_argument("--purge", action="store_true",
                         help="also remove /etc/nbwss (key included) and /var/lib/nbwss")
     for action in (setup, remove):

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from nbwss import health
-from nbwss.commands import Context, print_json, print_table
+from nbwss.commands import Context, examples, print_json, print_table
 from nbwss.status import fetch_status
 
 HEADERS = ["GROUP", "ENDPOINT", "STATE", "SINCE", "OUTSTANDING", "BACKLOG", "OLDEST UNACKED",
@@ -28,6 +28,8 @@ def register(commands: Any) -> None:
         "notification batch awaiting its ack, the backlog and its oldest age, the last "
         "ack and the last error. Exits 1 when the daemon is not running. With --check, "
         "exits 0 only when every enabled group is CONNECTED and its backlog is young.",
+        epilog=examples("sudo -u nbwss nbwss status", "nbwss status --json | jq .groups",
+                        "nbwss status --check || echo 'nbwss needs attention'"),
     )
     shown = parser.add_mutually_exclusive_group()
     shown.add_argument("--json", action="store_true", help="print the /status JSON document")
