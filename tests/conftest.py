@@ -7,6 +7,7 @@ for slow or loaded machines, as websockets does with WEBSOCKETS_TESTS_TIMEOUT_FA
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,7 @@ import trustme
 from nbwss.standin import restapi
 from nbwss.standin.restapi import StandinApi
 from nbwss.standin.scenarios import GuideScenarios
+from nbwss.store import Store
 
 # The vendor guide's example messages as valid JSON, copied from the project's shared
 # spec/examples/ so that a clone alone can run the tests.
@@ -69,6 +71,24 @@ def short_dir() -> Iterator[Path]:
     """State in a short path, so the daemon's Unix sockets fit their address limit."""
     with tempfile.TemporaryDirectory(prefix="nbw") as name:
         yield Path(name)
+
+
+@pytest.fixture
+def short_store(short_dir: Path) -> Iterator[Store]:
+    """A real store in `short_dir` (nbwss.db and nbwss.key), closed after the test."""
+    store = Store(short_dir / "nbwss.db", short_dir / "nbwss.key")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    """A real datagram socket standing in for systemd's $NOTIFY_SOCKET."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.setblocking(False)
+    yield sock
+    sock.close()
 
 
 @pytest.fixture

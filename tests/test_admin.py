@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,22 +56,6 @@ def config(short_dir: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def store(short_dir: Path) -> Iterator[Store]:
-    db = Store(short_dir / "nbwss.db", short_dir / "nbwss.key")
-    yield db
-    db.close()
-
-
-@pytest.fixture
-def notify_socket(short_dir: Path) -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(short_dir / "notify"))
-    sock.setblocking(False)
-    yield sock
-    sock.close()
-
-
 @asynccontextmanager
 async def daemon(config: Path, notify: socket.socket) -> AsyncIterator[None]:
     """`nbwss run` until the block ends; ready once it sent READY=1."""
@@ -99,10 +83,11 @@ def details_file(directory: Path, peer: Peer, host: str, group: str) -> str:
 
 
 async def test_add_and_disable_apply_within_two_seconds_despite_a_60_s_period(
-    tls: TlsMaterial, store: Store, config: Path, short_dir: Path, notify_socket: socket.socket
+    tls: TlsMaterial, short_store: Store, config: Path, short_dir: Path,
+    notify_socket: socket.socket,
 ) -> None:
     async with Peer(tls.server_cert) as first, Peer(tls.server_cert) as second:
-        add_endpoint(store, first, "ep1.test")
+        add_endpoint(short_store, first, "ep1.test")
         async with daemon(config, notify_socket):
             await first.wait_for(lambda: first.connected, seconds=10)
             added = await nbwss(config, "endpoint", "add", "--yes", "--file",
@@ -120,30 +105,30 @@ async def test_add_and_disable_apply_within_two_seconds_despite_a_60_s_period(
 
 
 async def test_without_a_daemon_the_change_waits_for_its_start(
-    tls: TlsMaterial, store: Store, config: Path
+    tls: TlsMaterial, short_store: Store, config: Path
 ) -> None:
     async with Peer(tls.server_cert) as peer:
-        add_endpoint(store, peer, "ep1.test")
+        add_endpoint(short_store, peer, "ep1.test")
         result = await nbwss(config, "endpoint", "disable", "ep1.test")
     assert (result.code, result.out) == (
         0, "Endpoint ep1.test disabled.\nno daemon running: applies at its start\n"
     )
 
 
-def queue(store: Store, count: int) -> None:
+def queue(short_store: Store, count: int) -> None:
     job = {"scheduleType": "ST_FULL", "clientName": "vm1", "status": 0, "startTime": 1,
            "state": "ACTIVE", "policyName": "", "parentJobId": 1, "jobId": 1,
            "policyType": "VMWARE", "jobType": "BACKUP"}
-    with store.transaction() as conn:
+    with short_store.transaction() as conn:
         outbox.enqueue(conn, [("JOB", job)] * count, 1_700_000_000.0)
 
 
 async def test_deleting_the_last_endpoint_with_a_backlog_needs_yes_or_keep_position(
-    tls: TlsMaterial, store: Store, config: Path
+    tls: TlsMaterial, short_store: Store, config: Path
 ) -> None:
     async with Peer(tls.server_cert) as peer:
-        add_endpoint(store, peer, "ep1.test")
-    queue(store, 3)
+        add_endpoint(short_store, peer, "ep1.test")
+    queue(short_store, 3)
 
     refused = await nbwss(config, "endpoint", "delete", "ep1.test")
     assert refused.code == 1
@@ -152,7 +137,7 @@ async def test_deleting_the_last_endpoint_with_a_backlog_needs_yes_or_keep_posit
         "unacknowledged notification(s) queued since 2023-11-14T22:13:20+00:00; pass "
         "--keep-position to keep them for the group's next endpoint, or --yes\n"
     )
-    assert store.endpoint("ep1.test")  # nothing changed
+    assert short_store.endpoint("ep1.test")  # nothing changed
 
     disable = await nbwss(config, "endpoint", "disable", "ep1.test")
     assert disable.code == 1
@@ -160,38 +145,39 @@ async def test_deleting_the_last_endpoint_with_a_backlog_needs_yes_or_keep_posit
 
     kept = await nbwss(config, "endpoint", "delete", "ep1.test", "--keep-position")
     assert kept.code == 0, kept.err
-    assert [(b.group_id, b.backlog) for b in outbox.backlog(store, 0.0)] == [("GROUP1", 3)]
+    assert [(b.group_id, b.backlog) for b in outbox.backlog(short_store, 0.0)] == [("GROUP1", 3)]
 
 
 def test_a_kept_position_resumes_when_the_group_gets_an_endpoint_again(
-    tls: TlsMaterial, store: Store
+    tls: TlsMaterial, short_store: Store
 ) -> None:
     peer = Peer(tls.server_cert)  # never started: only its URL and certificate are used
-    add_endpoint(store, peer, "ep1.test")
-    add_endpoint(store, peer, "other.test", group_id="OTHER")
-    queue(store, 2)
-    admin.delete_endpoint(store, "ep1.test", keep_position=True)
-    add_endpoint(store, peer, "third.test", group_id="THIRD")  # another group's add keeps it
-    add_endpoint(store, peer, "ep2.test")
-    position = outbox.load_position(store, "GROUP1", 0.0)
+    add_endpoint(short_store, peer, "ep1.test")
+    add_endpoint(short_store, peer, "other.test", group_id="OTHER")
+    queue(short_store, 2)
+    admin.delete_endpoint(short_store, "ep1.test", keep_position=True)
+    add_endpoint(short_store, peer, "third.test", group_id="THIRD")  # another group's add keeps it
+    add_endpoint(short_store, peer, "ep2.test")
+    position = outbox.load_position(short_store, "GROUP1", 0.0)
     assert position.acked_seq == 0  # the 2 queued before the delete are still to be sent
 
-    admin.delete_endpoint(store, "ep2.test")  # without --keep-position: forgotten
-    assert "GROUP1" not in {b.group_id for b in outbox.backlog(store, 0.0)}
+    admin.delete_endpoint(short_store, "ep2.test")  # without --keep-position: forgotten
+    assert "GROUP1" not in {b.group_id for b in outbox.backlog(short_store, 0.0)}
 
 
 def test_backlog_at_risk_only_for_the_groups_last_endpoint(
-    tls: TlsMaterial, store: Store
+    tls: TlsMaterial, short_store: Store
 ) -> None:
     peer = Peer(tls.server_cert)
-    add_endpoint(store, peer, "ep1.test")
-    add_endpoint(store, peer, "ep2.test", priority=2)
-    assert admin.backlog_at_risk(store, "ep1.test", deleting=True) is None  # nothing queued
-    queue(store, 1)
-    assert admin.backlog_at_risk(store, "ep1.test", deleting=True) is None  # ep2 remains
-    admin.set_enabled(store, "ep2.test", False)
-    assert admin.backlog_at_risk(store, "ep1.test", deleting=True) is None  # ep2 still holds it
-    at_risk = admin.backlog_at_risk(store, "EP1.test", deleting=False)  # case-blind
+    add_endpoint(short_store, peer, "ep1.test")
+    add_endpoint(short_store, peer, "ep2.test", priority=2)
+    assert admin.backlog_at_risk(short_store, "ep1.test", deleting=True) is None  # nothing queued
+    queue(short_store, 1)
+    assert admin.backlog_at_risk(short_store, "ep1.test", deleting=True) is None  # ep2 remains
+    admin.set_enabled(short_store, "ep2.test", False)
+    # ep2, though disabled, still holds the group's position
+    assert admin.backlog_at_risk(short_store, "ep1.test", deleting=True) is None
+    at_risk = admin.backlog_at_risk(short_store, "EP1.test", deleting=False)  # case-blind
     assert at_risk is not None
     assert (at_risk.group_id, at_risk.count) == ("GROUP1", 1)
-    assert admin.backlog_at_risk(store, "ep2.test", deleting=False) is None  # already disabled
+    assert admin.backlog_at_risk(short_store, "ep2.test", deleting=False) is None  # disabled

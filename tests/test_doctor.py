@@ -8,23 +8,13 @@ HTTPS, and an endpoint server (`tests.peers`) presenting its certificate.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from nbwss.standin.restapi import StandinApi
 from nbwss.store import Store
 from tests.conftest import TlsMaterial, make_tls
 from tests.peers import Peer, add_endpoint
 from tests.test_admin import nbwss
-
-
-@pytest.fixture
-def store(short_dir: Path) -> Iterator[Store]:
-    db = Store(short_dir / "nbwss.db", short_dir / "nbwss.key")
-    yield db
-    db.close()
 
 
 def write_config(short_dir: Path, base_url: str, tls: TlsMaterial, *, key: str = "nbwss.key",
@@ -52,12 +42,12 @@ def write_unit(short_dir: Path, config: Path, key: Path) -> Path:
 
 
 async def test_doctor_passes_a_sound_set_up_and_names_each_fault(
-    tls: TlsMaterial, store: Store, short_dir: Path, standin: tuple[StandinApi, str]
+    tls: TlsMaterial, short_store: Store, short_dir: Path, standin: tuple[StandinApi, str]
 ) -> None:
     _, base_url = standin
     config = write_config(short_dir, base_url, tls)
     async with Peer(tls.server_cert) as peer:
-        add_endpoint(store, peer, "ep1.test")
+        add_endpoint(short_store, peer, "ep1.test")
         unit = write_unit(short_dir, config, short_dir / "nbwss.key")
         sound = await nbwss(config, "doctor", "--unit", str(unit))
         assert sound.code == 0, sound.out + sound.err
@@ -84,9 +74,9 @@ async def test_doctor_passes_a_sound_set_up_and_names_each_fault(
 
 
 async def test_nbwss_run_stops_at_once_when_a_token_does_not_open_with_its_key(
-    tls: TlsMaterial, store: Store, short_dir: Path
+    tls: TlsMaterial, short_store: Store, short_dir: Path
 ) -> None:
-    add_endpoint(store, Peer(tls.server_cert), "ep1.test")
+    add_endpoint(short_store, Peer(tls.server_cert), "ep1.test")
     (short_dir / "other.key").write_bytes(os.urandom(32))
     config = short_dir / "run.properties"
     config.write_text(f"store.path={short_dir / 'nbwss.db'}\n"

@@ -7,7 +7,6 @@ and the `nbwss status --check` command as a subprocess.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +53,6 @@ def config(short_dir: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def store(short_dir: Path) -> Iterator[Store]:
-    db = Store(short_dir / "nbwss.db", short_dir / "nbwss.key")
-    yield db
-    db.close()
-
-
 async def get(socket_path: Path, path: str) -> tuple[int, str]:
     connector = aiohttp.UnixConnector(path=str(socket_path))
     async with aiohttp.ClientSession(connector=connector) as session, session.get(
@@ -70,13 +62,13 @@ async def get(socket_path: Path, path: str) -> tuple[int, str]:
 
 
 async def test_check_and_ready_fail_while_disconnected_and_pass_once_connected(
-    tls: TlsMaterial, store: Store, config: Path, short_dir: Path
+    tls: TlsMaterial, short_store: Store, config: Path, short_dir: Path
 ) -> None:
     settings = properties.load(config, env={})
     sock = short_dir / "nbwss.sock"
     async with Peer(tls.server_cert, connect=ConnectAnswer.INVALID) as peer:
-        add_endpoint(store, peer, "ep1.test")
-        service = build_service(settings, store)
+        add_endpoint(short_store, peer, "ep1.test")
+        service = build_service(settings, short_store)
         async with running(service):
             await peer.wait_for(lambda: len(peer.connections) >= 1)  # refused at CONNECT
             failing = await nbwss(config, "status", "--check")

@@ -5,7 +5,7 @@ status server over its Unix socket."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -18,18 +18,11 @@ from tests.test_status import queue, serving, stop
 
 
 @pytest.fixture
-def store(state_dir: Path) -> Iterator[Store]:
-    db = Store(state_dir / "nbwss.db", state_dir / "nbwss.key")
-    yield db
-    db.close()
-
-
-@pytest.fixture
-async def metrics_text(state_dir: Path, store: Store) -> AsyncIterator[str]:
-    with store.transaction() as conn:  # a group that acknowledged up to seq 1, long ago
+async def metrics_text(state_dir: Path, short_store: Store) -> AsyncIterator[str]:
+    with short_store.transaction() as conn:  # a group that acknowledged up to seq 1, long ago
         conn.execute("INSERT INTO group_cursors VALUES ('G1', 1, 1700000000.0)")
-    queue(store, "JOB", "JOB", queued_at=time.time() - 90)
-    server = StatusServer(str(state_dir / "nbwss.sock"), store)
+    queue(short_store, "JOB", "JOB", queued_at=time.time() - 90)
+    server = StatusServer(str(state_dir / "nbwss.sock"), short_store)
     task = await serving(server)
     connector = aiohttp.UnixConnector(path=str(state_dir / "nbwss.sock"))
     async with aiohttp.ClientSession(connector=connector) as session, session.get(

@@ -7,7 +7,6 @@ import asyncio
 import io
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +20,6 @@ from nbwss.service import Service
 from nbwss.store import Store
 from tests.conftest import timeout
 from tests.test_service import running
-
-
-@pytest.fixture
-def store(state_dir: Path) -> Iterator[Store]:
-    db = Store(state_dir / "nbwss.db", state_dir / "nbwss.key")
-    yield db
-    db.close()
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(tmp_path / "notify"))
-    sock.setblocking(False)
-    yield sock
-    sock.close()
 
 
 @pytest.fixture
@@ -72,14 +55,14 @@ async def datagrams_after_reload(sock: socket.socket, service: Service) -> list[
 
 
 async def test_a_bad_file_keeps_the_old_settings_and_sends_no_ready(
-    store: Store, notify_socket: socket.socket, log_lines: io.StringIO
+    short_store: Store, notify_socket: socket.socket, log_lines: io.StringIO
 ) -> None:
     def broken() -> Settings:
         raise ConfigError("/etc/nbwss/nbwss.properties:4: keepAlive.scheduledRate='fast' "
                           "is not valid, expected a number of seconds > 0")
 
     before = Settings(connection_period_s=30.0)
-    service = Service(before, store, reload_settings=broken,
+    service = Service(before, short_store, reload_settings=broken,
                       notifier=Notifier(notify_socket.getsockname()))
     async with running(service):
         sent = await datagrams_after_reload(notify_socket, service)
@@ -94,11 +77,11 @@ async def test_a_bad_file_keeps_the_old_settings_and_sends_no_ready(
 
 
 async def test_a_good_file_is_applied_and_restart_keys_are_named(
-    store: Store, notify_socket: socket.socket, log_lines: io.StringIO, tmp_path: Path
+    short_store: Store, notify_socket: socket.socket, log_lines: io.StringIO, tmp_path: Path
 ) -> None:
     config = tmp_path / "nbwss.properties"
     config.write_text("connectionInfo.period=30\n")
-    service = Service(properties.load(config), store,
+    service = Service(properties.load(config), short_store,
                       reload_settings=lambda: properties.load(config),
                       notifier=Notifier(notify_socket.getsockname()))
     async with running(service):

@@ -28,16 +28,6 @@ def store(state_dir: Path) -> Iterator[Store]:
     db.close()
 
 
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
-    """A real datagram socket standing in for systemd's $NOTIFY_SOCKET."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(tmp_path / "notify"))
-    sock.setblocking(False)
-    yield sock
-    sock.close()
-
-
 async def datagram_where(sock: socket.socket, predicate: Callable[[str], bool]) -> str:
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout(10)):
