@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from nbwss import admin, outbox
+from nbwss.errors import NotFoundError, StoreError
 from nbwss.store import Store
 from tests.conftest import TlsMaterial, timeout
 from tests.peers import Peer, add_endpoint
@@ -93,12 +94,12 @@ async def test_add_and_disable_apply_within_two_seconds_despite_a_60_s_period(
             added = await nbwss(config, "endpoint", "add", "--yes", "--file",
                                 details_file(short_dir, second, "ep2.test", "GROUP2"))
             assert added.code == 0, added.err
-            assert "applied: the running daemon connects with it now" in added.out
+            assert "applied: the running daemon uses it from now on" in added.out
             await second.wait_for(lambda: second.connected, seconds=2)
 
             disabled = await nbwss(config, "endpoint", "disable", "ep2.test")
             assert disabled.code == 0, disabled.err
-            assert "applied: the running daemon disconnects from it now" in disabled.out
+            assert "applied: the running daemon stops using it now" in disabled.out
             await second.wait_for(lambda: not second.connected, seconds=2)
             assert second.connections[0].close_reason == "endpoint disabled"
             assert first.connected  # the other group is untouched
@@ -181,3 +182,14 @@ def test_backlog_at_risk_only_for_the_groups_last_endpoint(
     assert at_risk is not None
     assert (at_risk.group_id, at_risk.count) == ("GROUP1", 1)
     assert admin.backlog_at_risk(short_store, "ep2.test", deleting=False) is None  # disabled
+
+
+def test_a_delete_the_database_refuses_is_the_guides_message(
+    tls: TlsMaterial, short_store: Store
+) -> None:
+    add_endpoint(short_store, Peer(tls.server_cert), "ep1.test")
+    short_store.conn.execute("PRAGMA query_only = ON")  # every write now fails in SQLite
+    with pytest.raises(StoreError, match=r"^Unable to delete certificate for host: ep1\.test \("):
+        admin.delete_endpoint(short_store, "ep1.test")
+    with pytest.raises(NotFoundError):
+        admin.delete_endpoint(short_store, "nope.test")

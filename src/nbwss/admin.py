@@ -8,13 +8,20 @@ whether to ask, is the caller's business: nothing here reads a terminal.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from nbwss import logs, outbox
 from nbwss.endpoints import EndpointDetails
-from nbwss.errors import MSG_NO_SSL, StoreError, TrustError, unable_to_delete_certificate
+from nbwss.errors import (
+    MSG_NO_SSL,
+    NotFoundError,
+    StoreError,
+    TrustError,
+    unable_to_delete_certificate,
+)
 from nbwss.properties import Settings
 from nbwss.store import EndpointRecord, Store
 from nbwss.trust import CertificateInfo, fetch_certificate
@@ -90,7 +97,9 @@ def delete_endpoint(store: Store, host_name: str, *, keep_position: bool = False
     record = store.endpoint(host_name)
     try:
         store.delete_endpoint(record.host_name, keep_position=keep_position)
-    except StoreError as exc:
+    except NotFoundError:
+        raise  # deleted meanwhile: the guide's "no entity was found"
+    except (sqlite3.Error, StoreError) as exc:
         raise StoreError(f"{unable_to_delete_certificate(host_name)} ({exc})") from None
     log.info("endpoint.deleted", host=record.host_name, group=record.group_id,
              kept_position=keep_position)

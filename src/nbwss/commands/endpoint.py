@@ -301,7 +301,7 @@ def handle_add(args: argparse.Namespace, context: Context) -> int:
         f"(group {details.group_id}, priority {details.priority}) "
         f"with certificate {inspection.certificate.fingerprint} pinned.\n"
     )
-    _report_applied(context.settings, "connects with it now")
+    _report_applied(context.settings, "uses it from now on")
     return 0
 
 
@@ -468,8 +468,8 @@ def _set_enabled(context: Context, args: argparse.Namespace, enabled: bool) -> i
         sys.stdout.write(f"Endpoint {args.host} is already {word}.\n")
         return 0
     sys.stdout.write(f"Endpoint {args.host} {word}.\n")
-    _report_applied(context.settings, "connects to it now" if enabled
-                    else "disconnects from it now")
+    _report_applied(context.settings, "may connect to it from now on" if enabled
+                    else "stops using it now")
     return 0
 
 
@@ -488,5 +488,5 @@ def handle_delete(args: argparse.Namespace, context: Context) -> int:
     kept = " (its group's notifications are kept for its next endpoint)" \
         if args.keep_position else ""
     sys.stdout.write(f"Endpoint {args.host} deleted with its pinned certificate{kept}.\n")
-    _report_applied(context.settings, "disconnects from it now")
+    _report_applied(context.settings, "stops using it now")
     return 0
