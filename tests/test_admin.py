@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import signal
 import socket
 import sys
@@ -193,3 +194,28 @@ def test_a_delete_the_database_refuses_is_the_guides_message(
         admin.delete_endpoint(short_store, "ep1.test")
     with pytest.raises(NotFoundError):
         admin.delete_endpoint(short_store, "nope.test")
+
+
+async def test_on_a_terminal_the_admin_is_asked_and_no_keeps_everything(
+    tls: TlsMaterial, short_store: Store, config: Path
+) -> None:
+    add_endpoint(short_store, Peer(tls.server_cert), "ep1.test")
+    queue(short_store, 2)
+    primary, secondary = pty.openpty()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nbwss", "-c", str(config), "endpoint", "delete", "ep1.test",
+            stdin=secondary, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        os.write(primary, b"n\n")
+        async with asyncio.timeout(timeout(30)):
+            out, err = await process.communicate()
+    finally:
+        os.close(secondary)
+        os.close(primary)
+    assert process.returncode == 1
+    assert out.decode().startswith(
+        "Warning: deleting the last endpoint of group GROUP1 discards its 2 unacknowledged "
+        "notification(s) queued since 2023-11-14T22:13:20+00:00. Go on? [y/N] ")
+    assert err.decode() == "nbwss: error: nothing was changed\n"
+    assert short_store.endpoint("ep1.test")
