@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nbwss.delivery import Batch, EventRange, GroupDelivery, Phase, Send, Verdict, build_batch
-from nbwss.messages import Message, MessageType, SubType, decode, encode, response_to
-from nbwss.notifications import encode_data, payload_elements
+from nbwss.messages import Message, MessageType, SubType, decode, encode, request, response_to
+from nbwss.notifications import element, encode_data, message_payloads, repeated_objects
 from nbwss.outbox import OutboxEvent, PersistedBatch
 
 RATE = 5.0
@@ -68,27 +68,43 @@ def started(delivery: GroupDelivery, evs: list[OutboxEvent], now: float = T0) ->
 # -- batching and grouping -------------------------------------------------------------------
 
 
-def test_runs_of_one_object_form_one_element_each_in_order() -> None:
+def test_runs_of_each_object_form_one_element_each_in_order() -> None:
     batch = build_batch(
-        events("JOB", "JOB", "IMAGE", "IMAGE", "JOB"),
+        events("JOB", "JOB", "IMAGE", "IMAGE"),
         message_id="X", now=T0, max_batch=500, max_bytes=1 << 20,
     )  # fmt: skip
     payload = elements(batch)
-    assert [(e["object"], len(e["data"])) for e in payload] == [
-        ("JOB", 2),
-        ("IMAGE", 2),
-        ("JOB", 1),
-    ]
+    assert [(e["object"], len(e["data"])) for e in payload] == [("JOB", 2), ("IMAGE", 2)]
     assert all(e["notificationType"] == "INFO" for e in payload)
     assert [d["jobId"] for d in payload[0]["data"]] == [1, 2]
-    assert (batch.first_seq, batch.last_seq, batch.count) == (1, 5, 5)
+    assert (batch.first_seq, batch.last_seq, batch.count) == (1, 4, 4)
 
 
-def test_job_image_job_makes_three_elements() -> None:
+def test_image_first_gives_the_image_element_first() -> None:
     batch = build_batch(
-        events("JOB", "IMAGE", "JOB"), message_id="X", now=T0, max_batch=9, max_bytes=1 << 20
+        events("IMAGE", "JOB", "JOB"), message_id="X", now=T0, max_batch=9, max_bytes=1 << 20
     )
-    assert [e["object"] for e in elements(batch)] == ["JOB", "IMAGE", "JOB"]
+    assert [(e["object"], len(e["data"])) for e in elements(batch)] == [("IMAGE", 1), ("JOB", 2)]
+
+
+def test_a_type_coming_again_after_the_other_ends_the_batch() -> None:
+    # J1 I1 J2 -> {JOB:[J1], IMAGE:[I1]}, then {JOB:[J2]}: one element per type, in order.
+    evs = events("JOB", "IMAGE", "JOB")
+    first = build_batch(evs, message_id="X", now=T0, max_batch=9, max_bytes=1 << 20)
+    assert [e["object"] for e in elements(first)] == ["JOB", "IMAGE"]
+    assert (first.first_seq, first.last_seq, first.count) == (1, 2, 2)
+    second = build_batch(evs[2:], message_id="Y", now=T0, max_batch=9, max_bytes=1 << 20)
+    assert [e["object"] for e in elements(second)] == ["JOB"]
+    assert seqs_in(first.message) + seqs_in(second.message) == [1, 2, 3]
+
+
+def test_the_guides_examples_d_and_e_make_one_message() -> None:
+    # The guide gives D (two IMAGEs) and E (job 146 DONE) one id: one message, two elements.
+    evs = events("JOB", "JOB", "JOB", "IMAGE", "IMAGE", "JOB", "JOB", "JOB")
+    first = build_batch(evs, message_id="X", now=T0, max_batch=500, max_bytes=1 << 20)
+    assert [(e["object"], len(e["data"])) for e in elements(first)] == [("JOB", 3), ("IMAGE", 2)]
+    rest = build_batch(evs[5:], message_id="Y", now=T0, max_batch=500, max_bytes=1 << 20)
+    assert [(e["object"], len(e["data"])) for e in elements(rest)] == [("JOB", 3)]
 
 
 def test_batch_is_capped_by_max_batch() -> None:
@@ -107,7 +123,7 @@ def test_size_is_the_exact_frame_size() -> None:
 
 
 def test_batch_is_capped_by_max_bytes_and_never_exceeds_it() -> None:
-    evs = events(*["JOB", "IMAGE"] * 20)
+    evs = events(*["JOB"] * 20, *["IMAGE"] * 20)
     for limit in range(600, 6000, 137):
         batch = build_batch(evs, message_id="X", now=T0, max_batch=500, max_bytes=limit)
         assert len(encode(batch.message).encode("utf-8")) <= limit
@@ -303,8 +319,8 @@ def test_idle_group_has_no_deadline() -> None:
 
 
 def test_restart_resends_the_persisted_batch_with_its_id_and_bytes() -> None:
-    before = machine(max_batch=3)
-    evs = events("JOB", "IMAGE", "JOB", "JOB", "JOB")
+    before = machine(max_batch=4)
+    evs = events("JOB", "IMAGE", "IMAGE", "JOB", "JOB")
     original = started(before, evs, now=T0)
     persisted = original.persisted()
     assert persisted == PersistedBatch("ID-1", 1, 3, T0)
@@ -315,11 +331,30 @@ def test_restart_resends_the_persisted_batch_with_its_id_and_bytes() -> None:
     rebuilt = after.take(evs[:3], T0 + 60, "NEW-ID")
     assert rebuilt is not None
     assert encode(rebuilt.message) == encode(original.message)
+    assert rebuilt.size_bytes == original.size_bytes
     assert after.poll(T0 + 60) == Send(rebuilt, resend=True)
     after.sent(rebuilt.id, T0 + 60)
     assert after.on_response(ack(original)) is Verdict.ACKNOWLEDGED
     after.committed(T0)
     assert after.wanted() == EventRange(3, 1)
+
+
+def test_a_batch_persisted_before_the_grouping_rule_goes_again_as_it_was() -> None:
+    # Persisted by a version that grouped runs only (JOB, IMAGE, JOB): after an upgrade
+    # it must still be the very message the endpoint may already have, same id, same bytes.
+    evs = events("JOB", "IMAGE", "JOB")
+    first_sent = request(
+        MessageType.NOTIFICATION,
+        [element(e.object, [json.loads(e.data)]) for e in evs],
+        T0,
+        id="OLD-ID",
+    )
+    after = machine(restored=PersistedBatch("OLD-ID", 1, 3, T0))
+    rebuilt = after.take(evs, T0 + 60, "NEW-ID")
+    assert rebuilt is not None
+    assert encode(rebuilt.message) == encode(first_sent)
+    assert rebuilt.size_bytes == len(encode(first_sent).encode("utf-8"))
+    assert (rebuilt.first_seq, rebuilt.last_seq, rebuilt.count) == (1, 3, 3)
 
 
 def test_restart_with_the_persisted_events_gone_starts_afresh() -> None:
@@ -337,29 +372,41 @@ def test_message_round_trips_through_the_codec() -> None:
     assert json.loads(encode(batch.message))["timeStamp"] == int(T0)
 
 
-def test_payload_elements_group_runs_of_one_object() -> None:
+def test_message_payloads_state_the_rule_and_build_batch_keeps_it() -> None:
     items = [("JOB", job(1)), ("JOB", job(2)), ("IMAGE", image("a")), ("JOB", job(3))]
-    assert payload_elements(items) == [
-        {"notificationType": "INFO", "object": "JOB", "data": [job(1), job(2)]},
-        {"notificationType": "INFO", "object": "IMAGE", "data": [image("a")]},
-        {"notificationType": "INFO", "object": "JOB", "data": [job(3)]},
+    assert message_payloads(items) == [
+        [
+            {"notificationType": "INFO", "object": "JOB", "data": [job(1), job(2)]},
+            {"notificationType": "INFO", "object": "IMAGE", "data": [image("a")]},
+        ],
+        [{"notificationType": "INFO", "object": "JOB", "data": [job(3)]}],
     ]
-    batch = build_batch(
-        [OutboxEvent(n, obj, encode_data(data)) for n, (obj, data) in enumerate(items, 1)],
-        message_id="X", now=T0, max_batch=9, max_bytes=1 << 20,
-    )  # fmt: skip
-    assert batch.message.payload == payload_elements(items)
+    rows = [OutboxEvent(n, obj, encode_data(data)) for n, (obj, data) in enumerate(items, 1)]
+    batch = build_batch(rows, message_id="X", now=T0, max_batch=9, max_bytes=1 << 20)
+    assert batch.message.payload == message_payloads(items)[0]
+    assert message_payloads([]) == []
+
+
+def test_repeated_objects_names_a_type_with_two_elements() -> None:
+    assert repeated_objects([element("JOB", []), element("IMAGE", [])]) == []
+    assert repeated_objects(
+        [element("JOB", []), element("IMAGE", []), element("JOB", []), element("JOB", [])]
+    ) == ["JOB"]
+    assert repeated_objects(["not an element", 3]) == []
 
 
 # -- properties ------------------------------------------------------------------------------
 
 
+OBJECTS = st.sampled_from(["JOB", "IMAGE"])
+
+
 @given(
-    objects=st.lists(st.sampled_from(["JOB", "IMAGE"]), min_size=1, max_size=60),
+    objects=st.lists(OBJECTS, min_size=1, max_size=60),
     max_batch=st.integers(1, 70),
     max_bytes=st.integers(300, 6000),
 )
-def test_any_batch_is_an_in_order_prefix_within_the_caps(
+def test_any_batch_is_the_longest_in_order_prefix_the_caps_and_the_rule_allow(
     objects: list[str], max_batch: int, max_bytes: int
 ) -> None:
     evs = events(*objects)
@@ -371,7 +418,15 @@ def test_any_batch_is_an_in_order_prefix_within_the_caps(
     sent = [(e["object"], d) for e in elements(batch) for d in e["data"]]
     assert sent == [(e.object, json.loads(e.data)) for e in evs[: batch.count]]
     objects_sent = [e["object"] for e in elements(batch)]
-    assert all(a != b for a, b in itertools.pairwise(objects_sent))
+    assert len(objects_sent) == len(set(objects_sent))  # one element per type
+    if batch.count < min(len(evs), max_batch):
+        following = evs[batch.count].object
+        if following == objects_sent[-1] or following not in objects_sent:
+            # Not the rule: then the size cap, and the next event would not have fitted.
+            bigger = build_batch(
+                evs[: batch.count + 1], message_id="X", now=T0, max_batch=99, max_bytes=1 << 30
+            )
+            assert bigger.size_bytes > max_bytes - 8
 
 
 def seqs_in(message: Message) -> list[int]:
@@ -384,26 +439,35 @@ def seqs_in(message: Message) -> list[int]:
     ]
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    steps=st.lists(
-        st.sampled_from(["ack", "lose", "wrong", "timeout", "wait", "reconnect", "queue"]),
-        max_size=80,
-    )
+STEPS = st.sampled_from(
+    ["ack", "lose", "wrong", "timeout", "wait", "reconnect", "queue", "restart"]
 )
-def test_whatever_happens_delivery_is_in_order_without_loss(steps: list[str]) -> None:
-    """A group against an endpoint that loses, refuses and delays; the guarantees hold."""
-    outbox_rows = events("JOB", "IMAGE", "IMAGE", "JOB", "JOB")
-    delivery = machine(max_batch=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    initial=st.lists(OBJECTS, min_size=1, max_size=12),
+    steps=st.lists(st.tuples(STEPS, st.lists(OBJECTS, min_size=1, max_size=4)), max_size=80),
+    max_batch=st.integers(1, 5),
+)
+def test_whatever_happens_delivery_is_in_order_without_loss(
+    initial: list[str], steps: list[tuple[str, list[str]]], max_batch: int
+) -> None:
+    """A group against an endpoint that loses, refuses and delays, over any interleaving
+    of JOB and IMAGE events, across restarts: the guarantees and the grouping hold."""
+    outbox_rows = events(*initial)
+    delivery = machine(max_batch=max_batch)
     received: list[Message] = []
     acknowledged: set[str] = set()
     now = T0
     ids = (f"ID-{n}" for n in itertools.count())
 
-    for step in [*steps, *["ack"] * 30]:
+    for step, queued in [*steps, *[("ack", [])] * (3 * len(outbox_rows) + 60)]:
         wanted = delivery.wanted()
         if wanted is not None:
             rows = [e for e in outbox_rows if e.seq > wanted.after_seq][: wanted.limit]
+            if wanted.up_to_seq is not None:
+                rows = [e for e in rows if e.seq <= wanted.up_to_seq]
             delivery.take(rows, now, next(ids))
         send = delivery.poll(now)
         if send is not None:
@@ -421,13 +485,22 @@ def test_whatever_happens_delivery_is_in_order_without_loss(steps: list[str]) ->
         elif step == "reconnect":
             delivery.connected(now)
         elif step == "queue":
-            outbox_rows += events("IMAGE", "JOB", start=len(outbox_rows) + 1)
+            outbox_rows += events(*queued, start=len(outbox_rows) + 1)
+        elif step == "restart":  # the process dies: only the cursor and the batch row remain
+            in_flight = delivery.outstanding
+            delivery = machine(
+                max_batch=max_batch,
+                acked_seq=delivery.acked_seq,
+                restored=in_flight.persisted() if in_flight is not None else None,
+            )
         # ("lose": the response never comes.) Never two requests unacknowledged at once:
         assert len({m.id for m in received} - acknowledged) <= 1
 
     first_copy: dict[str, str] = {}
     order: list[int] = []
     for message in received:
+        assert isinstance(message.payload, list)
+        assert repeated_objects(message.payload) == []  # one element per type per message
         if message.id in first_copy:
             assert encode(message) == first_copy[message.id]  # a resend is the same bytes
             continue

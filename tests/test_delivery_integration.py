@@ -8,7 +8,6 @@ killed with SIGKILL.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import signal
@@ -128,7 +127,50 @@ async def test_vmware_backup_sequence_arrives_in_order(
             assert delivered(notifications(peer)) == sequence
             for message in notifications(peer):
                 objects = [element["object"] for element in message["payload"]]
-                assert all(a != b for a, b in itertools.pairwise(objects))
+                assert len(objects) == len(set(objects))  # one element per type
+
+
+def image(backup_time: int) -> tuple[str, dict[str, Any]]:
+    return "IMAGE", {
+        "clientType": "VMWARE", "clientName": "vm", "backupTime": backup_time,
+        "createdTime": backup_time + 1, "operationId": "CREATE",
+        "backupId": f"vm_{backup_time}",
+    }  # fmt: skip
+
+
+def tag(item: tuple[str, dict[str, Any]]) -> str:
+    """J<jobId> or I<backupTime>: what a test reads an event as."""
+    obj, data = item
+    return f"J{data['jobId']}" if obj == "JOB" else f"I{data['backupTime']}"
+
+
+async def test_interleaved_events_behind_an_unacked_batch_come_one_element_per_type(
+    tls: TlsMaterial, store: Store, short_dir: Path
+) -> None:
+    settings = settings_for(short_dir)
+    # J2 I3 J4 I5 I6 J7 J8 I9 J10, queued while J1 waits for its ack.
+    pattern = "JIJIIJJIJ"
+    queued = [job(n) if kind == "J" else image(n) for n, kind in enumerate(pattern, start=2)]
+    async with Peer(tls.server_cert, ack=Ack.WITHHOLD) as peer:
+        add_endpoint(store, peer, "ep1.test", group_id=GROUP)
+        async with daemon(settings, store):
+            await peer.wait_for(lambda: peer.connected)
+            notify(store, settings, job(1))
+            await peer.wait_for(lambda: len(notifications(peer)) == 1)
+            notify(store, settings, *queued)
+            peer.ack = Ack.NOW
+            await peer.ack_notification(notifications(peer)[0])
+            await peer.wait_for(lambda: len(delivered(notifications(peer))) == 1 + len(queued))
+    messages = notifications(peer)
+    assert [tag(item) for item in delivered(messages)] == [tag(job(1)), *map(tag, queued)]
+    shapes = [[(e["object"], len(e["data"])) for e in m["payload"]] for m in messages]
+    assert shapes == [
+        [("JOB", 1)],  # J1, alone: it was on the wire before the rest was queued
+        [("JOB", 1), ("IMAGE", 1)],  # J2 I3 (J4 would be a second JOB element)
+        [("JOB", 1), ("IMAGE", 2)],  # J4 I5 I6
+        [("JOB", 2), ("IMAGE", 1)],  # J7 J8 I9
+        [("JOB", 1)],  # J10
+    ]
 
 
 async def test_withheld_ack_gets_the_same_message_again_and_nothing_new(

@@ -6,18 +6,25 @@ and when to look again. `pump.py` does the reading, writing and waiting.
 The rules it keeps:
 - At most one NOTIFICATION request outstanding per group. Nothing new is sent until it
   is acknowledged by a response with the same id and `payload: []`.
-- A batch is the oldest unacknowledged events in seq order, grouped into payload
-  elements by runs of one object, capped by `max_batch` events and `max_bytes` bytes
-  of frame. An event too large for a frame on its own is sent alone (flagged
-  `oversized`): dropping it would lose a notification and holding it would stop the
-  group for good; the endpoint decides whether it accepts the frame.
+- A batch is the oldest unacknowledged events in seq order, capped by `max_batch`
+  events and `max_bytes` bytes of frame. An event too large for a frame on its own is
+  sent alone (flagged `oversized`): dropping it would lose a notification and holding it
+  would stop the group for good; the endpoint decides whether it accepts the frame.
+- One element per object type (spec section 3): a message holds at most one JOB and one
+  IMAGE element, in the order of their first event, and a batch ends before an object
+  type would come again after the other (J1 I1 J2 gives {JOB:[J1], IMAGE:[I1]}, then
+  {JOB:[J2]}). So every type's events are one run, and reading the elements in order
+  gives the events in the order they happened.
 - No ack within `rate_s` of a completed write: the very same message (same id, same
   timeStamp, same bytes) is sent again, so the endpoint can drop duplicates by id.
 - A write that does not complete within the send timeout counts as not sent: the same
   message goes again after `rate_s`.
 - A new connection (failover, reconnect) sends the outstanding batch again at once.
 - A restart resumes from the cursor: a batch persisted as in flight is rebuilt from its
-  seq range with its id and timeStamp, and goes first.
+  seq range with its id and timeStamp, and goes first. It is rebuilt from every event
+  of the range, one element per run, whatever the caps and rules are now: so it is the
+  very same message (a batch persisted by a version before the one-element-per-type
+  rule goes once more as it was first sent).
 """
 
 from __future__ import annotations
@@ -113,8 +120,9 @@ def _frame_size(message: Message) -> int:
 
 
 def _payload(events: Sequence[OutboxEvent]) -> list[dict[str, Any]]:
-    """The payload elements of `events`; each run's data is parsed by one `json.loads`
-    (one call per event was the largest cost of building a batch)."""
+    """The payload elements of `events`, one per run of one object (after `build_batch`,
+    one per object type); each run's data is parsed by one `json.loads` (one call per
+    event was the largest cost of building a batch)."""
     return [
         element(obj, json.loads("[" + ",".join(event.data for event in run) + "]"))
         for obj, run in itertools.groupby(events, key=operator.attrgetter("object"))
@@ -129,7 +137,8 @@ def build_batch(
     max_batch: int,
     max_bytes: int,
 ) -> Batch:
-    """The longest prefix of `events` (at least one) within both caps, as one request.
+    """The longest prefix of `events` (at least one) within both caps and the grouping
+    rule (one element per object type, see the module docstring), as one request.
 
     Sizes are counted from the stored JSON text, which is exactly what the encoder
     writes, so the frame is never built twice.
@@ -140,9 +149,13 @@ def build_batch(
     size = _frame_size(empty) + _ENVELOPE_SLACK
     taken = 0
     previous: str | None = None
+    started: set[str] = set()  # the types that have their element in this message
     for event in events[:max_batch]:
         cost = len(event.data.encode("utf-8"))
         if event.object != previous:
+            if event.object in started:
+                break  # the type would come again after the other one: next message
+            started.add(event.object)
             cost += _ELEMENT_OVERHEAD[event.object] + (1 if previous else 0)
         elif taken:
             cost += 1  # the comma between two data objects
@@ -151,16 +164,31 @@ def build_batch(
         size += cost
         taken += 1
         previous = event.object
-    chosen = events[:taken]
-    payload = _payload(chosen)
-    message = request(MessageType.NOTIFICATION, payload, now, id=message_id)
+    return _batch(events[:taken], message_id, now, size - _ENVELOPE_SLACK, size > max_bytes)
+
+
+def rebuild_batch(events: Sequence[OutboxEvent], restored: PersistedBatch) -> Batch:
+    """The persisted batch again, from every event of its range: same id, timeStamp and
+    bytes as when it was first built, whatever the caps are now (one element per run,
+    which is one per type for any batch `build_batch` made)."""
+    if not events:
+        raise ValueError("a batch needs at least one event")
+    batch = _batch(events, restored.message_id, restored.sent_at, 0, oversized=False)
+    # Encoded once to size it: a restart is rare, and the caps do not apply here.
+    return dataclasses.replace(batch, size_bytes=_frame_size(batch.message))
+
+
+def _batch(
+    chosen: Sequence[OutboxEvent], message_id: str, now: float, size: int, oversized: bool
+) -> Batch:
+    message = request(MessageType.NOTIFICATION, _payload(chosen), now, id=message_id)
     return Batch(
         message=message,
         first_seq=chosen[0].seq,
         last_seq=chosen[-1].seq,
-        count=taken,
-        size_bytes=size - _ENVELOPE_SLACK,
-        oversized=size > max_bytes,
+        count=len(chosen),
+        size_bytes=size,
+        oversized=oversized,
     )
 
 
@@ -211,13 +239,7 @@ class GroupDelivery:
         if not events:
             return None
         if restored is not None:
-            batch = build_batch(
-                events,
-                message_id=restored.message_id,
-                now=restored.sent_at,
-                max_batch=len(events),
-                max_bytes=1 << 62,
-            )
+            batch = rebuild_batch(events, restored)
         else:
             batch = build_batch(
                 events,

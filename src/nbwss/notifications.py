@@ -132,17 +132,42 @@ _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def element(obj: str, data: list[dict[str, Any]]) -> dict[str, Any]:
-    """One payload element: the notifications of one run of one object."""
+    """One payload element: the notifications of one object type in one message."""
     return {"notificationType": NOTIFICATION_TYPE, "object": obj, "data": data}
 
 
-def payload_elements(notifications: Iterable[Notification]) -> list[dict[str, Any]]:
-    """The NOTIFICATION payload: one element per run of one object, in the original order.
+def message_payloads(notifications: Iterable[Notification]) -> list[list[dict[str, Any]]]:
+    """The payloads of the messages that carry `notifications`, caps aside (spec section 3).
 
-    JOB, JOB, IMAGE, JOB gives three elements (JOB x2, IMAGE, JOB): merging the two JOB
-    runs would move the last job before the image, and the order is the guarantee.
+    One element per object type per message, in the order of its first notification; a
+    message ends before a type would come again after the other. JOB, JOB, IMAGE, JOB
+    gives [JOB x2, IMAGE] then [JOB]: merging the two JOB runs would move the last job
+    before the image, and the order is the guarantee. `delivery.build_batch` keeps the
+    same rule over stored rows (and the caps); this is its plain statement.
     """
-    return [
-        element(obj, [data for _, data in run])
-        for obj, run in itertools.groupby(notifications, key=operator.itemgetter(0))
-    ]
+    payloads: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    for obj, run in itertools.groupby(notifications, key=operator.itemgetter(0)):
+        if any(e["object"] == obj for e in current):
+            payloads.append(current)
+            current = []
+        current.append(element(obj, [data for _, data in run]))
+    return [*payloads, current] if current else payloads
+
+
+def repeated_objects(payload: Iterable[Any]) -> list[str]:
+    """The object types that have more than one element in a NOTIFICATION payload.
+
+    Empty for every message nbwss sends; a cloud app written to the guide may index the
+    payload by `object`, and would lose all but one element of a repeated type.
+    """
+    seen: set[Any] = set()
+    repeated: list[str] = []
+    for item in payload:
+        if not isinstance(item, dict):
+            continue  # not an element at all: another problem, for the caller to name
+        obj = item.get("object")
+        if obj in seen and str(obj) not in repeated:
+            repeated.append(str(obj))
+        seen.add(obj)
+    return repeated
