@@ -17,13 +17,15 @@ def test_demo_runs_the_whole_flow_and_loses_nothing(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "notifications delivered: 10 of 10" in out
+    assert "notifications delivered: 13 of 13, in " in out
+    assert "at most one element per object type" in out
     assert "result: OK, nothing lost" in out
     # The story's key moments were on the wire, in this order.
     moments = [
         "[endpoint-1] CONNECT accepted",
         "step A: job 144 BACKUP ACTIVE",
         "step G: job 144 BACKUP DONE",
+        ": JOB x1, IMAGE x2",  # the notify script's job and images: one message, two elements
         "COMMAND POST /netbackup/login -> local REST API 201",
         "COMMAND GET /netbackup/config/servers/vmservers/vcenterServer1 -> local REST API 200",
         "CONNECT accepted by endpoint-2.demo",

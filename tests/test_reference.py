@@ -135,6 +135,23 @@ async def test_notification_is_recorded_and_acked_with_its_id(
     assert endpoint.acks_sent == 1
 
 
+async def test_a_message_with_two_elements_of_one_type_is_flagged_and_still_acked(
+    tls: TlsMaterial,
+) -> None:
+    lines: list[str] = []
+    async with ReferenceEndpoint(TOKEN, tls.server_context(), out=lines.append) as endpoint:
+        ws, _ = await dial(endpoint, tls)
+        async with ws:
+            good = notification(("JOB", [PARENT_JOB]), ("IMAGE", [IMAGE_CREATE]))
+            bad = notification(("JOB", [PARENT_JOB]), ("IMAGE", [IMAGE_CREATE]), ("JOB", []))
+            for sent in (good, bad):
+                await ws.send(encode(sent))
+                assert (await receive(ws)).id == sent.id  # acked all the same: nothing lost
+    assert endpoint.grouping_violations == 1
+    assert f"[endpoint] <- NOTIFICATION {good.id[:8]}: JOB x1, IMAGE x1" in lines
+    assert any(f"NOTIFICATION {bad.id} has more than one JOB element" in line for line in lines)
+
+
 async def test_withheld_ack_then_resend_with_same_id_is_one_notification(
     endpoint: ReferenceEndpoint, tls: TlsMaterial
 ) -> None:

@@ -2,10 +2,12 @@
 
 It makes a throw-away CA, starts two reference cloud endpoints (group DEMO, priorities
 1 and 2) and the stand-in NetBackup REST API, adds the endpoints through the same code
-as `nbwss endpoint add` (`nbwss.admin`), and runs the daemon as `nbwss run` builds it. Then it plays
-the guide's VMware backup (the REST poller turns it into notifications), sends a
-COMMAND round trip (login, POST and GET a VM server), and stops endpoint 1 while a
-notification is unacknowledged, to show failover to endpoint 2 with nothing lost.
+as `nbwss endpoint add` (`nbwss.admin`), and runs the daemon as `nbwss run` builds it.
+Then it plays the guide's VMware backup (the REST poller turns it into notifications),
+queues a job and its images at once as a notify script would (one message, one element
+per object type), sends a COMMAND round trip (login, POST and GET a VM server), and
+stops endpoint 1 while a notification is unacknowledged, to show failover to endpoint 2
+with nothing lost.
 
 Every check is real: the summary's figures come from what the endpoints received and
 from the daemon's own metrics, and the command exits 1 when anything is missing.
@@ -28,6 +30,7 @@ import structlog
 import trustme
 
 from nbwss import admin, metrics, properties
+from nbwss.commands import notify
 from nbwss.daemon import build_service
 from nbwss.endpoints import EndpointDetails, details_to_json
 from nbwss.reference.endpoint import Notification, ReferenceEndpoint
@@ -36,6 +39,7 @@ from nbwss.standin import restapi
 from nbwss.standin.scenarios import GuideScenarios, Step, comparable
 from nbwss.status import fetch_status
 from nbwss.store import Store
+from nbwss.wake import send_wake
 
 GROUP = "DEMO"
 API_USER, API_PASSWORD = "admin", "demo-password"  # the stand-in's only user
@@ -116,11 +120,13 @@ class Summary:
     resent: float
     failovers: float
     commands: float
+    messages: int
     problems: list[str]
 
     def lines(self) -> list[str]:
         return [
-            f"notifications delivered: {self.delivered} of {self.expected}",
+            f"notifications delivered: {self.delivered} of {self.expected}, in {self.messages} "
+            "message(s) of at most one element per object type",
             f"acknowledged: {self.acked:g}    resent: {self.resent:g}    "
             f"failovers: {self.failovers:g}    commands answered: {self.commands:g}",
             "result: OK, nothing lost" if not self.problems else "result: FAILED",
@@ -284,7 +290,9 @@ def _metric(name: str, **labels: str) -> float:
     return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def _summarize(world: DemoWorld, steps: list[Step], problems: list[str]) -> Summary:
+def _summarize(
+    world: DemoWorld, expected: list[tuple[str, dict[str, Any]]], problems: list[str]
+) -> Summary:
     first, second = world.endpoints
     # Endpoint 1 saw the restore but never acked it; endpoint 2 got it again from the
     # group's cursor. Delivered = each notification counted once, in the order first seen.
@@ -292,10 +300,12 @@ def _summarize(world: DemoWorld, steps: list[Step], problems: list[str]) -> Summ
     for item in _comparable(second.notifications):
         if item not in arrived:
             arrived.append(item)
-    expected = _expected(steps)
     if arrived != expected:
         missing = [e for e in expected if e not in arrived]
         problems.append(f"arrivals differ from the guide's sequence; missing: {missing}")
+    violations = first.grouping_violations + second.grouping_violations
+    if violations:
+        problems.append(f"{violations} message(s) had two elements of one object type")
     return Summary(
         delivered=sum(1 for e in expected if e in arrived),
         expected=len(expected),
@@ -305,8 +315,42 @@ def _summarize(world: DemoWorld, steps: list[Step], problems: list[str]) -> Summ
         commands=sum(
             _metric("nbwss_commands_total", status=str(code)) for code in (200, 201)
         ),
+        messages=len(set(first.notification_messages) | set(second.notification_messages)),
         problems=problems,
     )
+
+
+def _script_notifications(scenarios: GuideScenarios) -> list[tuple[str, dict[str, Any]]]:
+    """A job and its two images, as a notify script queues them in one `nbwss notify -`
+    (the guide's "multiple in one message" example, as job 148)."""
+    t = scenarios.t
+    job = {"scheduleType": "ST_FULL", "clientName": "DummyTestVM", "status": 0,
+           "startTime": t(1459829798), "state": "DONE", "policyName": "vmware2",
+           "parentJobId": 148, "jobId": 148, "policyType": "VMWARE", "jobType": "BACKUP"}
+    images = [
+        {"clientType": "VMWARE", "clientName": "DummyTestVM", "backupTime": t(backup),
+         "createdTime": t(backup + 22), "operationId": "UPDATE",
+         "backupId": f"DummyTestVM_{t(backup)}"}
+        for backup in (1459811798, 1459811786)
+    ]
+    return [("JOB", job), *(("IMAGE", image) for image in images)]
+
+
+async def _notify_script(
+    settings: properties.Settings, store: Store, endpoint: ReferenceEndpoint,
+    items: list[tuple[str, dict[str, Any]]], narrator: Narrator,
+) -> None:
+    """Queue `items` at once with the code of `nbwss notify -`; they arrive as one message,
+    one element per object type."""
+    narrator.say("admin", f"nbwss notify - ({len(items)} JSON lines: a job, then its images)")
+    lines = [json.dumps({"object": obj, "data": data}) for obj, data in items]
+    wanted = len(endpoint.notifications) + len(items)
+    await asyncio.to_thread(
+        notify.queue, store, notify.rows_from_lines(lines), settings.message_max_bytes,
+        lambda: send_wake(settings.wake_socket),
+    )
+    async with asyncio.timeout(STEP_TIMEOUT_S):
+        await endpoint.wait_for_notifications(wanted)
 
 
 async def _show_status(settings: properties.Settings, narrator: Narrator) -> None:
@@ -332,36 +376,41 @@ async def run_demo(root: Path, narrator: Narrator) -> Summary:
         try:
             await _add_endpoints(world, store, narrator)
             service = build_service(settings, store)
-            return await _run_story(service, settings, world, scenarios, narrator)
+            return await _run_story(service, settings, store, world, scenarios, narrator)
         finally:
             store.close()
     finally:
         await _stop_world(world)
 
 
-async def _run_story(service: Service, settings: properties.Settings, world: DemoWorld,
-                     scenarios: GuideScenarios, narrator: Narrator) -> Summary:
+async def _run_story(service: Service, settings: properties.Settings, store: Store,
+                     world: DemoWorld, scenarios: GuideScenarios, narrator: Narrator) -> Summary:
     daemon = asyncio.create_task(service.async_run(handle_signals=False))
     problems: list[str] = []
+    backup, script = scenarios.vmware_backup(), _script_notifications(scenarios)
+    later = scenarios.restore() + scenarios.image_deletion()
     try:
         first = world.endpoints[0]
         async with asyncio.timeout(STEP_TIMEOUT_S):
             await service.ready.wait()
             await first.connected.wait()
         narrator.say("demo", "-- the guide's VMware policy backup (examples A to G) --")
-        await _play(scenarios.vmware_backup(), world, first, narrator)
+        await _play(backup, world, first, narrator)
+        narrator.say("demo", "-- a notify script: two object types, one message --")
+        await _notify_script(settings, store, first, script, narrator)
         narrator.say("demo", "-- a COMMAND round trip through the daemon --")
         problems += await _command_round_trip(first, narrator)
         await _show_status(settings, narrator)
         narrator.say("demo", "-- failover: endpoint-1 goes offline mid-delivery --")
-        await _failover(world, scenarios.restore() + scenarios.image_deletion(), narrator)
+        await _failover(world, later, narrator)
         await _show_status(settings, narrator)
     except TimeoutError:
         problems.append("a step did not complete in time (see the lines above)")
     finally:
         service.handle_exit()
         await daemon
-    return _summarize(world, scenarios.all_steps(), problems)
+    expected = _expected(backup) + [comparable(item) for item in script] + _expected(later)
+    return _summarize(world, expected, problems)
 
 
 def _configure_narrative_logs(narrator: Narrator) -> None:

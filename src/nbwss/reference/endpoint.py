@@ -9,7 +9,10 @@ Read this file top to bottom to see what a cloud application must do:
 3. Answer every NOTIFICATION request with a response of the same id and `payload: []`.
    Until you do, the daemon sends nothing new to you; after `notification.scheduledRate`
    seconds it sends the *same* message again (same id, same content). Drop duplicates
-   by id: delivery is at-least-once and in order per server group.
+   by id: delivery is at-least-once and in order per server group. A message holds at
+   most one element per object type (one JOB, one IMAGE), first-happened first, so
+   reading its elements in order gives the events in order; this endpoint checks that
+   and says so when a message breaks it (`grouping_violations`).
 4. Send COMMAND requests when you want the master server's REST API called; the
    response carries your id, the HTTP status, headers and body.
 
@@ -39,6 +42,7 @@ from nbwss.messages import (
     request,
     response_to,
 )
+from nbwss.notifications import repeated_objects
 
 DEFAULT_PATH = "/cfs/nbufacade"  # the path of the guide's example URL
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # the daemon's default `message.maxBytes`
@@ -70,6 +74,15 @@ def describe(notification: Notification) -> str:
             f"client={data.get('clientName')} type={data.get('clientType')}"
         )
     return f"{notification.object} {data}"
+
+
+def shape(message: Message) -> str:
+    """The elements of a NOTIFICATION in order, e.g. `JOB x3, IMAGE x2` (printed per message)."""
+    return ", ".join(
+        f"{element.get('object')} x{len(element.get('data') or [])}"
+        for element in message.payload
+        if isinstance(element, dict)
+    )
 
 
 def notifications_of(message: Message) -> list[Notification]:
@@ -117,6 +130,7 @@ class ReferenceEndpoint:
         self.notifications: list[Notification] = []  # distinct, in arrival order
         self.notification_messages: list[str] = []  # every NOTIFICATION id, resends too
         self.duplicates = 0  # NOTIFICATION messages whose id was seen before
+        self.grouping_violations = 0  # messages with two elements of one object type
         self.acks_sent = 0
 
         self._arrived = asyncio.Condition()
@@ -279,6 +293,13 @@ class ReferenceEndpoint:
             self.out(f"[{self.name}] <- NOTIFICATION {message.id} again (a resend)")
         else:
             self._seen_ids.add(message.id)
+            self.out(f"[{self.name}] <- NOTIFICATION {message.id[:8]}: {shape(message)}")
+            repeated = repeated_objects(message.payload)
+            if repeated:
+                # An app that indexes the payload by `object` would lose all but one.
+                self.grouping_violations += 1
+                self.out(f"[{self.name}] !! NOTIFICATION {message.id} has more than one "
+                         f"{' and '.join(repeated)} element (the guide allows one per type)")
             for notification in arrived:
                 self.out(f"[{self.name}] <- {describe(notification)}")
             async with self._arrived:
