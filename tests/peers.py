@@ -4,7 +4,8 @@ The daemon dials with aiohttp; its peers here use another WebSocket implementati
 the two sides do not share bugs. A `Peer` is a cloud app's endpoint whose behaviour a
 test sets and changes at any time:
 
-- `connect`: how it answers CONNECT (`VALID`, `INVALID`, `NEVER`, `WRONG_ID`);
+- `connect`: how it answers CONNECT (`VALID`, `INVALID`, `NEVER`, `WRONG_ID`), and
+  `connect_delay_s`: how long it takes to (an app checking the token with its backend);
 - `ack`: whether it acknowledges NOTIFICATIONs at once (`NOW`) or keeps them for the
   test to acknowledge with `ack_notification()` (`WITHHOLD`);
 - `answer_pongs`: False makes it ignore the daemon's pings (keepalive tests);
@@ -73,6 +74,8 @@ class PeerConnection:
     close_reason: str = ""
     accepted: bool = False  # CONNECT answered valid
     closed: bool = False
+    opened_at: float = field(default_factory=time.monotonic)
+    closed_at: float | None = None
 
 
 class Peer:
@@ -87,9 +90,11 @@ class Peer:
         answer_pongs: bool = True,
         answer_close: bool = True,
         path: str = "/cfs/nbufacade",
+        connect_delay_s: float = 0.0,
     ) -> None:
         self.certificate = certificate
         self.connect = connect
+        self.connect_delay_s = connect_delay_s
         self.ack = ack
         self.answer_pongs = answer_pongs
         self.answer_close = answer_close
@@ -246,6 +251,7 @@ class Peer:
             connection.close_code = received.code if received is not None else None
             connection.close_reason = received.reason if received is not None else ""
             connection.closed = True
+            connection.closed_at = time.monotonic()
             self._notify()
 
     async def _on_frame(self, connection: PeerConnection, frame: str | bytes) -> None:
@@ -267,6 +273,8 @@ class Peer:
     async def _answer_connect(self, connection: PeerConnection, request: dict[str, Any]) -> None:
         if self.connect is ConnectAnswer.NEVER:
             return
+        if self.connect_delay_s:
+            await asyncio.sleep(self.connect_delay_s)  # the app's own check, as slow as told
         response = _response(request, {"valid": self.connect is not ConnectAnswer.INVALID})
         if self.connect is ConnectAnswer.WRONG_ID:
             response["id"] = "00000000-0000-0000-0000-000000000000"

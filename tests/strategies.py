@@ -327,6 +327,7 @@ _SETTING_VALUES = {
     "notification.sendTimeout": ["2000", "0.5", "0", "-1", "x"],
     "keepAlive.maxPongMissAllowed": ["10", "0", "1e3", "99999999999999999999"],
     "connectionInfo.period": ["60", "0", "nan", "inf", "-5"],
+    "connect.responseTimeout": ["30", "0.5", "0", "-1", "1e400"],
     "store.path": ["/tmp/x.db", "", "~", "~nosuchuser/x"],
     "restApi.baseUrl": ["https://h:1556", "ftp://h", "https://"],
     "command.allowedPrefixes": ["/netbackup/", "netbackup", ",", "/a,/b"],

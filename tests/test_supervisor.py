@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from nbwss.backoff import Backoff
 from nbwss.properties import Settings
@@ -210,3 +211,50 @@ async def test_a_server_with_another_certificate_is_refused_and_says_why(
             assert "did not match" in (store.endpoint("ep1.test").last_error or "")
             assert peer.received("CONNECT") == []
             assert supervisor.connected == {}
+
+
+# -- CONNECT's own deadline (connect.responseTimeout) --------------------------------------
+
+
+async def test_a_connect_answer_slower_than_send_timeout_connects_once_without_redial(
+    tls: TlsMaterial, store: Store
+) -> None:
+    # The relation of the issue, scaled down: the app answers after sendTimeout (2 s
+    # there) and well before connect.responseTimeout; the periodic runs (0.2 s) go on.
+    slow = Settings(send_timeout_s=0.2, connect_response_timeout_s=timeout(10),
+                    connection_period_s=0.2)  # fmt: skip
+    async with Peer(tls.server_cert, connect_delay_s=1.0) as peer:
+        add_endpoint(store, peer, "ep1.test")
+        async with supervising(Supervisor(slow, store)) as supervisor:
+            runs = supervisor.runs
+            await until(supervisor, lambda: supervisor.connected == {"GROUP1": "ep1.test"})
+            assert supervisor.runs >= runs + 3  # periodic runs happened during the wait
+            assert len(peer.connections) == 1  # connected once, never redialled meanwhile
+            assert len(peer.received("CONNECT")) == 1
+            assert store.endpoint("ep1.test").connected
+
+
+async def test_a_silent_endpoint_is_closed_after_connect_response_timeout_with_a_reason(
+    tls: TlsMaterial, store: Store
+) -> None:
+    deadline = 0.5
+    quick = Settings(send_timeout_s=0.1, connect_response_timeout_s=deadline,
+                     connection_period_s=30.0)  # fmt: skip
+    async with Peer(tls.server_cert, connect=ConnectAnswer.NEVER) as silent, Peer(
+        tls.server_cert
+    ) as second:
+        add_endpoint(store, silent, "ep1.test", priority=1)
+        add_endpoint(store, second, "ep2.test", priority=2)
+        with capture_logs() as logged:
+            async with supervising(Supervisor(quick, store)):
+                await second.wait_for(lambda: second.connected)
+    first = silent.connections[0]
+    why = "no CONNECT response in 0.5 s (connect.responseTimeout)"
+    assert (first.close_code, first.close_reason) == (1000, why)
+    assert why in (store.endpoint("ep1.test").last_error or "")
+    failed = [e for e in logged if e["event"] == "endpoint.connect_failed"]
+    assert [(e["host"], e["reason"]) for e in failed][:1] == [("ep1.test", why)]
+    # Closed at the deadline, not before (and not at sendTimeout), and dialled once.
+    assert first.closed_at is not None
+    assert first.closed_at - first.opened_at >= deadline
+    assert len(silent.received("CONNECT")) == 1

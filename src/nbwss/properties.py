@@ -257,8 +257,7 @@ PROPERTIES: tuple[Property, ...] = (
              "and ignores it.",
              applies=Applies.NEW_CONNECTIONS),
     Property("notification.sendTimeout", "send_timeout_s", partial(_seconds, scale=0.001),
-             "2000", "Milliseconds a send (or the CONNECT answer) may take before it counts "
-             "as not done.",
+             "2000", "Milliseconds a send may take before it counts as not done.",
              applies=Applies.NEW_CONNECTIONS),
     Property("notification.scheduledRate", "notification_rate_s", _seconds, "5",
              "Seconds to wait for a NOTIFICATION acknowledgement before sending the same "
@@ -284,6 +283,11 @@ PROPERTIES: tuple[Property, ...] = (
     Property("store.keyFile", "key_path", _optional_path, "",
              "Token encryption key. Empty: $CREDENTIALS_DIRECTORY/nbwss.key when set, else "
              "nbwss.key beside the database (created 0600 on first use)."),
+    Property("connect.responseTimeout", "connect_response_timeout_s", _seconds, "30",
+             "Seconds an endpoint may take to answer CONNECT (the guide sets no limit); "
+             "no other dial is made for the group meanwhile. Past it, the connection is "
+             "closed and the group's next endpoint is tried.",
+             applies=Applies.NEW_CONNECTIONS),
     Property("message.maxBytes", "message_max_bytes", partial(_integer, minimum=1024),
              str(16 * _MIB), "Largest frame accepted from or sent to an endpoint, in bytes.",
              applies=Applies.NEW_CONNECTIONS),
@@ -355,6 +359,7 @@ class Settings:
     thread_pool_size: int = 1
     store_path: Path | None = None
     key_path: Path | None = None
+    connect_response_timeout_s: float = 30.0
     message_max_bytes: int = 16 * _MIB
     notification_max_batch: int = 500
     notification_retention_days: float = 30.0

@@ -36,7 +36,7 @@ from nbwss.trust import check_peer
 
 log = get_logger("nbwss.session")
 
-# TCP + TLS + HTTP upgrade; the CONNECT answer then has `notification.sendTimeout`.
+# TCP + TLS + HTTP upgrade; the CONNECT answer then has `connect.responseTimeout`.
 DIAL_TIMEOUT_S: Final = 10.0
 # A frame this many times over `message.maxBytes` is not even read: the transport closes
 # with 1009. Below that, an oversized frame follows `exception.ignoreDecoder` like any
@@ -89,9 +89,15 @@ async def connect(
     delivery: GroupDelivery | None = None,
     command_handler: CommandHandler | None = None,
     clock: Callable[[], float] = time.time,
+    dial_slots: asyncio.Semaphore | None = None,
 ) -> Session:
-    """Dial `target` and complete CONNECT; raise `ConnectError`/`TrustError` saying why."""
-    ws = await _dial(http, target, settings, ssl_context)
+    """Dial `target` and complete CONNECT; raise `ConnectError`/`TrustError` saying why.
+
+    `dial_slots` bounds the dials (TCP, TLS, upgrade: CPU-bound) made at once; it is
+    not held while the endpoint takes its time to answer CONNECT.
+    """
+    async with dial_slots or contextlib.nullcontext():
+        ws = await _dial(http, target, settings, ssl_context)
     session = Session(ws, target, settings, delivery, command_handler, clock)
     try:
         ssl_object = ws.get_extra_info("ssl_object")
@@ -194,19 +200,15 @@ class Session:
     # -- handshake -------------------------------------------------------------------------
 
     async def handshake(self) -> None:
-        """Send CONNECT and require a `valid: true` answer with its id in time."""
+        """Send CONNECT and require a `valid: true` answer with its id in time.
+
+        The write has `notification.sendTimeout`; the answer has its own deadline,
+        `connect.responseTimeout` (the guide sets none: an app may check the token with
+        its own backend first). The caller dials nothing else for the group meanwhile.
+        """
         request = messages.connect_request(self.target.token, self._clock())
-        timeout_ms = self._settings.send_timeout_s * 1000
-        try:
-            async with asyncio.timeout(self._settings.send_timeout_s):
-                await self._ws.send_str(messages.encode(request))
-                response = await self._connect_response()
-        except TimeoutError:
-            await self._refuse("timeout", f"no CONNECT response in {timeout_ms:g} ms", CLOSE_NORMAL)
-        except (aiohttp.ClientError, OSError) as exc:
-            await self._refuse("error", f"connection lost during CONNECT: {exc}", CLOSE_NORMAL)
-        except DecodeError as exc:
-            await self._refuse("error", f"malformed CONNECT response: {exc}", CLOSE_PROTOCOL_ERROR)
+        await self._send_connect(request)
+        response = await self._await_connect_answer()
         if response.id != request.id:
             await self._refuse("error", "CONNECT response has another id", CLOSE_PROTOCOL_ERROR)
         try:
@@ -216,6 +218,30 @@ class Session:
         if not valid:
             await self._refuse("invalid", "the endpoint refused the token", CLOSE_POLICY)
         _count_handshake(self.target, "valid")
+
+    async def _send_connect(self, request: Message) -> None:
+        limit_s = self._settings.send_timeout_s
+        try:
+            async with asyncio.timeout(limit_s):
+                await self._ws.send_str(messages.encode(request))
+        except TimeoutError:
+            why = f"CONNECT not sent in {limit_s * 1000:g} ms"
+            await self._refuse("timeout", why, CLOSE_NORMAL)
+        except (aiohttp.ClientError, OSError) as exc:
+            await self._refuse("error", f"connection lost during CONNECT: {exc}", CLOSE_NORMAL)
+
+    async def _await_connect_answer(self) -> Message:
+        limit_s = self._settings.connect_response_timeout_s
+        try:
+            async with asyncio.timeout(limit_s):
+                return await self._connect_response()
+        except TimeoutError:
+            why = f"no CONNECT response in {limit_s:g} s (connect.responseTimeout)"
+            await self._refuse("timeout", why, CLOSE_NORMAL)
+        except (aiohttp.ClientError, OSError) as exc:
+            await self._refuse("error", f"connection lost during CONNECT: {exc}", CLOSE_NORMAL)
+        except DecodeError as exc:
+            await self._refuse("error", f"malformed CONNECT response: {exc}", CLOSE_PROTOCOL_ERROR)
 
     async def _connect_response(self) -> Message:
         while True:

@@ -299,11 +299,11 @@ class Supervisor:
             token = await asyncio.to_thread(self._store.token, host)
             register_secret(token)
             target = Target(group_id, host, record.url, token, record.certificate_der)
-            async with self._dial_slots:
-                session = await connect(
-                    http, target, self._settings, self._context(record),
-                    delivery=self._delivery(group_id), command_handler=self._command_handler,
-                )
+            session = await connect(
+                http, target, self._settings, self._context(record),
+                delivery=self._delivery(group_id), command_handler=self._command_handler,
+                dial_slots=self._dial_slots,
+            )
         except (NbwssError, ConnectionError) as exc:
             log.warning("endpoint.connect_failed", group=group_id, host=host, reason=str(exc))
             await self._set_status(host, False, str(exc))
