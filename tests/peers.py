@@ -75,6 +75,7 @@ class PeerConnection:
     accepted: bool = False  # CONNECT answered valid
     closed: bool = False
     opened_at: float = field(default_factory=time.monotonic)
+    answered_at: float | None = None  # when CONNECT was answered (any way)
     closed_at: float | None = None
 
 
@@ -263,6 +264,7 @@ class Peer:
             return
         connection.messages.append(message)
         self.messages.append(message)
+        self._notify()  # seen before it is answered (an answer may take `connect_delay_s`)
         if message.get("subType") != "REQUEST":
             return
         if message.get("type") == "CONNECT":
@@ -280,6 +282,7 @@ class Peer:
             response["id"] = "00000000-0000-0000-0000-000000000000"
         connection.accepted = self.connect is ConnectAnswer.VALID
         await connection.ws.send(json.dumps(response))
+        connection.answered_at = time.monotonic()
 
 
 def _response(request: dict[str, Any], payload: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,14 @@ from structlog.testing import capture_logs
 from nbwss.backoff import Backoff
 from nbwss.properties import Settings
 from nbwss.store import EndpointRecord, Store
-from nbwss.supervisor import Supervisor, connection_order, identity_of, plan, token_digest
+from nbwss.supervisor import (
+    Supervisor,
+    connection_order,
+    group_signature,
+    identity_of,
+    plan,
+    token_digest,
+)
 from tests.conftest import TlsMaterial, timeout
 from tests.peers import ConnectAnswer, Peer, add_endpoint
 
@@ -66,6 +74,24 @@ def test_plan_closes_deleted_disabled_and_re_added_endpoints_only() -> None:
         "tok": "endpoint re-added with new details",
     }
     assert [r.host_name for r in decision.groups["G"]] == ["kept", "moved", "tok"]
+
+
+def test_after_a_refused_token_the_backoff_doubles_from_two_seconds_up_to_the_period() -> None:
+    backoff = Backoff(cap_s=60.0, rng=random.Random(3))
+    delays = [backoff.next_delay(refused=True) for _ in range(8)]
+    bases = [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
+    assert all(base / 2 <= d <= base for d, base in zip(delays, bases, strict=True))
+    backoff.reset()
+    assert backoff.next_delay() <= 0.05  # other failures still start fast
+
+
+def test_a_group_signature_changes_with_its_configuration_not_its_status() -> None:
+    endpoints = (record("a"), record("b", priority=2))
+    signature = group_signature(endpoints)
+    status = tuple(replace(r, connected=True, last_error="x", status_since=5.0) for r in endpoints)
+    assert group_signature(status) == signature
+    assert group_signature((replace(endpoints[0], updated_at=1.0), endpoints[1])) != signature
+    assert group_signature(endpoints[:1]) != signature
 
 
 def test_backoff_grows_with_jitter_up_to_the_cap_and_resets() -> None:
@@ -258,3 +284,70 @@ async def test_a_silent_endpoint_is_closed_after_connect_response_timeout_with_a
     assert first.closed_at is not None
     assert first.closed_at - first.opened_at >= deadline
     assert len(silent.received("CONNECT")) == 1
+
+
+# -- retry schedule --------------------------------------------------------------------------
+
+
+async def test_a_refused_token_is_redialled_on_a_doubling_schedule_not_at_each_run(
+    tls: TlsMaterial, store: Store
+) -> None:
+    # Runs every 0.05 s; the refused schedule is scaled down (0.2 s, 0.4, 0.8, ...).
+    fast_runs = Settings(send_timeout_s=1.0, connection_period_s=0.05)
+
+    def backoff(cap_s: float) -> Backoff:
+        return Backoff(cap_s=30.0, first_s=0.01, refused_first_s=0.2, rng=random.Random(1))
+
+    async with Peer(tls.server_cert, connect=ConnectAnswer.INVALID) as peer:
+        add_endpoint(store, peer, "ep1.test")
+        async with supervising(Supervisor(fast_runs, store, backoff=backoff)) as supervisor:
+            await peer.wait_for(lambda: len(peer.connections) >= 4, seconds=10)
+            assert supervisor.runs > 8  # the periodic runs did not redial the group
+    opened = [c.opened_at for c in peer.connections[:4]]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(opened)]
+    # Each wait is at least half its base (jitter), and the bases double.
+    assert [gap >= base / 2 for gap, base in zip(gaps, [0.2, 0.4, 0.8], strict=True)] == [
+        True, True, True,
+    ]
+
+
+async def test_an_endpoint_moved_to_another_group_is_never_dialled_twice_at_once(
+    tls: TlsMaterial, store: Store
+) -> None:
+    async with Peer(tls.server_cert, connect_delay_s=0.5) as peer:
+        add_endpoint(store, peer, "ep1.test", group_id="A")
+        async with supervising(Supervisor(settings(0.3), store)) as supervisor:
+            await peer.wait_for(lambda: len(peer.received("CONNECT")) == 1)
+            # Re-added in group B while group A waits for its CONNECT answer.
+            store.delete_endpoint("ep1.test")
+            add_endpoint(store, peer, "ep1.test", group_id="B")
+            supervisor.wake()
+            await until(supervisor, lambda: supervisor.connected == {"B": "ep1.test"}, 10)
+    first, second = peer.connections[:2]
+    assert first.answered_at is not None
+    assert second.opened_at > first.answered_at  # not dialled while the first was pending
+
+
+async def test_an_admin_change_cuts_short_only_the_wait_of_the_group_it_changed(
+    tls: TlsMaterial, store: Store
+) -> None:
+    def backoff(cap_s: float) -> Backoff:
+        return Backoff(cap_s=60.0, refused_first_s=60.0, rng=random.Random(1))
+
+    async with Peer(tls.server_cert, connect=ConnectAnswer.INVALID) as peer:
+        add_endpoint(store, peer, "ep1.test", token="old-token-1")
+        supervisor = Supervisor(settings(60.0), store, backoff=backoff)
+        async with supervising(supervisor):
+            await peer.wait_for(lambda: len(peer.connections) == 1)
+            runs = supervisor.runs
+            supervisor.endpoints_changed()  # nothing of this group changed
+            await until(supervisor, lambda: supervisor.runs > runs)
+            assert len(peer.connections) == 1  # still waiting out its 30-60 s
+            peer.connect = ConnectAnswer.VALID
+            store.delete_endpoint("ep1.test")
+            add_endpoint(store, peer, "ep1.test", token="new-token-2")
+            supervisor.endpoints_changed()  # as `nbwss endpoint add` does
+            await until(supervisor, lambda: supervisor.connected == {"GROUP1": "ep1.test"})
+    assert [m["payload"]["token"] for m in peer.received("CONNECT")] == [
+        "old-token-1", "new-token-2",
+    ]

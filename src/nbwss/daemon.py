@@ -140,5 +140,5 @@ def build_service(
         reload_settings=reload_settings,
     )
     live.supervisor = service.supervisor
-    wiring.waker.on_endpoints_changed(service.supervisor.wake)
+    wiring.waker.on_endpoints_changed(service.supervisor.endpoints_changed)
     return service

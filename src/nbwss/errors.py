@@ -40,8 +40,21 @@ class ConnectError(NbwssError):
     """A connection to an endpoint could not be made or was refused at CONNECT."""
 
 
+class TokenRefusedError(ConnectError):
+    """The endpoint answered CONNECT with `valid: false`; retried on a slower schedule."""
+
+
 class DecodeError(NbwssError):
     """A frame is not a valid NBWSS message; the message says what is wrong."""
+
+
+class CommandDecodeError(DecodeError):
+    """A COMMAND request whose `id` and `type` can be read, but not the rest: it gets a
+    400 answer with the reason instead of falling under `exception.ignoreDecoder`."""
+
+    def __init__(self, reason: str, message_id: str) -> None:
+        super().__init__(reason)
+        self.message_id = message_id
 
 
 class NotificationError(NbwssError):

@@ -25,7 +25,14 @@ from typing import Any, Final, NoReturn
 import aiohttp
 
 from nbwss import messages
-from nbwss.errors import MSG_CERT_MISMATCH, ConnectError, DecodeError, TrustError, unable_to_connect
+from nbwss.errors import (
+    MSG_CERT_MISMATCH,
+    ConnectError,
+    DecodeError,
+    TokenRefusedError,
+    TrustError,
+    unable_to_connect,
+)
 from nbwss.link import CommandHandler, GroupDelivery
 from nbwss.logs import get_logger
 from nbwss.messages import Message, MessageType, SubType
@@ -266,7 +273,8 @@ class Session:
         _count_handshake(self.target, result)
         self._reason = reason
         await self._close_now(code, reason)
-        raise ConnectError(reason)  # logs and /status name the host beside it
+        # Logs and /status name the host beside the reason.
+        raise TokenRefusedError(reason) if result == "invalid" else ConnectError(reason)
 
     async def abort(self) -> None:
         """Close after a failed handshake (no-op if already closed)."""

@@ -1,16 +1,23 @@
 """The connection process (spec section 4): which endpoint each server group uses.
 
-Every `connectionInfo.period` (and at start, and on `wake()`), the supervisor reads the
-endpoints and applies `plan()`, a pure decision: which live connections to close
-(endpoint deleted, disabled, or re-added with other details) and, per group, the enabled
-endpoints in the order to try them (lowest priority number first, ties by host name).
+Every `connectionInfo.period` (and at start, on `wake()` and on `endpoints_changed()`),
+the supervisor reads the endpoints and applies `plan()`, a pure decision: which live
+connections to close (endpoint deleted, disabled, or re-added with other details) and,
+per group, the enabled endpoints in the order to try them (lowest priority number
+first, ties by host name).
 
 Each group with endpoints has one task that keeps it connected: it tries the list in
 order until one endpoint completes CONNECT, serves that connection until it ends, then
 tries the list again at once. A group never leaves a live connection for a better one
-(no pre-emption), so at most one connection per group, and a host belongs to one group,
-so at most one per endpoint. Rounds in which no endpoint answered are spaced by a
-jittered exponential backoff capped at the period; a periodic run wakes waiting groups.
+(no pre-emption), so at most one connection per group. An endpoint being dialled or
+connected is skipped by every other group (a host re-added in another group while its
+old group still dials it), so never two dials of one endpoint at once.
+
+Rounds in which no endpoint answered are spaced by a jittered exponential backoff
+capped at the period (`nbwss.backoff`: from 0.05 s, or from 2 s after a refused token).
+A run (periodic, or after an admin command changed the endpoints) cuts a group's wait
+short only when that group's endpoints changed (added, re-added, enabled, priority);
+SIGHUP (`wake`) cuts every wait short.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Final
 import aiohttp
 
 from nbwss.backoff import Backoff
-from nbwss.errors import NbwssError, NotFoundError
+from nbwss.errors import NbwssError, NotFoundError, TokenRefusedError
 from nbwss.link import CommandHandler, GroupDelivery
 from nbwss.logs import get_logger, register_secret
 from nbwss.metrics import CONNECTED, FAILOVERS
@@ -45,6 +52,8 @@ log = get_logger("nbwss.supervisor")
 STABLE_AFTER_S: Final = 1.0
 # TLS handshakes are CPU-bound; a thousand groups dial in waves rather than all at once.
 MAX_CONCURRENT_DIALS: Final = 64
+
+Signature = tuple[tuple[str, str, int, str, float], ...]
 
 
 # -- the pure decision ---------------------------------------------------------------------
@@ -105,6 +114,23 @@ def plan(
     return Plan(close=close, groups=connection_order(records))
 
 
+def group_signature(endpoints: Sequence[EndpointRecord]) -> Signature:
+    """What a group's list of endpoints was configured with: a change (an endpoint added,
+    re-added, enabled or moved) is worth trying the list at once; a status is not."""
+    return tuple(
+        (r.host_name, r.url, r.priority, r.fingerprint, r.updated_at) for r in endpoints
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """How one try of a group's list went: how long the connection lived (None: no
+    endpoint connected), and whether an endpoint refused the token."""
+
+    lived_s: float | None
+    refused: bool = False
+
+
 # -- the I/O -------------------------------------------------------------------------------
 
 
@@ -125,13 +151,19 @@ class Supervisor:
         delivery_for_group: Callable[[str], GroupDelivery] | None = None,
         command_handler: CommandHandler | None = None,
         rng: random.Random | None = None,
+        backoff: Callable[[float], Backoff] | None = None,
     ) -> None:
+        """`backoff(cap_s)` makes each group's retry schedule (default: `Backoff` with
+        the module's delays and `rng`'s jitter); tests pass a faster one."""
         self._settings = settings
         self._store = store
         self._delivery_for_group = delivery_for_group
         self._command_handler = command_handler
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self._backoff = backoff or (lambda cap_s: Backoff(cap_s=cap_s, rng=rng))
         self._wake = asyncio.Event()
+        self._woken = False  # the next run was asked for (SIGHUP): it kicks every group
+        self._signatures: dict[str, Signature] = {}
         self._changed = asyncio.Event()
         self._stopping = False
         self._groups: Mapping[str, tuple[EndpointRecord, ...]] = {}
@@ -139,6 +171,7 @@ class Supervisor:
         self._group_tasks: dict[str, asyncio.Task[None]] = {}
         self._kicks: dict[str, asyncio.Event] = {}
         self._live: dict[str, LiveConnection] = {}  # by host name
+        self._dialling: set[str] = set()  # host names being dialled (up to CONNECT's answer)
         self._last_host: dict[str, str] = {}  # by group: the host it was last connected to
         self._deliveries: dict[str, GroupDelivery] = {}
         self._contexts: dict[str, ssl.SSLContext] = {}  # by certificate fingerprint
@@ -158,7 +191,14 @@ class Supervisor:
         return len(self._live)
 
     def wake(self) -> None:
-        """Run the connection process now (SIGHUP, tests); safe from a signal handler."""
+        """Run the connection process now, and cut every group's wait short (SIGHUP,
+        tests); safe from a signal handler."""
+        self._woken = True
+        self._wake.set()
+
+    def endpoints_changed(self) -> None:
+        """Run the connection process now (an admin command changed the endpoints): the
+        groups whose endpoints changed try at once, the others keep their schedule."""
         self._wake.set()
 
     def update_settings(self, settings: Settings) -> None:
@@ -217,13 +257,19 @@ class Supervisor:
             if live is not None:
                 log.info("endpoint.closing", group=live.session.group_id, host=host, reason=reason)
                 live.session.request_close(reason)
-        for group_id in decision.groups:
+        woken, self._woken = self._woken, False
+        for group_id, endpoints in decision.groups.items():
+            signature = group_signature(endpoints)
+            changed = self._signatures.get(group_id) != signature
+            self._signatures[group_id] = signature
             if group_id in self._group_tasks:
-                self._kicks[group_id].set()  # a waiting group tries its list now
+                if woken or changed:
+                    self._kicks[group_id].set()  # a waiting group tries its list now
             elif not self._stopping:
                 self._kicks[group_id] = asyncio.Event()
                 keeper = self._keep_connected(http, group_id)
                 self._group_tasks[group_id] = tasks.create_task(keeper)
+        self._signatures = {g: s for g, s in self._signatures.items() if g in decision.groups}
         self.runs += 1
         self._notify()
 
@@ -249,17 +295,17 @@ class Supervisor:
     # -- one group ------------------------------------------------------------------------
 
     async def _keep_connected(self, http: aiohttp.ClientSession, group_id: str) -> None:
-        backoff = Backoff(cap_s=self._settings.connection_period_s, rng=self._rng)
+        backoff = self._backoff(self._settings.connection_period_s)
         try:
             while not self._stopping:
                 endpoints = self._groups.get(group_id, ())
                 if not endpoints:
                     return
-                lived_s = await self._connect_and_serve(http, group_id, endpoints)
-                if lived_s is not None and lived_s >= STABLE_AFTER_S:
+                tried = await self._connect_and_serve(http, group_id, endpoints)
+                if tried.lived_s is not None and tried.lived_s >= STABLE_AFTER_S:
                     backoff.reset()
                     continue  # a connection dropped: try the list again at once
-                delay = backoff.next_delay()
+                delay = backoff.next_delay(refused=tried.refused)
                 log.debug("group.retry", group=group_id, delay_s=round(delay, 3))
                 await self._pause(group_id, delay)
         finally:
@@ -276,24 +322,35 @@ class Supervisor:
 
     async def _connect_and_serve(
         self, http: aiohttp.ClientSession, group_id: str, endpoints: Sequence[EndpointRecord]
-    ) -> float | None:
-        """Try `endpoints` in order; serve the first that connects; None if none did."""
+    ) -> Round:
+        """Try `endpoints` in order; serve the first that connects."""
+        refused = False
         for record in endpoints:
             if self._stopping:
-                return None
-            if record.host_name in self._live:
-                continue  # connected in another group (re-added elsewhere): one per endpoint
-            session = await self._try(http, record)
+                return Round(None, refused)
+            if record.host_name in self._live or record.host_name in self._dialling:
+                continue  # dialled or connected by another group (re-added elsewhere)
+            self._dialling.add(record.host_name)
+            try:
+                session = await self._try(http, record)
+            except TokenRefusedError:
+                refused = True
+                continue
+            finally:
+                self._dialling.discard(record.host_name)
             if session is None:
                 continue
             if self._stopping:  # close_all ran while this one was being made
                 del self._live[record.host_name]
                 await session.abort()
-                return None
-            return await self._serve(session, record)
-        return None
+                return Round(None, refused)
+            return Round(await self._serve(session, record), refused)
+        return Round(None, refused)
 
     async def _try(self, http: aiohttp.ClientSession, record: EndpointRecord) -> Session | None:
+        """Dial and complete CONNECT; None when that failed (logged and written as the
+        endpoint's last error), and `TokenRefusedError` again after that when the
+        endpoint refused the token."""
         group_id, host = record.group_id, record.host_name
         try:
             token = await asyncio.to_thread(self._store.token, host)
@@ -308,6 +365,8 @@ class Supervisor:
             log.warning("endpoint.connect_failed", group=group_id, host=host, reason=str(exc))
             await self._set_status(host, False, str(exc))
             self._notify()
+            if isinstance(exc, TokenRefusedError):
+                raise
             return None
         except Exception as exc:  # a bug must not take the other groups down
             log.exception("endpoint.connect_error", group=group_id, host=host)
