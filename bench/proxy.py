@@ -149,6 +149,9 @@ class _BenchLink:
     async def send(self, message: object) -> None:
         raise NotImplementedError  # the proxy never sends; the session does
 
+    def command_reached_api(self, request: object) -> None:
+        pass
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)

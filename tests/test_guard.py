@@ -133,13 +133,17 @@ def test_a_missing_uri_is_malformed() -> None:
 
 @pytest.mark.parametrize(
     ("method", "status"),
-    [(None, 400), ("", 400), (1, 400), ("TRACE", 403), ("CONNECT", 403), ("get", 403),
-     ("OPTIONS", 403), ("GET\r\n", 403)],
+    [(None, 400), ("", 400), (1, 400), ("TRACE", 403), ("CONNECT", 403), ("get", 400),
+     ("Post", 400), ("trace", 403), ("OPTIONS", 403), ("GET\r\n", 403)],
 )
 def test_methods_outside_the_list_are_refused(method: Any, status: int) -> None:
     refusal = refused(command(method=method))
     assert (refusal.status, refusal.field) == (status, "method")
     assert "\r" not in refusal.reason
+
+
+def test_a_lower_case_method_is_malformed_and_the_reason_says_so() -> None:
+    assert refused(command(method="delete")).reason == "delete must be upper-case (DELETE)"
 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])

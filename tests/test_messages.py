@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nbwss.errors import DecodeError
+from nbwss.errors import CommandDecodeError, DecodeError
 from nbwss.messages import (
     MAX_DEPTH,
+    MAX_ID_LENGTH,
     Message,
     MessageType,
     SubType,
@@ -22,6 +23,7 @@ from nbwss.messages import (
     connect_valid,
     decode,
     encode,
+    in_milliseconds,
     new_id,
     notification_response,
     parse_json,
@@ -110,6 +112,7 @@ def test_encode_is_compact_and_keeps_non_ascii() -> None:
         (frame(id=_DROP), "message has no 'id'"),
         (frame(id=""), "'id' is \"\", expected a non-empty string"),
         (frame(id=7), "'id' is 7, expected a non-empty string"),
+        (frame(id="x" * 129), "expected a non-empty string of at most 128 characters"),
         (frame(type="PING"), "'type' is \"PING\", expected one of CONNECT, COMMAND, NOTIFICATION"),
         (frame(type=["CONNECT"]), "'type' is [\"CONNECT\"], expected one of"),
         (frame(subType="ACK"), "'subType' is \"ACK\", expected one of REQUEST, RESPONSE"),
@@ -240,10 +243,67 @@ def test_what_decodes_can_be_encoded_again(data: bytes) -> None:
         assert decode(text) == decode(data)
 
 
-@given(st.text(min_size=1).filter(lambda s: s.strip() != ""))
+@given(st.text(min_size=1, max_size=MAX_ID_LENGTH).filter(lambda s: s.strip() != ""))
 def test_any_id_is_echoed_unchanged(message_id: str) -> None:
     req = decode(frame(id=message_id, type="COMMAND", payload={}))
     assert decode(encode(response_to(req, {}, 0))).id == message_id
+
+
+# -- a COMMAND request that can be answered --------------------------------------------------
+
+
+def command_frame(**changes: Any) -> str:
+    return frame(**{"type": "COMMAND", "payload": {"uri": "/x", "method": "GET"}, **changes})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (command_frame(payload=[]), "'payload' of a COMMAND message must be an object"),
+        (command_frame(payload="{}"), "'payload' of a COMMAND message must be an object"),
+        (command_frame(version="2.0"), "'version' is \"2.0\", expected '1.0'"),
+        (command_frame(timeStamp="now"), "'timeStamp' is \"now\", expected epoch seconds"),
+        (command_frame(subType="REQ"), "'subType' is \"REQ\", expected one of"),
+        (command_frame(subType=_DROP), "message has no 'subType'"),
+        (command_frame(payload=_DROP), "message has no 'payload'"),
+    ],
+)
+def test_a_command_request_with_a_readable_id_gets_its_id_back(text: str, expected: str) -> None:
+    with pytest.raises(CommandDecodeError) as caught:
+        decode(text)
+    assert caught.value.message_id == VALID["id"]
+    assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        command_frame(id="", payload=[]),  # no id to answer
+        command_frame(id="x" * (MAX_ID_LENGTH + 1), payload=[]),  # not an id we echo
+        command_frame(id=7, payload=[]),
+        command_frame(subType="RESPONSE", payload=[]),  # we send no COMMAND requests
+        frame(type="NOTIFICATION", payload={}),  # not a COMMAND
+        frame(type="command", payload=[]),  # not even a type
+        "[1, 2]",
+        "{not json",
+    ],
+)
+def test_a_frame_without_an_answerable_command_falls_under_the_decoder_policy(
+    text: str,
+) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode(text)
+    assert not isinstance(caught.value, CommandDecodeError)
+
+
+def test_an_id_of_the_longest_length_is_accepted() -> None:
+    assert decode(frame(id="x" * MAX_ID_LENGTH)).id == "x" * MAX_ID_LENGTH
+
+
+def test_a_time_stamp_in_milliseconds_is_recognised() -> None:
+    assert in_milliseconds(1444944181000)
+    assert not in_milliseconds(1444944181)
+    assert not in_milliseconds(0)
 
 
 # -- the long fuzz run (bench/fuzz.py) stays runnable and can fail ----------------------------

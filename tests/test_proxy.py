@@ -10,12 +10,14 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from nbwss.messages import Message, MessageType, SubType, decode, request
@@ -199,14 +201,19 @@ def example(name: str) -> Message:
 
 @dataclass
 class FakeLink:
-    """The session's side of a connection; the proxy only reads its names."""
+    """The session's side of a connection; the proxy reads its names and says when a
+    COMMAND's REST call starts."""
 
     group_id: str = "GROUPID1"
     host_name: str = "endpoint.example"
     sent: list[Message] = field(default_factory=list)
+    reached_api: list[str] = field(default_factory=list)
 
     async def send(self, message: Message) -> None:
         self.sent.append(message)
+
+    def command_reached_api(self, request: Message) -> None:
+        self.reached_api.append(request.id)
 
 
 def command(uri: str, method: str = "GET", token: str | None = None, **payload: Any) -> Message:
@@ -423,7 +430,7 @@ async def test_a_chunked_response_is_read_whole_and_capped(
     jobs = command("/netbackup/admin/jobs?page[limit]=20", token=token)
     async with CommandProxy(proxy_settings(standin, tls)) as proxy:
         whole = answer(await proxy(jobs, FakeLink()))
-    assert whole["headers"]["transfer-encoding"] == "chunked"
+    assert "transfer-encoding" not in whole["headers"]  # hop-by-hop: the daemon's own framing
     assert len(json.loads(whole["body"])["data"]) == 20
     limit = len(whole["body"]) - 1
     async with CommandProxy(proxy_settings(standin, tls, command_max_body_bytes=limit)) as proxy:
@@ -460,3 +467,68 @@ async def test_a_refusal_is_logged_with_its_reason(proxy: CommandProxy) -> None:
     assert (event["event"], event["status"], event["log_level"]) == ("command.done", 403, "warning")
     assert event["uri"] == "/netbackup/../admin?token="
     assert "outside the allowed prefixes" in event["reason"]
+
+
+# -- what the app gets back ------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def raw_api(tls: TlsMaterial, response: web.Response) -> AsyncIterator[str]:
+    """A REST API answering every call with `response` (headers set by the test)."""
+
+    async def answer_all(request: web.Request) -> web.Response:
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer_all)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.server_context())
+    await site.start()
+    try:
+        yield f"https://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_hop_by_hop_headers_are_dropped_from_the_answer(tls: TlsMaterial) -> None:
+    headers = {"Keep-Alive": "timeout=5", "Connection": "keep-alive, X-Hop", "X-Hop": "1",
+               "Trailer": "X-Sum", "X-Kept": "yes", "Content-Type": "application/json"}
+    async with raw_api(tls, web.Response(body=b"{}", headers=headers)) as base_url:
+        settings = Settings(rest_api_base_url=base_url, rest_api_ca_file=tls.ca_file)
+        async with CommandProxy(settings) as proxy:
+            payload = answer(await proxy(command("/netbackup/x"), FakeLink()))
+    assert payload["responseCode"] == 200
+    kept = payload["headers"]
+    assert kept["x-kept"] == "yes"
+    assert kept["content-type"] == "application/json"
+    assert not {"keep-alive", "connection", "x-hop", "trailer", "transfer-encoding"} & set(kept)
+
+
+async def test_the_body_is_always_a_string_empty_when_the_api_sent_none(
+    tls: TlsMaterial,
+) -> None:
+    async with raw_api(tls, web.Response(status=204)) as base_url:
+        settings = Settings(rest_api_base_url=base_url, rest_api_ca_file=tls.ca_file)
+        async with CommandProxy(settings) as proxy:
+            link = FakeLink()
+            request_ = command("/netbackup/x", "DELETE")
+            payload = answer(await proxy(request_, link))
+    assert (payload["responseCode"], payload["body"]) == (204, "")
+    assert link.reached_api == [request_.id]  # the proxy said when the REST call started
+
+
+async def test_a_lower_case_method_is_malformed_and_says_so(proxy: CommandProxy) -> None:
+    link = FakeLink()
+    payload = answer(await proxy(command("/netbackup/admin/jobs", "get"), link))
+    assert payload["responseCode"] == 400
+    body = json.loads(payload["body"])
+    assert body["errorMessage"] == "method: get must be upper-case (GET)"
+    assert link.reached_api == []
+
+
+async def test_the_id_is_echoed_exactly(standin: Standin, proxy: CommandProxy) -> None:
+    odd = "é/ü 1\u00e9 \"quoted\" " + "x" * 100
+    asked = Message(odd, MessageType.COMMAND, SubType.REQUEST, 1, command("/x").payload)
+    response = await proxy(asked, FakeLink())
+    assert response.id.encode("utf-8") == odd.encode("utf-8")

@@ -221,6 +221,9 @@ class _Link:
     async def send(self, message: Message) -> None:
         raise AssertionError("the proxy answers by return value, never by sending")
 
+    def command_reached_api(self, request: Message) -> None:
+        pass
+
 
 @pytest.fixture
 async def standin(tls: TlsMaterial) -> AsyncIterator[tuple[StandinApi, CommandProxy]]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from nbwss import messages
 from nbwss import session as session_module
@@ -18,6 +19,7 @@ from nbwss.errors import ConnectError, TrustError
 from nbwss.link import Link
 from nbwss.messages import Message, MessageType
 from nbwss.properties import Settings
+from nbwss.proxy import CommandProxy
 from nbwss.session import Session, Target, connect, trim_tls_read_buffer
 from nbwss.trust import pinned_context
 from tests.conftest import TlsMaterial, timeout
@@ -314,3 +316,72 @@ def test_the_tls_read_buffer_is_trimmed_and_never_enlarged(
 
 def test_a_target_never_shows_its_token() -> None:
     assert TOKEN not in repr(Target("G", "h", "wss://h/x", TOKEN, b"der"))
+
+
+# -- COMMANDs the app can still be answered, and those it cannot --------------------------
+
+
+@pytest.mark.parametrize("ignore_decoder", [False, True])
+async def test_a_command_with_a_readable_id_but_a_bad_payload_gets_a_400(
+    http: aiohttp.ClientSession, peer: Peer, ignore_decoder: bool
+) -> None:
+    settings = Settings(send_timeout_s=0.5, ignore_decoder=ignore_decoder)
+    running = Running(await dial(http, peer, settings))
+    bad = {"version": "1.0", "id": "my command 1", "type": "COMMAND", "subType": "REQUEST",
+           "timeStamp": 1444806222, "payload": ["GET", "/netbackup/x"]}  # fmt: skip
+    await peer.send(bad)
+    await peer.wait_for(lambda: bool(peer.received("COMMAND", "RESPONSE")))
+    (response,) = peer.received("COMMAND", "RESPONSE")
+    assert response["id"] == "my command 1"
+    assert response["payload"]["responseCode"] == 400
+    body = json.loads(response["payload"]["body"])
+    assert body["errorMessage"] == "'payload' of a COMMAND message must be an object"
+    assert body["origin"] == "nbwss"
+    assert not running.task.done()  # answered, not closed (whatever ignoreDecoder says)
+    await running.session.close("done")
+    assert await running.ended() == "done"
+
+
+async def test_commands_in_flight_when_the_connection_drops_are_logged_unanswered(
+    http: aiohttp.ClientSession, peer: Peer, standin: tuple[Any, str], tls: TlsMaterial
+) -> None:
+    api, base_url = standin
+    gate = api.hold("/netbackup/admin/jobs")
+    settings = Settings(rest_api_base_url=base_url, rest_api_ca_file=tls.ca_file,
+                        command_max_concurrent=1)  # fmt: skip
+    async with CommandProxy(settings) as proxy:
+        running = Running(await dial(http, peer, command_handler=proxy))
+        jobs = {"uri": "/netbackup/admin/jobs?filter=x", "method": "GET"}
+        first = messages.request(MessageType.COMMAND, jobs, 0)
+        second = messages.request(MessageType.COMMAND, jobs, 0)  # queued behind the first
+        with capture_logs() as logged:
+            await peer.send(first.to_json())
+            await peer.send(second.to_json())
+            async with asyncio.timeout(timeout(5)):
+                await api.wait_for_requests(1)  # the first reached the API and is held there
+            await peer.close(1001, "app restarts")
+            await running.ended()
+        gate.set()
+    unanswered = {e["id"]: e for e in logged if e["event"] == "command.unanswered"}
+    assert set(unanswered) == {first.id, second.id}
+    for command, called in ((first, True), (second, False)):
+        event = unanswered[command.id]
+        assert (event["method"], event["uri"]) == ("GET", "/netbackup/admin/jobs?filter=")
+        assert event["api_called"] is called
+        assert event["reason"] == "closed by the endpoint (code 1001)"
+    assert peer.received("COMMAND", "RESPONSE") == []
+
+
+async def test_a_time_stamp_in_milliseconds_is_warned_about_once_per_connection(
+    http: aiohttp.ClientSession, peer: Peer
+) -> None:
+    running = Running(await dial(http, peer))
+    with capture_logs() as logged:
+        for _ in range(2):
+            command = messages.request(MessageType.COMMAND, {"uri": "/x", "method": "GET"}, 0)
+            await peer.send({**command.to_json(), "timeStamp": 1444806222000})
+        await peer.wait_for(lambda: len(peer.received("COMMAND", "RESPONSE")) == 2)
+    warned = [e for e in logged if e["event"] == "message.timestamp_milliseconds"]
+    assert [(e["time_stamp"], e["log_level"]) for e in warned] == [(1444806222000, "warning")]
+    await running.session.close("done")
+    await running.ended()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote, unquote_to_bytes
@@ -29,7 +29,12 @@ from nbwss.messages import error_body
 from nbwss.properties import Settings
 
 ALLOWED_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"})
-# RFC 9110 7.6.1 hop-by-hop fields, plus those the client computes itself.
+# RFC 9110 7.6.1 hop-by-hop fields: about one connection, never passed on either way.
+HOP_BY_HOP: Final = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+     "upgrade"}
+)
+# Dropped from a COMMAND's headers: hop-by-hop, plus those the client computes itself.
 DROPPED_HEADERS: Final = frozenset(
     {
         "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
@@ -126,6 +131,9 @@ def check_command(payload: Any, policy: Policy) -> ApiRequest | Refusal:
 def _check_method(method: Any) -> str | Refusal:
     if not isinstance(method, str) or not method:
         return _malformed("method", "must be a non-empty string")
+    if method not in ALLOWED_METHODS and method.upper() in ALLOWED_METHODS:
+        # Malformed, not refused: HTTP methods are case-sensitive, the guide's are upper-case.
+        return _malformed("method", f"{method} must be upper-case ({method.upper()})")
     if method not in ALLOWED_METHODS:
         allowed = ", ".join(sorted(ALLOWED_METHODS))
         shown = method if _TOKEN.fullmatch(method) and len(method) <= 20 else "this method"
@@ -257,7 +265,7 @@ def check_headers(headers: Any) -> tuple[tuple[str, str], ...] | Refusal:
         if len(value) > MAX_HEADER_VALUE_LENGTH:
             return _malformed("headers", f"the value of {name} is too long")
         forwarded.append((name, value))
-    dropped = DROPPED_HEADERS | _connection_options(forwarded)
+    dropped = DROPPED_HEADERS | connection_options(forwarded)
     return tuple((n, v) for n, v in forwarded if n.lower() not in dropped)
 
 
@@ -269,7 +277,7 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _connection_options(headers: list[tuple[str, str]]) -> frozenset[str]:
+def connection_options(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
     """Names listed in Connection are hop-by-hop too (RFC 9110 7.6.1)."""
     return frozenset(
         option.strip().lower()
@@ -302,3 +310,13 @@ def loggable_uri(uri: str) -> str:
         return path
     names = (part.partition("=")[0] for part in query.split("&") if part)
     return path + "?" + "&".join(f"{name}=" for name in names)
+
+
+def loggable_method_and_uri(payload: Any) -> tuple[str, str]:
+    """Method and uri of a COMMAND as sent, safe to log (short, query values removed)."""
+    if not isinstance(payload, dict):
+        return "", ""
+    method, uri = payload.get("method"), payload.get("uri")
+    method_text = method[:20] if isinstance(method, str) else ""
+    uri_text = loggable_uri(uri)[:200] if isinstance(uri, str) else ""
+    return method_text, uri_text

@@ -26,10 +26,18 @@ class Link(Protocol):
         `ConnectionError` when the connection is gone."""
 
 
+class CommandLink(Link, Protocol):
+    """The connection as a COMMAND handler sees it."""
+
+    def command_reached_api(self, request: Message) -> None:
+        """The REST call of COMMAND `request` starts now: if its answer is lost with the
+        connection, the API may have carried it out (logged with `command.unanswered`)."""
+
+
 class CommandHandler(Protocol):
     """Carries out one COMMAND request; always returns its COMMAND response."""
 
-    async def __call__(self, request: Message, link: Link) -> Message: ...
+    async def __call__(self, request: Message, link: CommandLink) -> Message: ...
 
 
 class GroupDelivery(Protocol):

@@ -3,6 +3,10 @@
 Pure functions over values: no sockets, no clock (the caller passes `now`). Every
 frame that is not a valid envelope raises `DecodeError` with a one-line reason, so the
 I/O layer can apply `exception.ignoreDecoder` without knowing why a frame was bad.
+One exception to that: a COMMAND request whose `id` and `type` can be read raises
+`CommandDecodeError` (a `DecodeError` carrying the id), so it gets a 400 answer: every
+request has exactly one response, and only a frame that cannot be read at all falls
+under the decoder policy.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Final
 
-from nbwss.errors import DecodeError
+from nbwss.errors import CommandDecodeError, DecodeError
 
 VERSION: Final = "1.0"
 
@@ -90,6 +94,10 @@ def _reject_constant(name: str) -> Any:
 MAX_DEPTH: Final = 64
 # A Java long, what the vendor's side keeps a time stamp in.
 MAX_TIME_STAMP: Final = 2**63 - 1
+# The longest id accepted (a UUID is 36 characters): an id is echoed in the response.
+MAX_ID_LENGTH: Final = 128
+# Epoch seconds reach 10**11 in the year 5138; epoch milliseconds passed it in 1973.
+MILLISECONDS_FROM: Final = 10**11
 # A JSON escape of a UTF-16 surrogate: the only way an unpaired one gets past UTF-8 decoding.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -171,16 +179,49 @@ def _show(value: Any) -> str:
 
 
 def decode(text: str | bytes, max_bytes: int | None = None) -> Message:
-    """Parse and validate one frame into a `Message`, or raise `DecodeError` saying why."""
+    """Parse and validate one frame into a `Message`, or raise `DecodeError` saying why
+    (`CommandDecodeError` for a COMMAND request that can still be answered)."""
     obj = parse_json(text, max_bytes)
     if not isinstance(obj, dict):
         raise DecodeError(f"message is a JSON {type(obj).__name__}, expected an object")
+    try:
+        return _envelope(obj)
+    except DecodeError as exc:
+        command_id = answerable_command_id(obj)
+        if command_id is None:
+            raise
+        raise CommandDecodeError(str(exc), command_id) from None
+
+
+def _usable_id(message_id: Any) -> bool:
+    return (
+        isinstance(message_id, str)
+        and bool(message_id.strip())
+        and len(message_id) <= MAX_ID_LENGTH
+    )
+
+
+def answerable_command_id(obj: JsonObject) -> str | None:
+    """The id of a frame that reads as a COMMAND request (a usable `id`, `type` COMMAND,
+    `subType` anything but RESPONSE: an app sends COMMAND requests only), else None."""
+    message_id = obj.get("id")
+    if not _usable_id(message_id) or obj.get("type") != MessageType.COMMAND:
+        return None
+    if obj.get("subType") == SubType.RESPONSE:
+        return None
+    return str(message_id)
+
+
+def _envelope(obj: JsonObject) -> Message:
     version = _field(obj, "version")
     if version != VERSION:
         raise DecodeError(f"'version' is {_show(version)}, expected {VERSION!r}")
     message_id = _field(obj, "id")
-    if not isinstance(message_id, str) or not message_id.strip():
-        raise DecodeError(f"'id' is {_show(message_id)}, expected a non-empty string")
+    if not _usable_id(message_id):
+        raise DecodeError(
+            f"'id' is {_show(message_id)}, expected a non-empty string of at most "
+            f"{MAX_ID_LENGTH} characters"
+        )
     message_type = _enum_field(obj, "type", MessageType)
     sub_type = _enum_field(obj, "subType", SubType)
     time_stamp = _field(obj, "timeStamp")
@@ -249,12 +290,22 @@ def error_body(status: int, reason: str, **details: Any) -> JsonObject:
 
 def command_error(req: Message, status: int, reason: str, now: float) -> Message:
     """A COMMAND RESPONSE nbwss answers itself (no API call was made, or it failed)."""
+    return command_error_to(req.id, status, reason, now)
+
+
+def command_error_to(request_id: str, status: int, reason: str, now: float) -> Message:
+    """`command_error` for a request known only by its id (one that did not decode)."""
     payload = {
         "headers": {"content-type": "application/json"},
         "responseCode": status,
         "body": json.dumps(error_body(status, reason)),
     }
-    return response_to(req, payload, now)
+    return Message(request_id, MessageType.COMMAND, SubType.RESPONSE, int(now), payload)
+
+
+def in_milliseconds(time_stamp: int) -> bool:
+    """Whether a timeStamp looks like epoch milliseconds (the guide says seconds)."""
+    return abs(time_stamp) >= MILLISECONDS_FROM
 
 
 def notification_response(req: Message, now: float) -> Message:

@@ -13,9 +13,13 @@ once and the rest queue, so one connection cannot take over the API and a slow c
 delays no other connection.
 
 The response payload is ``headers`` (names lower-cased; repeated headers joined with
-", "), ``responseCode`` (int) and ``body``: the response body decoded as UTF-8, with
-U+FFFD replacing bytes that are not UTF-8 (the wire carries text only). Redirects are
-returned to the app, never followed, so a call cannot be bounced off the API.
+", "; hop-by-hop ones such as ``connection``, ``keep-alive``, ``transfer-encoding``
+dropped), ``responseCode`` (int) and ``body``: always a string, the response body
+decoded as UTF-8 (``""`` when empty), with U+FFFD replacing bytes that are not UTF-8
+(the wire carries text only). Redirects are returned to the app, never followed, so a
+call cannot be bounced off the API. The proxy tells the link when the REST call starts
+(`command_reached_api`): from then on, an answer lost with the connection leaves the
+outcome unknown to the app.
 """
 
 from __future__ import annotations
@@ -27,15 +31,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from nbwss import metrics
-from nbwss.guard import ApiRequest, Policy, Refusal, check_command, loggable_uri
-from nbwss.link import Link
+from nbwss.guard import (
+    HOP_BY_HOP,
+    ApiRequest,
+    Policy,
+    Refusal,
+    check_command,
+    connection_options,
+    loggable_method_and_uri,
+)
+from nbwss.link import CommandLink, Link
 from nbwss.logs import get_logger
 from nbwss.messages import JsonObject, Message, error_body, response_to
 from nbwss.neterrors import describe
@@ -164,17 +176,18 @@ class CommandProxy:
     ) -> None:
         await self.close()
 
-    async def __call__(self, request: Message, link: Link) -> Message:
+    async def __call__(self, request: Message, link: CommandLink) -> Message:
         started = time.perf_counter()
         checked = check_command(request.payload, self._policy)
         if isinstance(checked, Refusal):
             answer = _refused(checked)
-            method, uri = _raw_method_and_uri(request.payload)
+            method, uri = loggable_method_and_uri(request.payload)
         else:
             method, uri = checked.method, checked.loggable_uri
             lane = self._lanes.enter(link)
             try:
                 async with lane.semaphore:
+                    link.command_reached_api(request)
                     answer = await self._call_api(checked)
             finally:
                 self._lanes.leave(link, lane)
@@ -250,21 +263,15 @@ class CommandProxy:
 
 
 def _api_answer(status: int, headers: CIMultiDictProxy[str], raw: bytes) -> Answer:
+    # Hop-by-hop headers describe the daemon's HTTP connection to the API, not the answer.
+    hop_by_hop = HOP_BY_HOP | connection_options(headers.items())
     names: dict[str, str] = {}
     for name, value in headers.items():
         key = name.lower()
+        if key in hop_by_hop:
+            continue
         names[key] = f"{names[key]}, {value}" if key in names else value
     if "content-encoding" in names:
         for key in _DECODED_BODY_HEADERS:
             names.pop(key, None)
     return Answer(status, names, raw.decode("utf-8", errors="replace"), len(raw))
-
-
-def _raw_method_and_uri(payload: Any) -> tuple[str, str]:
-    """Method and uri of a refused COMMAND, safe to log (short, query values removed)."""
-    if not isinstance(payload, dict):
-        return "", ""
-    method, uri = payload.get("method"), payload.get("uri")
-    method_text = method[:20] if isinstance(method, str) else ""
-    uri_text = loggable_uri(uri)[:200] if isinstance(uri, str) else ""
-    return method_text, uri_text

@@ -4,8 +4,11 @@
 or raises; the `Session` it returns is the group's `Link` until `run()` returns. `run()`
 owns three jobs in one TaskGroup: the reader (the only caller of `receive()`), the
 keepalive, and the group's notification pump; COMMAND requests run in their own tasks
-so a slow REST call never stalls the reader. Every way the connection ends goes through
-`request_close`, so there is one close frame and one recorded reason.
+so a slow REST call never stalls the reader. Every COMMAND request gets one answer (a
+400 when only its id and type could be read); one whose answer is lost with the
+connection is logged `command.unanswered`, saying whether its REST call had started.
+Every way the connection ends goes through `request_close`, so there is one close frame
+and one recorded reason.
 
 aiohttp's own heartbeat closes on the first missing pong, while NBWSS tolerates
 `keepAlive.maxPongMissAllowed` of them, so pings and pongs are ours (`autoping=False`).
@@ -18,7 +21,7 @@ import asyncio.sslproto
 import contextlib
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
@@ -27,16 +30,18 @@ import aiohttp
 from nbwss import messages
 from nbwss.errors import (
     MSG_CERT_MISMATCH,
+    CommandDecodeError,
     ConnectError,
     DecodeError,
     TokenRefusedError,
     TrustError,
     unable_to_connect,
 )
+from nbwss.guard import loggable_method_and_uri
 from nbwss.link import CommandHandler, GroupDelivery
 from nbwss.logs import get_logger
 from nbwss.messages import Message, MessageType, SubType
-from nbwss.metrics import DECODE_ERRORS, HANDSHAKES, PONG_MISSES
+from nbwss.metrics import COMMANDS, DECODE_ERRORS, HANDSHAKES, PONG_MISSES
 from nbwss.neterrors import describe
 from nbwss.properties import Settings
 from nbwss.trust import check_peer
@@ -152,6 +157,16 @@ def _count_handshake(target: Target, result: str) -> None:
     HANDSHAKES.labels(group=target.group_id, host=target.host_name, result=result).inc()
 
 
+@dataclass(slots=True)
+class _Command:
+    """A COMMAND being answered: what `command.unanswered` says if its answer is lost."""
+
+    id: str
+    method: str
+    uri: str
+    api_called: bool = False  # its REST call started: the API may have carried it out
+
+
 def not_implemented_response(request: Message, now: float) -> Message:
     """The answer to a COMMAND when no proxy is plugged in: never silence."""
     reason = "COMMAND is not available: this daemon has no REST proxy configured"
@@ -181,6 +196,8 @@ class Session:
         self._close_task: asyncio.Task[bool] | None = None
         self._reason: str | None = None
         self._awaiting_pong = False
+        self._warned_milliseconds = False
+        self._commands: dict[int, _Command] = {}  # by id() of the request being answered
         self.pong_misses = 0
         self.ended = asyncio.Event()
 
@@ -355,13 +372,15 @@ class Session:
     def _on_text(self, text: str, group: asyncio.TaskGroup) -> None:
         try:
             message = messages.decode(text, self._settings.message_max_bytes)
+        except CommandDecodeError as exc:
+            self._start(group, self._answer_malformed(exc))
+            return
         except DecodeError as exc:
             self._on_bad_frame(str(exc), CLOSE_PROTOCOL_ERROR)
             return
+        self._check_time_stamp(message)
         if message.type is MessageType.COMMAND and message.is_request:
-            task = group.create_task(self._answer_command(message))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start(group, self._answer_command(message))
         elif message.type is MessageType.NOTIFICATION and not message.is_request:
             if self._delivery is not None:
                 self._delivery.on_response(message)
@@ -372,6 +391,23 @@ class Session:
         else:
             self._log.warning("request.unexpected", id=message.id, type=str(message.type))
 
+    def _start(self, group: asyncio.TaskGroup, answer: Coroutine[Any, Any, None]) -> None:
+        task = group.create_task(answer)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _check_time_stamp(self, message: Message) -> None:
+        """Warn once per connection about a timeStamp in milliseconds (the guide: seconds)."""
+        if self._warned_milliseconds or not messages.in_milliseconds(message.time_stamp):
+            return
+        self._warned_milliseconds = True
+        self._log.warning(
+            "message.timestamp_milliseconds",
+            id=message.id,
+            type=str(message.type),
+            time_stamp=message.time_stamp,
+        )
+
     def _on_bad_frame(self, why: str, code: int) -> None:
         DECODE_ERRORS.labels(group=self.group_id, host=self.host_name).inc()
         if self._settings.ignore_decoder:
@@ -380,21 +416,65 @@ class Session:
         self._log.warning("frame.rejected", reason=why)
         self.request_close(f"undecodable frame: {why}", code)
 
+    # -- COMMAND requests ----------------------------------------------------------------
+
+    def command_reached_api(self, request: Message) -> None:
+        command = self._commands.get(id(request))
+        if command is not None:
+            command.api_called = True
+
     async def _answer_command(self, request: Message) -> None:
+        method, uri = loggable_method_and_uri(request.payload)
+        command = self._commands[id(request)] = _Command(request.id, method, uri)
+        try:
+            await self._send_answer(command, await self._carry_out(request))
+        except asyncio.CancelledError:
+            self._unanswered(command, self._reason or "the connection ended")
+            raise
+        finally:
+            del self._commands[id(request)]
+
+    async def _carry_out(self, request: Message) -> Message:
         # `command.maxConcurrent` is applied by the handler (the proxy queues per link).
         if self._command_handler is None:
-            response = not_implemented_response(request, self._clock())
-        else:
-            try:
-                response = await self._command_handler(request, self)
-            except Exception:
-                self._log.exception("command.failed", id=request.id)
-                reason = "the daemon failed to carry out the COMMAND"
-                response = messages.command_error(request, 500, reason, self._clock())
+            return not_implemented_response(request, self._clock())
+        try:
+            return await self._command_handler(request, self)
+        except Exception:
+            self._log.exception("command.failed", id=request.id)
+            reason = "the daemon failed to carry out the COMMAND"
+            return messages.command_error(request, 500, reason, self._clock())
+
+    async def _answer_malformed(self, error: CommandDecodeError) -> None:
+        """A COMMAND request readable only as far as its id and type: 400, with the reason
+        (every request has exactly one response; the connection stays up)."""
+        reason = str(error)
+        COMMANDS.labels(status="400").inc()
+        self._log.warning("command.done", id=error.message_id, status=400, reason=reason)
+        response = messages.command_error_to(error.message_id, 400, reason, self._clock())
+        command = _Command(error.message_id, "", "")
+        try:
+            await self._send_answer(command, response)
+        except asyncio.CancelledError:
+            self._unanswered(command, self._reason or "the connection ended")
+            raise
+
+    async def _send_answer(self, command: _Command, response: Message) -> None:
         try:
             await self.send(response)
         except (ConnectionError, TimeoutError) as exc:
-            self._log.warning("command.unanswered", id=request.id, reason=str(exc))
+            self._unanswered(command, str(exc) or type(exc).__name__)
+
+    def _unanswered(self, command: _Command, reason: str) -> None:
+        """The app will never see this COMMAND's answer: it cannot know the outcome."""
+        self._log.warning(
+            "command.unanswered",
+            id=command.id,
+            method=command.method,
+            uri=command.uri,
+            api_called=command.api_called,
+            reason=reason,
+        )
 
     async def _keepalive(self) -> None:
         """Ping every `keepAlive.scheduledRate`; close after exactly N missed pongs."""
