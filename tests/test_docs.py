@@ -2,12 +2,12 @@
 
 Every `nbwss <command> [<action>] --option` written in `docs/*.md` and `README.md` exists
 in the real parser (`nbwss.cli.build_parser()`); every standalone `--option` exists in
-some program of the project (the `nbwss` command, `python -m nbwss.reference`, the
-benchmarks); every metric name `nbwss_...` is one the daemon exports, and every metric
-it exports is documented; every log event the operations page lists is logged by the
-code; the fixed words of every user-facing error raised in `src/nbwss`, and every
-message of the guide, are on the error pages; every relative link (and `#anchor`)
-between the docs resolves.
+some program of the project (the `nbwss` command, `python -m nbwss.reference`,
+`python -m nbwss.standin`, the benchmarks); every metric name `nbwss_...` is one the
+daemon exports, and every metric it exports is documented; every log event the
+operations page lists is logged by the code; the fixed words of every user-facing error
+raised in `src/nbwss`, and every message of the guide, are on the error pages; every
+relative link (and `#anchor`) between the docs resolves.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from nbwss import errors
 from nbwss.cli import build_parser
 from nbwss.metrics import REGISTRY
 from nbwss.reference.__main__ import build_parser as build_reference_parser
+from nbwss.standin.__main__ import build_parser as build_standin_parser
 from nbwss.status import StoreCollector
 from nbwss.store import Store
 
@@ -118,6 +119,7 @@ def bench_options() -> dict[str, set[str]]:
 
 def every_option(cli: argparse.ArgumentParser) -> set[str]:
     known = _options(cli) | _options(build_reference_parser())
+    known |= _options(build_standin_parser())
     stack = [cli]
     while stack:
         for sub in _subparsers(stack.pop()).values():
@@ -203,16 +205,17 @@ def test_every_nbwss_command_action_and_option_in_the_docs_exists(
     assert not problems, "\n".join(problems)
 
 
-def test_every_reference_and_benchmark_option_in_the_docs_exists() -> None:
-    reference = _options(build_reference_parser())
+def test_every_reference_standin_and_benchmark_option_in_the_docs_exists() -> None:
+    programs = {"reference": _options(build_reference_parser()),
+                "standin": _options(build_standin_parser())}
     benches = bench_options()
     problems = []
     for page in PAGES:
         for snippet in code_snippets(page):
             text = snippet.text.split(" #")[0]
-            match = re.search(r"nbwss\.reference\b(.*)", text)
+            match = re.search(r"nbwss\.(reference|standin)\b(.*)", text)
             if match:
-                known, what = reference, "python -m nbwss.reference"
+                known, what = programs[match.group(1)], f"python -m nbwss.{match.group(1)}"
             else:
                 match = re.search(r"(?:-m bench |bench/)([a-z]+)(?:\.py)?\b(.*)", text)
                 if not match:

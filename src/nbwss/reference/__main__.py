@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nbwss.errors import NbwssError
 from nbwss.reference.endpoint import DEFAULT_PATH, ReferenceEndpoint
-from nbwss.reference.tls import self_signed
+from nbwss.reference.tls import load_server_context, self_signed
 from nbwss.vault import create_private_file
 
 
@@ -70,13 +70,7 @@ def server_context(args: argparse.Namespace) -> ssl.SSLContext:
         return material.server_context
     if args.key is None:
         raise NbwssError("--cert needs --key")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(args.cert, args.key)
-    except (OSError, ssl.SSLError) as exc:
-        raise NbwssError(f"cannot load {args.cert} / {args.key}: {exc}") from None
-    return context
+    return load_server_context(args.cert, args.key)
 
 
 def write_details(args: argparse.Namespace, url: str) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 import trustme
 
+from nbwss.errors import NbwssError
 from nbwss.trust import fingerprint
 
 
@@ -45,3 +47,15 @@ def self_signed(*names: str) -> SelfSigned:
         ca_pem=ca.cert_pem.bytes(),
         certificate_der=ssl.PEM_cert_to_DER_cert(leaf_pem.decode()),
     )
+
+
+def load_server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A TLS 1.2+ server context from a PEM certificate chain and its key; `NbwssError`
+    naming both files when they do not load (one error line, not a traceback)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise NbwssError(f"cannot load {cert} / {key}: {exc}") from None
+    return context
