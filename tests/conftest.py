@@ -23,8 +23,9 @@ from nbwss.standin.scenarios import GuideScenarios
 from nbwss.store import Store
 
 # The vendor guide's example messages as valid JSON, copied from the project's shared
-# spec/examples/ so that a clone alone can run the tests.
-SPEC_EXAMPLES = Path(__file__).parent / "fixtures" / "spec-examples"
+# spec/examples/ into the docs (app developers read them there), so that a clone alone
+# can run the tests.
+SPEC_EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples" / "guide"
 
 TIMEOUT_FACTOR = float(os.environ.get("NBWSS_TESTS_TIMEOUT_FACTOR", "1"))
 
