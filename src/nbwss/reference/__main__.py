@@ -13,12 +13,12 @@ import argparse
 import asyncio
 import contextlib
 import json
-import signal
 import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from nbwss.devtools import run_tool, stop_on_signals
 from nbwss.errors import NbwssError
 from nbwss.reference.endpoint import DEFAULT_PATH, ReferenceEndpoint
 from nbwss.reference.tls import load_server_context, self_signed
@@ -117,10 +117,7 @@ async def serve(args: argparse.Namespace, headers: dict[str, str]) -> None:
         out=print, name="reference",
     )
     endpoint.withhold_acks = args.withhold_acks
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     async with endpoint, asyncio.TaskGroup() as tasks:
         if args.details is not None:
             write_details(args, endpoint.url)
@@ -131,14 +128,12 @@ async def serve(args: argparse.Namespace, headers: dict[str, str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        # Checked before anything starts, so a typo is one error line, not a traceback.
-        headers = dict(parse_header(h) for h in args.header)
-        asyncio.run(serve(args, headers))
-    except NbwssError as exc:
-        sys.stderr.write(f"nbwss.reference: error: {exc}\n")
-        return 1
-    return 0
+
+    async def checked_then_served() -> None:
+        # Headers are checked before anything starts, so a typo is one error line.
+        await serve(args, dict(parse_header(h) for h in args.header))
+
+    return run_tool("nbwss.reference", checked_then_served)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ an empty catalog; its data lives in memory and is gone when it stops.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import signal
 import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from nbwss.devtools import run_tool, stop_on_signals
 from nbwss.errors import NbwssError
 from nbwss.reference.tls import load_server_context, self_signed
 from nbwss.standin.restapi import StandinApi, start
@@ -89,11 +88,8 @@ def make_api(args: argparse.Namespace) -> StandinApi:
 
 
 async def serve(args: argparse.Namespace, api: StandinApi) -> None:
+    stop = stop_on_signals()
     running = await start(api, server_context(args), args.host, args.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     try:
         print(f"stand-in NetBackup REST API on {running.base_url} "
               f"(users: {', '.join(sorted(api.users))})")
@@ -110,14 +106,8 @@ async def serve(args: argparse.Namespace, api: StandinApi) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        # Checked before anything starts, so a typo is one error line, not a traceback.
-        api = make_api(args)
-        asyncio.run(serve(args, api))
-    except NbwssError as exc:
-        sys.stderr.write(f"nbwss.standin: error: {exc}\n")
-        return 1
-    return 0
+    # The users are checked before anything starts, so a typo is one error line.
+    return run_tool("nbwss.standin", lambda: serve(args, make_api(args)))
 
 
 if __name__ == "__main__":
