@@ -243,6 +243,10 @@ def test_unknown_key_is_a_warning_naming_the_line(tmp_path: Path) -> None:
         ("command.allowedPrefixes=netbackup", "a comma-separated list of paths"),
         ("message.maxBytes=10", "an integer >= 1024"),
         ("store.path=~nosuchuser-nbwss/db", "a path whose ~ names a known home directory"),
+        ("poller.pageSize=500", "an integer from 1 to 100"),
+        ("restApi.apiVersion=latest", "auto or an API version such as 12.0"),
+        ("restApi.apiVersion=12.x", "auto or an API version such as 12.0"),
+        ("restApi.domainType=windows", "NT or vx or unixpwd or ldap"),
     ],
 )
 def test_bad_value_names_key_line_and_expectation(line: str, expectation: str) -> None:
@@ -328,3 +332,17 @@ def test_systemd_credential_wins_over_store_key_file_when_present(tmp_path: Path
 
 def test_a_signed_integer_is_read_as_java_reads_it() -> None:
     assert settings_from_text("keepAlive.maxPongMissAllowed=+12\n").max_pong_misses == 12
+
+
+@pytest.mark.parametrize(
+    ("text", "version", "domain_type"),
+    [("", "auto", None), ("restApi.apiVersion=12\nrestApi.domainType=nt", "12.0", "NT"),
+     ("restApi.apiVersion = AUTO\nrestApi.domainType=UNIXPWD", "auto", "unixpwd"),
+     ("restApi.apiVersion=9.1\nrestApi.domainType=vx", "9.1", "vx")],
+)
+def test_api_version_and_domain_type_are_read_in_the_documented_spelling(
+    text: str, version: str, domain_type: str | None
+) -> None:
+    settings = settings_from_text(text)
+    assert (settings.rest_api_version, settings.rest_api_domain_type) == (version, domain_type)
+    assert settings_from_text("poller.pageSize=100").poller_page_size == 100

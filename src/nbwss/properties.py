@@ -140,14 +140,17 @@ def parse_properties(text: str) -> list[Entry]:
 Converter = Callable[[str], Any]
 
 
-def _integer(text: str, minimum: int = 0) -> int:
+def _integer(text: str, minimum: int = 0, maximum: int | None = None) -> int:
+    expectation = f"an integer >= {minimum}"
+    if maximum is not None:
+        expectation = f"an integer from {minimum} to {maximum}"
     digits = text.strip()
     # Python's int() also takes "1_000" and non-ASCII digits; Java's parseInt does not.
     if not digits.lstrip("+-").isascii() or not digits.lstrip("+-").isdigit():
-        raise ValueError(f"an integer >= {minimum}")
+        raise ValueError(expectation)
     value = int(digits, 10)
-    if value < minimum:
-        raise ValueError(f"an integer >= {minimum}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(expectation)
     return value
 
 
@@ -211,6 +214,32 @@ def _choice(*choices: str) -> Converter:
         return value
 
     return convert
+
+
+def _api_version(text: str) -> str:
+    """`auto`, or a NetBackup API version such as 12.0 (a bare 12 means 12.0)."""
+    value = text.strip().lower()
+    if value == "auto":
+        return value
+    major, dot, minor = value.partition(".")
+    if not major.isascii() or not major.isdigit() or (dot and not (minor.isascii()
+                                                                  and minor.isdigit())):
+        raise ValueError("auto or an API version such as 12.0")
+    return f"{int(major)}.{int(minor or '0')}"
+
+
+# The login's domain types, spelled as Veritas's gateway.yaml (10.3 to 11.2) lists them.
+DOMAIN_TYPES = ("NT", "vx", "unixpwd", "ldap")
+
+
+def _domain_type(text: str) -> str | None:
+    value = text.strip()
+    if not value:
+        return None
+    for known in DOMAIN_TYPES:
+        if value.lower() == known.lower():
+            return known
+    raise ValueError(" or ".join(DOMAIN_TYPES))
 
 
 def _url(text: str) -> str:
@@ -308,6 +337,15 @@ PROPERTIES: tuple[Property, ...] = (
              "User name for the poller's POST /login (with restApi.passwordFile)."),
     Property("restApi.passwordFile", "rest_api_password_file", _optional_path, "",
              "File holding the password for restApi.userName."),
+    Property("restApi.domainName", "rest_api_domain_name", _optional_text, "",
+             "domainName sent with the poller's POST /login (e.g. an NT or LDAP domain). "
+             "Empty: not sent."),
+    Property("restApi.domainType", "rest_api_domain_type", _domain_type, "",
+             "domainType sent with the poller's POST /login: NT, vx, unixpwd or ldap. "
+             "Empty: not sent."),
+    Property("restApi.apiVersion", "rest_api_version", _api_version, "auto",
+             "API version the poller asks for: auto (the newest the server accepts, "
+             "found by stepping down on 406) or a version such as 12.0."),
     Property("command.maxConcurrent", "command_max_concurrent", partial(_integer, minimum=1),
              "16", "COMMAND requests run at once per connection; more wait their turn."),
     Property("command.timeout", "command_timeout_s", _seconds, "60",
@@ -325,8 +363,9 @@ PROPERTIES: tuple[Property, ...] = (
              "Seconds between polls of /catalog/images."),
     Property("poller.imageWindowDays", "poller_image_window_days", partial(_integer, minimum=1),
              "30", "Days of images tracked for UPDATE and DELETE detection."),
-    Property("poller.pageSize", "poller_page_size", partial(_integer, minimum=1), "100",
-             "page[limit] used when paging through the REST API."),
+    Property("poller.pageSize", "poller_page_size", partial(_integer, minimum=1, maximum=100),
+             "100", "page[limit] used when paging through the REST API (the API's most: "
+             "100)."),
     Property("status.listen", "status_listen", _optional_text, "",
              "Where /status and /metrics are served: a Unix socket path, or 127.0.0.1:PORT. "
              "Empty: nbwss.sock beside the database."),
@@ -369,6 +408,9 @@ class Settings:
     rest_api_key_file: Path | None = None
     rest_api_user_name: str | None = None
     rest_api_password_file: Path | None = None
+    rest_api_domain_name: str | None = None
+    rest_api_domain_type: str | None = None
+    rest_api_version: str = "auto"
     command_max_concurrent: int = 16
     command_timeout_s: float = 60.0
     command_allowed_prefixes: tuple[str, ...] = ("/netbackup/",)
