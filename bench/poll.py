@@ -28,10 +28,10 @@ from pathlib import Path
 import aiohttp
 import trustme
 
-from nbwss import logs
+from nbwss import logs, pollerstore
 from nbwss.properties import Settings
-from nbwss.sources.poller import JOBS_WATERMARK, Poller
-from nbwss.sources.restclient import Credentials, RestClient
+from nbwss.sources.poller import Poller
+from nbwss.sources.restclient import Credentials
 from nbwss.standin import restapi
 from nbwss.standin.restapi import StandinApi, iso
 from nbwss.store import Store
@@ -89,11 +89,9 @@ async def _measure_against(
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
             credentials = Credentials(api_key=API_KEY)
             poller = Poller(settings, store, credentials=credentials)
-            client = poller.client = RestClient(base_url, credentials, session, PAGE_SIZE)
+            client = poller.client = poller.make_client(session)
             since = time.time() - (7200 + jobs if catch_up else 3660)
-            with store.transaction() as conn:  # older than every job: list them all
-                conn.execute("INSERT INTO poller_state (name, value) VALUES (?, ?)",
-                             (JOBS_WATERMARK, repr(since)))
+            pollerstore.write_watermark(store, since)  # older than every job: list them all
             wall, cpu = time.perf_counter(), time.process_time()
             queued = await poller.poll_jobs()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

@@ -1,7 +1,14 @@
-"""The poller's pure core: API records -> notifications, and what to report when."""
+"""The poller's pure core: API records -> notifications, and what to report when.
+
+Records come in the shapes of Veritas's documents: the example job response of
+admin.yaml and the image attributes of catalog.yaml (tests/fixtures/netbackup-api/).
+"""
 
 from __future__ import annotations
 
+import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,9 +21,11 @@ from nbwss.sources.mapping import (
     MalformedRecordError,
     SeenJob,
     TrackedImage,
+    client_type,
     decide_images,
     decide_jobs,
     format_time,
+    images_filter,
     jobs_filter,
     parse_image,
     parse_job,
@@ -24,7 +33,10 @@ from nbwss.sources.mapping import (
     schedule_type,
     window_cutoff,
 )
+from nbwss.sources.setaside import SetAside, decide_set_aside, read_records
 from nbwss.standin.scenarios import GuideScenarios
+
+FIXTURES = Path(__file__).parent / "fixtures" / "netbackup-api"
 
 # The guide's examples (spec/examples/*.json), as transcribed for the stand-in's scenarios.
 GUIDE = GuideScenarios()
@@ -39,13 +51,25 @@ def example_data(name: str) -> list[dict[str, Any]]:
     return GUIDE_EXAMPLES[name]
 
 
+def fixture(name: str) -> Any:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def veritas_jobs() -> list[dict[str, Any]]:
+    """The records of Veritas's example GET /admin/jobs response (10.3 to 11.2)."""
+    records: list[dict[str, Any]] = fixture("admin-jobs-example.json")["data"]
+    return records
+
+
 def api_job(job_id: int, state: str, updated: float, **extra: Any) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
+    """Veritas's example job, made a VMware backup of the guide's."""
+    attributes: dict[str, Any] = copy.deepcopy(veritas_jobs()[1]["attributes"])
+    attributes.update({
         "jobId": job_id, "parentJobId": 0, "jobType": "BACKUP", "policyType": "VMWARE",
-        "policyName": "vmware2", "scheduleType": "FULL", "clientName": "DummyTestVM",
+        "policyName": "vmware2", "scheduleType": "FULL_BACKUP", "clientName": "DummyTestVM",
         "state": state, "status": 0, "startTime": "2016-04-05T04:14:58.000Z",
         "lastUpdateTime": format_time(updated),
-    }
+    })
     attributes.update(extra)
     return attributes
 
@@ -61,13 +85,33 @@ def test_time_round_trip_and_forms() -> None:
 
 @pytest.mark.parametrize(
     ("api", "expected"),
-    [("FULL", "ST_FULL"), ("DIFFERENTIAL_INCREMENTAL", "ST_INCR"),
-     ("CUMULATIVE_INCREMENTAL", "ST_CINC"), ("USER_BACKUP", "ST_UBAK"),
-     ("USER_ARCHIVE", "ST_UARC"), ("", "ST_FULL"), ("ST_CINC", "ST_CINC"),
-     ("SYNTHETIC", "ST_SYNTHETIC")],
+    [  # the jobs schema's names (admin.yaml 10.3 to 11.2) ...
+     ("FULL_BACKUP", "ST_FULL"), ("DIFFERENTIAL_INCREMENTAL_BACKUP", "ST_INCR"),
+     ("CUMULATIVE_INCREMENTAL_BACKUP", "ST_CINC"), ("USER_BACKUP", "ST_UBAK"),
+     ("USER_ARCHIVE", "ST_UARC"), ("AUTOMATIC_FULL_BACKUP", "ST_FULL"),
+     ("AUTOMATIC_INCREMENTAL_BACKUP", "ST_INCR"),
+     ("AUTOMATIC_DIFFERENTIAL_INCREMENTAL_BACKUP", "ST_INCR"),
+     ("AUTOMATIC_CUMULATIVE_INCREMENTAL_BACKUP", "ST_CINC"),
+     # ... the short forms of Veritas's example job and of the images schema ...
+     ("FULL", "ST_FULL"), ("DIFFERENTIAL_INCREMENTAL", "ST_INCR"),
+     ("CUMULATIVE_INCREMENTAL", "ST_CINC"),
+     # ... and what no table holds.
+     ("", "ST_FULL"), ("ST_CINC", "ST_CINC"), ("APPLICATION_BACKUP", "ST_APPLICATION_BACKUP")],
 )
 def test_schedule_type(api: str, expected: str) -> None:
     assert schedule_type(api) == expected
+
+
+@pytest.mark.parametrize(
+    ("display", "expected"),
+    [("VMware", "VMWARE"), ("Standard", "STANDARD"), ("Hyper-V", "HYPERV"),
+     ("MS-Windows", "MS_WINDOWS"), ("MS-SQL-Server", "MS_SQL_SERVER"), ("Oracle", "ORACLE"),
+     ("Lotus Notes", "LOTUS_NOTES"), ("", "STANDARD")],
+)
+def test_client_type_from_the_images_policy_type_display_text(
+    display: str, expected: str
+) -> None:
+    assert client_type(display) == expected
 
 
 def test_job_maps_to_the_guides_fields_and_order() -> None:
@@ -101,12 +145,9 @@ def test_job_state_mapping(api_state: str, state: str) -> None:
     assert notification["state"] == state
 
 
-def test_unknown_state_is_held_back_not_guessed() -> None:
-    decision = decide_jobs({}, [parse_job(api_job(9, "TELEPORTING", 100.0))], None)
-    assert decision.notifications == []
-    assert decision.seen == {}
-    assert decision.unmapped == {9: "TELEPORTING"}
-    assert decision.watermark == 100.0
+def test_unknown_state_is_not_guessed() -> None:
+    with pytest.raises(MalformedRecordError, match="state 'TELEPORTING' is not one nbwss maps"):
+        parse_job(api_job(9, "TELEPORTING", 100.0))
 
 
 @pytest.mark.parametrize(
@@ -167,12 +208,19 @@ def test_jobs_filter_reaches_back_by_the_overlap() -> None:
     assert jobs_filter(None, 5000.0) == f"lastUpdateTime gt {format_time(5000 - JOB_OVERLAP_S)}"
 
 
-def image(backup_id: str, **extra: Any) -> ApiImage:
+def image_record(backup_id: str, **extra: Any) -> dict[str, Any]:
+    """The fixture's image record (catalog.yaml's attributes), as `backup_id`."""
+    record: dict[str, Any] = copy.deepcopy(fixture("catalog-images-page.json")["data"][0])
     client, _, epoch = backup_id.rpartition("_")
-    attributes: dict[str, Any] = {"backupId": backup_id, "clientName": client,
-                                  "clientType": "VMWARE", "backupTime": format_time(int(epoch))}
-    attributes.update(extra)
-    return parse_image({"type": "image", "id": backup_id, "attributes": attributes})
+    record["id"] = backup_id
+    record["links"]["self"]["href"] = f"/catalog/images/{backup_id}"
+    record["attributes"].update(clientName=client, backupTime=format_time(int(epoch)))
+    record["attributes"].update(extra)
+    return record
+
+
+def image(backup_id: str, **extra: Any) -> ApiImage:
+    return parse_image(image_record(backup_id, **extra))
 
 
 def track(images: list[ApiImage]) -> dict[str, TrackedImage]:
@@ -180,24 +228,46 @@ def track(images: list[ApiImage]) -> dict[str, TrackedImage]:
 
 
 def test_image_maps_to_the_guides_fields() -> None:
+    """The fixture's VMware image: the id is the backup id, VMware gives VMWARE, and the
+    CREATE's createdTime is when the backup completed (backupTime + elapsedTimeSeconds)."""
     expected = example_data("vmware-d-image-create")[0]
-    created = image("DummyTestVM_1459811698", createdTime=format_time(expected["createdTime"]))
+    created = parse_image(fixture("catalog-images-page.json")["data"][0])
     decision = decide_images({}, [created], 0, 2e9)
     assert decision.notifications == [expected]
     validate("IMAGE", decision.notifications[0])
 
 
-def test_client_type_falls_back_to_policy_type() -> None:
-    record = {"id": "c_5", "attributes": {"clientName": "c", "policyType": "STANDARD",
-                                          "backupTime": format_time(5)}}
-    assert parse_image(record).base["clientType"] == "STANDARD"
-    assert parse_image(record).backup_id == "c_5"
+def test_image_without_elapsed_time_is_created_when_seen() -> None:
+    record = image_record("c_5")
+    del record["attributes"]["elapsedTimeSeconds"]
+    decision = decide_images({}, [parse_image(record)], 0, 1234.9)
+    assert decision.notifications[0]["createdTime"] == 1234
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [(lambda r: r.pop("id"), "no id"),
+     (lambda r: r["attributes"].pop("backupTime"), "backupTime is not a time"),
+     (lambda r: r["attributes"].update(clientName=""), "clientName' is empty"),
+     (lambda r: r["attributes"].update(clientName=None), "clientName is missing"),
+     (lambda r: r.update(attributes=[]), "no attributes object")],
+)
+def test_image_that_cannot_be_mapped_says_why(change: Any, reason: str) -> None:
+    record = image_record("c_5")
+    change(record)
+    with pytest.raises(MalformedRecordError, match=reason):
+        parse_image(record)
+
+
+def test_images_filter_uses_only_the_documented_operators() -> None:
+    assert images_filter(1459811698, 1459829698.5) == (
+        "backupTime ge 2016-04-04T23:14:58.000Z and backupTime le 2016-04-06T04:14:58.000Z")
 
 
 def test_create_then_update_in_the_guides_order() -> None:
-    old = image("DummyTestVM_1459811686", copies=1)
+    old = image("DummyTestVM_1459811686", numCopies=1)
     tracked = track([old])
-    listing = [image("DummyTestVM_1459811686", copies=2), image("DummyTestVM_1459811698")]
+    listing = [image("DummyTestVM_1459811686", numCopies=2), image("DummyTestVM_1459811698")]
     decision = decide_images(tracked, listing, 0, 2e9)
     assert [(n["operationId"], n["backupId"]) for n in decision.notifications] == [
         ("CREATE", "DummyTestVM_1459811698"), ("UPDATE", "DummyTestVM_1459811686")]
@@ -244,3 +314,94 @@ def test_baseline_tracks_without_reporting() -> None:
     decision = decide_images({}, [image("c_5")], 0, 2e9, baseline=True)
     assert decision.notifications == []
     assert set(decision.track) == {"c_5"}
+
+
+# -- Veritas's example records, and records missing a field ---------------------------------
+
+# What a job notification cannot be made without; every other attribute may be missing.
+REQUIRED_JOB_ATTRIBUTES = {"jobId", "state", "clientName", "jobType", "lastUpdateTime"}
+
+
+def test_veritas_example_jobs_are_set_aside_for_their_empty_client() -> None:
+    """Both records of the example (IMAGEDELETE, clientName "", no policyType) are read;
+    the intake check refuses an empty clientName, so each is set aside, not guessed."""
+    reading = read_records("JOB", veritas_jobs(), lambda r: parse_job(r["attributes"]))
+    assert reading.parsed == []
+    assert [(r.record_id, r.reason) for r in reading.rejects] == [
+        ("1", "JOB field 'clientName' is empty"), ("2", "JOB field 'clientName' is empty")]
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_veritas_example_job_with_a_client_maps_with_the_documented_defaults(
+    index: int,
+) -> None:
+    attributes = copy.deepcopy(veritas_jobs()[index]["attributes"])
+    attributes["clientName"] = "masterserver2.domain.com"
+    job = parse_job(attributes)
+    assert job.notification == {
+        "scheduleType": "ST_FULL", "clientName": "masterserver2.domain.com", "status": 0,
+        "startTime": 1529953232, "state": "DONE", "policyName": "",
+        "parentJobId": attributes["jobId"], "jobId": attributes["jobId"],
+        "policyType": "STANDARD", "jobType": "IMAGEDELETE",
+    }
+    assert job.last_update == parse_time("2018-06-25T19:00:38.407Z", "t")
+
+
+@pytest.mark.parametrize("missing", [*sorted(veritas_jobs()[0]["attributes"]), "policyType"])
+@pytest.mark.parametrize("how", ["absent", "null"])
+def test_a_job_missing_any_field_maps_or_is_set_aside_never_crashes(
+    missing: str, how: str
+) -> None:
+    complete = api_job(146, "DONE", 1e9, parentJobId=145)
+    attributes = dict(complete)
+    if how == "absent":
+        del attributes[missing]
+    else:
+        attributes[missing] = None
+    reading = read_records("JOB", [{"id": "146", "attributes": attributes}],
+                           lambda r: parse_job(r["attributes"]))
+    if missing in REQUIRED_JOB_ATTRIBUTES:
+        assert reading.parsed == []
+        assert [r.record_id for r in reading.rejects] == ["146"]
+        assert missing in reading.rejects[0].reason
+        return
+    [job] = reading.parsed
+    full = parse_job(complete).notification
+    defaults: dict[str, Any] = {"parentJobId": 146, "policyType": "STANDARD",
+                                "policyName": "", "scheduleType": "ST_FULL", "status": 0,
+                                "startTime": 0}
+    changed = {missing: defaults[missing]} if missing in defaults else {}
+    assert job.notification == {**full, **changed}
+
+
+def test_a_record_shown_twice_is_set_aside_once() -> None:
+    bad = {"id": "9", "attributes": {"jobId": 9, "state": "TELEPORTING"}}
+    reading = read_records("JOB", [bad, bad], lambda r: parse_job(r["attributes"]))
+    assert len(reading.rejects) == 1
+
+
+def test_set_aside_is_new_once_then_again_only_when_the_record_changes() -> None:
+    reject = SetAside("JOB", "9", "digest-1", "state 'X' is not one nbwss maps")
+    first = decide_set_aside({}, [reject], mapped=set())
+    assert first.new == [reject]
+    assert decide_set_aside({"9": "digest-1"}, [reject], mapped=set()).new == []
+    changed = SetAside("JOB", "9", "digest-2", "still odd")
+    assert decide_set_aside({"9": "digest-1"}, [changed], mapped=set()).new == [changed]
+
+
+def test_set_aside_clears_when_mapped_or_gone_from_a_complete_listing() -> None:
+    known = {"9": "d", "10": "d", "11": "d"}
+    jobs = decide_set_aside(known, [], mapped={"9"})
+    assert jobs.cleared == ["9"]  # a job listing is not complete: 10 and 11 stay
+    images = decide_set_aside(known, [], mapped={"9"}, listed={"9", "10"})
+    assert images.cleared == ["9", "11"]
+
+
+def test_a_set_aside_image_is_present_not_deleted() -> None:
+    tracked = track([image("c_5")])
+    for _ in range(DELETE_CONFIRMATIONS + 1):
+        decision = decide_images(tracked, [], 0, 2e9, set_aside={"c_5"})
+        assert decision.notifications == []
+        assert decision.untrack == []
+        tracked = {**tracked, **decision.track}
+    assert tracked["c_5"].missed == 0

@@ -68,3 +68,9 @@ POLLER_UP = Gauge(
     "nbwss_poller_up", "1 while the REST poller's last poll of that list succeeded, else 0.",
     ["poll"], registry=REGISTRY,
 )
+POLLER_SET_ASIDE = Counter(
+    "nbwss_poller_records_set_aside",
+    "API records the REST poller could not map and set aside (once each, again if one "
+    "changes and still cannot be mapped).",
+    ["object"], registry=REGISTRY,
+)

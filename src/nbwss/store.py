@@ -3,7 +3,7 @@
 One file, WAL mode, shared by the daemon and the CLI. Every admin operation is one
 transaction, so a crash never leaves half an endpoint. Tokens are sealed by
 `TokenVault` before they reach SQL. The outbox and poller tables are declared here (one
-schema, one version number) and used by `outbox.py` and the poller.
+schema, one version number) and used by `outbox.py` and `pollerstore.py`.
 
 Calls are short and synchronous; the connection may be used from a worker thread
 (`asyncio.to_thread`), so access is serialised by a lock.
@@ -94,6 +94,17 @@ MIGRATIONS: tuple[str, ...] = (
         backup_time  INTEGER NOT NULL,
         data         TEXT NOT NULL,
         missed       INTEGER NOT NULL DEFAULT 0
+    );
+    """,
+    """
+    -- Poller records that cannot be mapped: logged once, retried when they change.
+    CREATE TABLE poller_set_aside (
+        object       TEXT NOT NULL,
+        record_id    TEXT NOT NULL,
+        fingerprint  TEXT NOT NULL,
+        reason       TEXT NOT NULL,
+        since        REAL NOT NULL,
+        PRIMARY KEY (object, record_id)
     );
     """,
 )

@@ -3,38 +3,34 @@
 Two loops inside `nbwss run`, one per list: every `poller.jobsRate` seconds the jobs
 updated since the watermark, every `poller.imagesRate` seconds the images of the
 tracked window. Each poll reads everything it needs, lets `mapping` decide, then commits
-the decision in ONE transaction with the outbox insert: the watermark and the seen-state
-move if and only if the notifications are queued. A crash or restart anywhere re-polls
-from the last committed state, which the seen-state dedupes, so nothing is repeated or
-skipped. Any API fault fails the whole poll (nothing committed) and backs off; an outage
-is logged once when it starts and once when it ends.
+the decision in ONE transaction with the outbox insert (`pollerstore`): the watermark
+and the seen-state move if and only if the notifications are queued. A crash or restart
+anywhere re-polls from the last committed state, which the seen-state dedupes, so
+nothing is repeated or skipped. An API fault, or a page not in the documented shape,
+fails the whole poll (nothing committed) and backs off; an outage is logged once when
+it starts and once when it ends, with NetBackup's error code and message. One record
+that cannot be mapped is set aside (`setaside`) and the poll goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import aiohttp
 
-from nbwss import logs, outbox
+from nbwss import logs, pollerstore
 from nbwss.backoff import Backoff
-from nbwss.metrics import POLLER_UP
+from nbwss.errors import ConfigError
+from nbwss.metrics import POLLER_SET_ASIDE, POLLER_UP
 from nbwss.properties import Settings
 from nbwss.sources import mapping
-from nbwss.sources.mapping import (
-    ImagesDecision,
-    JobsDecision,
-    MalformedRecordError,
-    SeenJob,
-    TrackedImage,
-)
+from nbwss.sources.apiversion import VersionNegotiation, jobs_use_cursor
+from nbwss.sources.mapping import MalformedRecordError, record_id
 from nbwss.sources.restclient import (
     ApiUnavailableError,
     Credentials,
@@ -42,18 +38,17 @@ from nbwss.sources.restclient import (
     load_credentials,
     ssl_for,
 )
+from nbwss.sources.setaside import SetAsideDecision, decide_set_aside, read_records
 from nbwss.store import Store
 
 log = logs.get_logger("nbwss.poller")
 
 JOBS_PATH: Final = "/admin/jobs"
 IMAGES_PATH: Final = "/catalog/images"
-JOBS_WATERMARK: Final = "jobs.watermark"
-IMAGES_BASELINED: Final = "images.baselined"
-# Newest first: a row inserted or updated mid-listing shifts later rows down a page
-# (seen twice, deduped), never up (skipped). See docs/poller.md.
+# Newest first (admin.yaml lists lastUpdateTime among the jobs' sort keys): a row
+# updated mid-listing moves to the front, so no other row is skipped. See docs/poller.md.
+# Images have no sort parameter at all (catalog.yaml).
 JOBS_SORT: Final = "-lastUpdateTime"
-IMAGES_SORT: Final = "-backupTime"
 # Backoff during an outage: from the poll rate, doubling, capped at this (or the rate).
 BACKOFF_CAP_S: Final = 60.0
 
@@ -94,7 +89,11 @@ class PollCounts:
 
 
 class Poller:
-    """The poller component: `run()` polls until cancelled; never raises on API faults."""
+    """The poller component: `run()` polls until cancelled; never raises on API faults.
+
+    A configuration error met at run time (the login asks for multi-factor
+    authentication) is raised: `nbwss run` stops with that one line.
+    """
 
     def __init__(
         self,
@@ -116,25 +115,46 @@ class Poller:
         self._waker = waker
         self._clock = clock
         self._health = ApiHealth(clock)
+        self.negotiation = VersionNegotiation(settings.rest_api_version)
         self.counts = PollCounts()
         self._polled = asyncio.Condition()
         self.client: RestClient | None = None
-        self._unknown_states: set[tuple[int, str]] = set()
+        self.set_aside_count = 0
 
     async def run(self) -> None:
         """Poll jobs and images, each at its rate, until cancelled."""
+        self.set_aside_count = await asyncio.to_thread(pollerstore.count_set_aside, self._store)
         connector = aiohttp.TCPConnector(ssl=self._ssl, limit=2)
         async with aiohttp.ClientSession(connector=connector) as session:
-            self.client = RestClient(self._settings.rest_api_base_url, self._credentials, session,
-                                     self._settings.poller_page_size)
+            self.client = self.make_client(session)
             log.info("poller.started", base_url=self._settings.rest_api_base_url,
                      jobs_rate_s=self._settings.poller_jobs_rate_s,
-                     images_rate_s=self._settings.poller_images_rate_s)
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._loop("jobs", self._settings.poller_jobs_rate_s,
-                                             self.poll_jobs))
-                tasks.create_task(self._loop("images", self._settings.poller_images_rate_s,
-                                             self.poll_images))
+                     images_rate_s=self._settings.poller_images_rate_s,
+                     api_version=self._settings.rest_api_version)
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._loop("jobs", self._settings.poller_jobs_rate_s,
+                                                 self.poll_jobs))
+                    tasks.create_task(self._loop("images", self._settings.poller_images_rate_s,
+                                                 self.poll_images))
+            except* ConfigError as group:
+                log.error("poller.stopped", reason=str(group.exceptions[0]))
+                raise group.exceptions[0] from None
+
+    def make_client(self, session: aiohttp.ClientSession) -> RestClient:
+        """The REST client the polls use (the benchmark builds one on its own session)."""
+        return RestClient(self._settings.rest_api_base_url, self._credentials, session,
+                          self._settings.poller_page_size, negotiation=self.negotiation,
+                          clock=self._clock)
+
+    def status_view(self) -> dict[str, Any]:
+        """The poller's part of `nbwss status`: the API version in use, records set aside."""
+        return {
+            "api_version": self.negotiation.accepted,
+            "api_version_setting": self.negotiation.setting,
+            "api_down_since": self._health.down_since,
+            "records_set_aside": self.set_aside_count,
+        }
 
     async def wait_polls(self, jobs: int = 0, images: int = 0) -> None:
         """Wait until at least that many polls of each list have completed."""
@@ -169,51 +189,30 @@ class Poller:
 
     async def poll_jobs(self) -> int:
         """One jobs poll: list what changed since the watermark, decide, commit; # queued."""
-        watermark = await asyncio.to_thread(self._read_watermark)
+        watermark = await asyncio.to_thread(pollerstore.read_watermark, self._store)
         if watermark is None:
             # First start: history is not replayed, and from now on nothing is missed,
             # however long the first polls find nothing (this watermark is committed).
             watermark = self._clock()
-        params = {"filter": mapping.jobs_filter(watermark, self._clock()), "sort": JOBS_SORT}
-        records = await self._client().list_all(JOBS_PATH, params)
-        jobs = [mapping.parse_job(record["attributes"]) for record in records]
-        seen = await asyncio.to_thread(self._read_seen_jobs, {job.job_id for job in jobs})
-        decision = mapping.decide_jobs(seen, jobs, watermark)
-        for job_id, api_state in decision.unmapped.items():
-            if (job_id, api_state) not in self._unknown_states:  # once, not every poll
-                self._unknown_states.add((job_id, api_state))
-                log.warning("poller.job_state_unknown", job_id=job_id, state=api_state)
-        await asyncio.to_thread(self._commit_jobs, decision)
+        query = [("filter", mapping.jobs_filter(watermark, self._clock())), ("sort", JOBS_SORT)]
+        records = await self._client().list_all(JOBS_PATH, query, jobs_use_cursor)
+        reading = read_records("JOB", records, lambda r: mapping.parse_job(r["attributes"]))
+        seen, known = await asyncio.to_thread(self._read_jobs_state,
+                                              {job.job_id for job in reading.parsed})
+        decision = mapping.decide_jobs(seen, reading.parsed, watermark)
+        aside = decide_set_aside(known, reading.rejects,
+                                 {str(job.job_id) for job in reading.parsed})
+        now = self._clock()
+        forget = now - mapping.DONE_JOB_RETENTION_S
+        self.set_aside_count = await asyncio.to_thread(
+            pollerstore.commit_jobs, self._store, decision, aside, now, forget)
+        self._noted("JOB", aside)
         return self._queued(len(decision.notifications), "JOB")
 
-    def _read_watermark(self) -> float | None:
-        with self._store.reading() as conn:
-            row = conn.execute("SELECT value FROM poller_state WHERE name = ?",
-                               (JOBS_WATERMARK,)).fetchone()
-        return None if row is None else float(row[0])
-
-    def _read_seen_jobs(self, job_ids: set[int]) -> dict[int, SeenJob]:
-        with self._store.reading() as conn:
-            rows = conn.execute(
-                "SELECT job_id, state, status, last_update FROM poller_jobs"
-                " WHERE job_id IN (SELECT value FROM json_each(?))",
-                (json.dumps(sorted(job_ids)),),
-            ).fetchall()
-        return {r[0]: SeenJob(r[1], r[2], r[3]) for r in rows}
-
-    def _commit_jobs(self, decision: JobsDecision) -> None:
-        with self._store.transaction() as conn:
-            outbox.enqueue(conn, (("JOB", n) for n in decision.notifications), self._clock())
-            conn.executemany(
-                "INSERT OR REPLACE INTO poller_jobs (job_id, state, status, last_update)"
-                " VALUES (?, ?, ?, ?)",
-                ((i, s.state, s.status, s.last_update) for i, s in decision.seen.items()),
-            )
-            if decision.forget_done_before is not None:
-                conn.execute("DELETE FROM poller_jobs WHERE state = 'DONE' AND last_update < ?",
-                             (decision.forget_done_before,))
-            if decision.watermark is not None:
-                _set_state(conn, JOBS_WATERMARK, repr(decision.watermark))
+    def _read_jobs_state(self, job_ids: set[int]
+                         ) -> tuple[dict[int, mapping.SeenJob], dict[str, str]]:
+        return (pollerstore.read_seen_jobs(self._store, job_ids),
+                pollerstore.read_set_aside(self._store, "JOB"))
 
     # -- images ------------------------------------------------------------------------------
 
@@ -221,38 +220,35 @@ class Poller:
         """One images poll: list the whole window, compare with what is tracked, commit."""
         now = self._clock()
         cutoff = mapping.window_cutoff(now, self._settings.poller_image_window_days)
-        params = {"filter": mapping.images_filter(cutoff), "sort": IMAGES_SORT}
-        records = await self._client().list_all(IMAGES_PATH, params)
-        listing = [mapping.parse_image(record) for record in records]
-        tracked, baselined = await asyncio.to_thread(self._read_tracked_images)
-        decision = mapping.decide_images(tracked, listing, cutoff, now, baseline=not baselined)
+        query = [("filter", mapping.images_filter(cutoff, now))]
+        records = await self._client().list_all(IMAGES_PATH, query)
+        reading = read_records("IMAGE", records, mapping.parse_image)
+        tracked, baselined = await asyncio.to_thread(pollerstore.read_tracked_images,
+                                                     self._store)
+        known = await asyncio.to_thread(pollerstore.read_set_aside, self._store, "IMAGE")
+        rejected = {r.record_id for r in reading.rejects}
+        decision = mapping.decide_images(tracked, reading.parsed, cutoff, now,
+                                         baseline=not baselined, set_aside=rejected)
+        aside = decide_set_aside(known, reading.rejects,
+                                 {image.backup_id for image in reading.parsed},
+                                 listed={record_id(r) for r in records})
         if not baselined:
             log.info("poller.images_baseline", tracked=len(decision.track))
-        await asyncio.to_thread(self._commit_images, decision, now)
+        self.set_aside_count = await asyncio.to_thread(
+            pollerstore.commit_images, self._store, decision, aside, now)
+        self._noted("IMAGE", aside)
         return self._queued(len(decision.notifications), "IMAGE")
 
-    def _read_tracked_images(self) -> tuple[dict[str, TrackedImage], bool]:
-        with self._store.reading() as conn:
-            rows = conn.execute(
-                "SELECT backup_id, digest, backup_time, data, missed FROM poller_images"
-            ).fetchall()
-            baselined = conn.execute("SELECT 1 FROM poller_state WHERE name = ?",
-                                     (IMAGES_BASELINED,)).fetchone() is not None
-        tracked = {r[0]: TrackedImage(r[1], r[2], json.loads(r[3]), r[4]) for r in rows}
-        return tracked, baselined
+    # -- after a commit ----------------------------------------------------------------------
 
-    def _commit_images(self, decision: ImagesDecision, now: float) -> None:
-        with self._store.transaction() as conn:
-            outbox.enqueue(conn, (("IMAGE", n) for n in decision.notifications), now)
-            conn.executemany(
-                "INSERT OR REPLACE INTO poller_images (backup_id, digest, backup_time, data,"
-                " missed) VALUES (?, ?, ?, ?, ?)",
-                ((i, t.digest, t.backup_time, json.dumps(t.base), t.missed)
-                 for i, t in decision.track.items()),
-            )
-            conn.executemany("DELETE FROM poller_images WHERE backup_id = ?",
-                             ((i,) for i in decision.untrack))
-            _set_state(conn, IMAGES_BASELINED, "1")
+    def _noted(self, obj: str, aside: SetAsideDecision) -> None:
+        """Log and count each record newly set aside (once), and each one cleared."""
+        for record in aside.new:
+            log.warning("poller.record_set_aside", object=record.object, id=record.record_id,
+                        reason=record.reason)
+            POLLER_SET_ASIDE.labels(record.object).inc()
+        for cleared in aside.cleared:
+            log.info("poller.record_cleared", object=obj, id=cleared)
 
     def _queued(self, count: int, obj: str) -> int:
         if count:
@@ -260,8 +256,3 @@ class Poller:
             if self._waker is not None:
                 self._waker.wake()
         return count
-
-
-def _set_state(conn: sqlite3.Connection, name: str, value: str) -> None:
-    conn.execute("INSERT OR REPLACE INTO poller_state (name, value) VALUES (?, ?)",
-                 (name, value))

@@ -9,6 +9,12 @@ compares what was queued with `expected`.
 All epoch values are the guide's plus `shift` seconds (0 keeps them verbatim; the demo
 shifts them to today so that a 30-day image window still sees the images). The
 `lastUpdateTime` of jobs is the stand-in's clock, as on a real master.
+
+The catalog changes in the API's real shapes (records.py): jobs carry the schema's
+`scheduleType` `FULL_BACKUP` and `policyType` `VMWARE`; images the display text
+`VMware` and no createdTime, so a CREATE's createdTime is backupTime +
+elapsedTimeSeconds (set here to give the guide's value) and an UPDATE's is when the
+poller saw it, which no scenario can predict.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nbwss.standin.restapi import StandinApi, iso
+from nbwss import outbox
+from nbwss.standin.model import StandinApi
+from nbwss.standin.records import iso
 from nbwss.store import Store
 
 Notification = tuple[str, dict[str, Any]]
@@ -73,11 +81,10 @@ class GuideScenarios:
 
     def prepare(self, api: StandinApi) -> None:
         """The catalog before the scenario: the two older images it later updates/deletes."""
-        api.upsert_image(self.backup_id(VM, OLD_IMAGE_TIME), clientType="VMWARE",
-                         policyType="VMWARE", policyName="vmware2", copies=1)
+        api.upsert_image(self.backup_id(VM, OLD_IMAGE_TIME), policyType="VMware",
+                         policyName="vmware2", numCopies=1)
         api.upsert_image(self.backup_id(DELETED_IMAGE_CLIENT, DELETED_IMAGE_TIME),
-                         clientType="VMWARE", policyType="VMWARE", policyName="vmware2",
-                         copies=1)
+                         policyType="VMware", policyName="vmware2", numCopies=1)
 
     def _job_step(self, name: str, job_id: int, parent: int, client: str, start: int,
                   state: str, **extra: Any) -> Step:
@@ -85,7 +92,7 @@ class GuideScenarios:
             end = {"endTime": iso(api.clock())} if state == "DONE" else {}
             api.upsert_job(
                 job_id, parentJobId=parent, clientName=client, startTime=iso(self.t(start)),
-                state=state, status=0, scheduleType="FULL",
+                state=state, status=0, scheduleType="FULL_BACKUP",
                 policyName=extra.get("policyName", "vmware2"),
                 policyType=extra.get("policyType", "VMWARE"),
                 jobType=extra.get("jobType", "BACKUP"), **end,
@@ -110,11 +117,10 @@ class GuideScenarios:
         """Example D: the backup's image is written; an older image gains a copy."""
 
         def apply(api: StandinApi) -> None:
-            api.upsert_image(self.backup_id(VM, NEW_IMAGE_TIME), clientType="VMWARE",
-                             policyType="VMWARE", policyName="vmware2", copies=1,
-                             createdTime=iso(self.t(NEW_IMAGE_CREATED)))
-            api.upsert_image(self.backup_id(VM, OLD_IMAGE_TIME), copies=2,
-                             lastUpdateTime=iso(self.t(OLD_IMAGE_UPDATED)))
+            api.upsert_image(self.backup_id(VM, NEW_IMAGE_TIME), policyType="VMware",
+                             policyName="vmware2", numCopies=1,
+                             elapsedTimeSeconds=NEW_IMAGE_CREATED - NEW_IMAGE_TIME)
+            api.upsert_image(self.backup_id(VM, OLD_IMAGE_TIME), numCopies=2)
 
         expected = [
             ("IMAGE", _image(VM, self.t(NEW_IMAGE_TIME), self.t(NEW_IMAGE_CREATED), "CREATE",
@@ -149,9 +155,10 @@ class GuideScenarios:
 
 
 def comparable(notification: Notification) -> Notification:
-    """A notification with the one value no scenario can predict (a DELETE's createdTime)."""
+    """A notification without the one value no scenario can predict: the createdTime of
+    an UPDATE or a DELETE (when the poller saw it)."""
     obj, data = notification
-    if data.get("operationId") == "DELETE":
+    if data.get("operationId") in ("UPDATE", "DELETE"):
         data = {k: v for k, v in data.items() if k != "createdTime"}
     return obj, data
 
@@ -159,6 +166,5 @@ def comparable(notification: Notification) -> Notification:
 def outbox_rows(store: Store, objects: Iterable[str] = ("JOB", "IMAGE")) -> list[Notification]:
     """Every queued (object, data) in seq order, to compare with the steps' `expected`."""
     wanted = set(objects)
-    with store.reading() as conn:
-        rows = conn.execute("SELECT object, data FROM outbox ORDER BY seq").fetchall()
-    return [(r[0], json.loads(r[1])) for r in rows if r[0] in wanted]
+    return [(event.object, json.loads(event.data))
+            for event in outbox.read_events(store, 0, 1 << 40) if event.object in wanted]
