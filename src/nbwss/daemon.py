@@ -126,11 +126,13 @@ def build_service(
     live = LiveStatus(store, settings, wiring)
     proxy = CommandProxy(settings)
     components: list[Component] = [*wiring.components, _ProxyComponent(proxy)]
-    if settings.poller_active:
-        components.append(Poller(settings, store, waker=wiring.waker))
+    poller = Poller(settings, store, waker=wiring.waker) if settings.poller_active else None
+    if poller is not None:
+        components.append(poller)
     if status:
         components.append(StatusServer(settings.status_address, store, source=live,
-                                       max_backlog_age_s=settings.status_max_backlog_age_s))
+                                       max_backlog_age_s=settings.status_max_backlog_age_s,
+                                       poller=poller))
     service = Service(
         settings,
         store,

@@ -110,6 +110,13 @@ class StatusSource(Protocol):
     def snapshot(self) -> dict[str, dict[str, Any]]: ...
 
 
+class PollerView(Protocol):
+    """The REST poller's part of /status (`nbwss.sources.poller.Poller` implements it):
+    `api_version` in use, `records_set_aside`, ..."""
+
+    def status_view(self) -> dict[str, Any]: ...
+
+
 def _age(now: float, then: float | None) -> float | None:
     return None if then is None else _rounded(now - then)
 
@@ -236,11 +243,13 @@ class StatusServer:
         source: StatusSource | None = None,
         *,
         max_backlog_age_s: float = 600.0,
+        poller: PollerView | None = None,
     ) -> None:
         self.address = parse_status_address(address)  # refuses a non-loopback one at once
         self._store = store
         self._source = source
         self._max_backlog_age_s = max_backlog_age_s
+        self._poller = poller
         self._store_registry = CollectorRegistry(auto_describe=False)
         self._store_registry.register(StoreCollector(store))
         self._started_at = time.time()
@@ -283,6 +292,7 @@ class StatusServer:
         )
         if self._source is not None:  # the live view is read on the loop, where it lives
             overlay_live(document, self._source.snapshot(), time.time())
+        document["poller"] = None if self._poller is None else self._poller.status_view()
         return document
 
     async def _status(self, _: web.Request) -> web.Response:

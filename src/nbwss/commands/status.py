@@ -71,11 +71,25 @@ def print_status(document: dict[str, Any], now: float) -> None:
         f"nbwss {document.get('version')}, pid {document.get('pid')}, "
         f"up {duration(document.get('uptime_s'))} ({live})\n"
     )
+    poller = document.get("poller")
+    if poller:
+        sys.stdout.write(f"poller: {poller_line(poller, now)}\n")
     groups: dict[str, dict[str, Any]] = document.get("groups", {})
     if not groups:
         sys.stdout.write("no server groups: add an endpoint with 'nbwss endpoint add'\n")
         return
     print_table(HEADERS, [group_row(name, group, now) for name, group in groups.items()])
+
+
+def poller_line(poller: dict[str, Any], now: float) -> str:
+    """`API 12.0 (auto), 1 record set aside`, and since when the API is down, if it is."""
+    version = poller.get("api_version") or "not negotiated yet"
+    line = f"API {version} ({poller.get('api_version_setting', 'auto')})"
+    aside = poller.get("records_set_aside", 0)
+    line += f", {aside} record{'s' if aside != 1 else ''} set aside"
+    if poller.get("api_down_since") is not None:
+        line += f", API down since {ago(now, poller['api_down_since'])}"
+    return line
 
 
 def group_row(name: str, group: dict[str, Any], now: float) -> list[str]:
