@@ -68,7 +68,8 @@ async def test_doctor_passes_a_sound_set_up_and_names_each_fault(
     assert f"FAIL     key: the daemon gets the key {other} (LoadCredential=), the admin " \
            f"commands read {short_dir / 'nbwss.key'}" in lines
     assert f"         fix: set store.keyFile={other} in {config}" in lines
-    assert "FAIL     REST API credentials: login refused (HTTP 401)" in lines
+    assert "FAIL     REST API credentials: POST /login: login refused (HTTP 401, NetBackup " \
+           "error 8961: The user name, password or API Key is wrong.)" in lines
     assert any(line.startswith("FAIL     endpoint ep1.test: presents ") for line in lines)
     assert lines[-1] == "3 problem(s) to fix"
 

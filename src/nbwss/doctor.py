@@ -171,6 +171,7 @@ def file_findings(settings: Settings, service_user: str | None) -> list[Finding]
 async def rest_api_findings(settings: Settings, env: Mapping[str, str]) -> list[Finding]:
     """The API answers (any HTTP status), its clock agrees, and it takes our credentials."""
     from nbwss.sources import restclient  # the poller's client, only when checked
+    from nbwss.sources.apiversion import VersionNegotiation
 
     base = settings.rest_api_base_url
     try:
@@ -192,8 +193,10 @@ async def rest_api_findings(settings: Settings, env: Mapping[str, str]) -> list[
             return [*findings, ok("REST API credentials: none configured (no poller)")]
         try:
             credentials = restclient.load_credentials(settings, env)
-            client = restclient.RestClient(base, credentials, session, 1)
-            await client.get_json("/admin/jobs", {"page[limit]": "1"})
+            client = restclient.RestClient(
+                base, credentials, session, 1,
+                negotiation=VersionNegotiation(settings.rest_api_version))
+            await client.get_json("/admin/jobs", [("page[limit]", "1")])
         except NbwssError as exc:
             return [*findings, Finding(
                 Verdict.FAIL, f"REST API credentials: {exc}",
