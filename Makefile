@@ -1,14 +1,15 @@
-# The README's two commands are `make demo` and `make test`; both set up .venv first.
+# The README's two commands are `make demo` and `make test`; both set up .venv first, with
+# the demo extra (trustme: the demo's and the tests' throw-away certificates) and the tests'.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint bench clean generated
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[demo,test]'
 	touch $(STAMP)
 
 install: $(STAMP)

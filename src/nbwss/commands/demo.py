@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from nbwss import demo
 from nbwss.commands import Context, examples
+from nbwss.extras import require_demo_extra
 
 
 def register(commands: Any) -> None:
@@ -25,4 +25,9 @@ def register(commands: Any) -> None:
 
 
 def handle(args: argparse.Namespace, context: Context) -> int:
+    # Imported here, not above: registering the command (`nbwss --help`, the man page)
+    # must not load the demo, and a base install has no trustme for it.
+    require_demo_extra("nbwss demo")
+    from nbwss import demo
+
     return demo.main(keep=args.keep)

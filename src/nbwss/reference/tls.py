@@ -2,7 +2,8 @@
 
 The daemon pins the endpoint's certificate (`nbwss endpoint add` shows its SHA-256
 fingerprint), so a self-signed set-up is as safe as a CA-issued one for development;
-production endpoints use their real certificate with `--cert` and `--key`.
+production endpoints use their real certificate with `--cert` and `--key`, which needs
+nothing beyond a base install; throw-away certificates need the demo extra (`trustme`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-import trustme
-
 from nbwss.errors import NbwssError
+from nbwss.extras import require_demo_extra
 from nbwss.trust import fingerprint
 
 
@@ -36,6 +36,9 @@ class SelfSigned:
 
 def self_signed(*names: str) -> SelfSigned:
     """A fresh CA and a certificate for `names` (default: localhost and 127.0.0.1)."""
+    require_demo_extra("--self-signed")
+    import trustme  # the demo extra, loaded only here: `--cert`/`--key` do without it
+
     ca = trustme.CA()
     leaf = ca.issue_cert(*(names or ("localhost", "127.0.0.1")))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
