@@ -33,7 +33,6 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -43,6 +42,7 @@ import yarl
 from nbwss import logs
 from nbwss.errors import ConfigError, NbwssError
 from nbwss.properties import Settings
+from nbwss.secretfile import read_secret as _read_secret
 from nbwss.sources.apiversion import KNOWN_VERSIONS, VersionNegotiation, media_type
 
 API_PREFIX: Final = "/netbackup"
@@ -78,21 +78,6 @@ class Credentials:
     password: str | None = None
     domain_name: str | None = None
     domain_type: str | None = None
-
-
-def _read_secret(path: Path, env: Mapping[str, str], key: str) -> str:
-    """A secret file's text, stripped; relative paths are under $CREDENTIALS_DIRECTORY."""
-    if not path.is_absolute() and env.get("CREDENTIALS_DIRECTORY"):
-        path = Path(env["CREDENTIALS_DIRECTORY"]) / path
-    try:
-        secret = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise ConfigError(f"{key}: cannot read {path}: {reason}") from None
-    if not secret:
-        raise ConfigError(f"{key}: {path} is empty")
-    logs.register_secret(secret)
-    return secret
 
 
 def load_credentials(settings: Settings, env: Mapping[str, str]) -> Credentials:
