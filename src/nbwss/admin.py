@@ -22,6 +22,7 @@ from nbwss.errors import (
     TrustError,
     unable_to_delete_certificate,
 )
+from nbwss.outbound import Proxy
 from nbwss.properties import Settings
 from nbwss.store import EndpointRecord, Store
 from nbwss.trust import CertificateInfo, fetch_certificate
@@ -42,9 +43,12 @@ class Inspection:
         return f"{self.details.server_host}:{self.details.port}"
 
 
-async def inspect(details: EndpointDetails, timeout_s: float) -> Inspection:
-    """Connect to the details' server and take the certificate it presents."""
-    certificate = await fetch_certificate(details.server_host, details.port, timeout_s)
+async def inspect(
+    details: EndpointDetails, timeout_s: float, proxy: Proxy | None = None
+) -> Inspection:
+    """Connect to the details' server (through `proxy` when given) and take the
+    certificate it presents."""
+    certificate = await fetch_certificate(details.server_host, details.port, timeout_s, proxy)
     return Inspection(details, certificate)
 
 
@@ -140,3 +144,4 @@ def backlog_at_risk(store: Store, host_name: str, *, deleting: bool) -> AtRisk |
 def wake_daemon(settings: Settings) -> bool:
     """Tell a running daemon that the endpoints changed; False when none listens."""
     return send_wake(settings.wake_socket, ENDPOINTS_DATAGRAM)
+

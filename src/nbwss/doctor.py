@@ -26,7 +26,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from nbwss.errors import NbwssError, StoreError
+from nbwss.errors import ConfigError, NbwssError, StoreError
+from nbwss.outbound import DIRECT, ProxyPolicy, load_policy
 from nbwss.properties import Settings
 from nbwss.store import Store
 from nbwss.trust import certificate_info, fetch_certificate
@@ -220,8 +221,22 @@ def clock_finding(server_date: str | None, now: float) -> Finding:
 # -- the endpoints' certificates ----------------------------------------------------------------
 
 
-async def endpoint_findings(store: Store, now: datetime) -> list[Finding]:
-    """Each endpoint presents its pinned certificate, which is neither expired nor expiring."""
+def outbound_findings(
+    settings: Settings, env: Mapping[str, str]
+) -> tuple[ProxyPolicy, list[Finding]]:
+    """The outbound proxy the daemon would use; a FAIL when its settings cannot be used."""
+    try:
+        return load_policy(settings, env), []
+    except ConfigError as exc:
+        fix = "fix the proxy.* settings (see docs/configuration.md); checked without a proxy"
+        return DIRECT, [Finding(Verdict.FAIL, f"outbound proxy: {exc}", fix)]
+
+
+async def endpoint_findings(
+    store: Store, now: datetime, outbound: ProxyPolicy = DIRECT
+) -> list[Finding]:
+    """Each endpoint presents its pinned certificate (seen through the outbound proxy, as
+    the daemon sees it), which is neither expired nor expiring."""
     findings = []
     for record in store.endpoints():
         pinned = certificate_info(record.certificate_der)
@@ -235,7 +250,7 @@ async def endpoint_findings(store: Store, now: datetime) -> list[Finding]:
         url = urlsplit(record.url)
         try:
             seen = await fetch_certificate(url.hostname or record.host_name, url.port or 443,
-                                           CONNECT_TIMEOUT_S)
+                                           CONNECT_TIMEOUT_S, outbound.proxy_for(record.url))
         except NbwssError as exc:
             findings.append(Finding(Verdict.WARNING, f"{name}: {exc}",
                                     "check that the endpoint server runs and is reachable"))
@@ -272,5 +287,6 @@ def run(store: Store, settings: Settings, config: Path | None, unit: Path) -> li
 
 
 async def _remote(store: Store, settings: Settings) -> list[Finding]:
-    return [*await rest_api_findings(settings, os.environ),
-            *await endpoint_findings(store, datetime.now(UTC))]
+    outbound, proxy_problems = outbound_findings(settings, os.environ)
+    return [*await rest_api_findings(settings, os.environ), *proxy_problems,
+            *await endpoint_findings(store, datetime.now(UTC), outbound)]

@@ -28,6 +28,8 @@ from nbwss.errors import (
     DetailsError,
 )
 from nbwss.messages import parse_json
+from nbwss.neterrors import describe
+from nbwss.outbound import Proxy, request_options
 
 REQUIRED_KEYS = ("token", "priority", "groupId", "hostName", "url")
 # Details are small; anything larger is not endpoint details.
@@ -190,8 +192,12 @@ async def _read_limited(response: aiohttp.ClientResponse, url: str) -> bytes:
     return bytes(body)
 
 
-async def _get_once(session: aiohttp.ClientSession, url: str, context: ssl.SSLContext) -> bytes:
-    async with session.get(url, ssl=context, max_redirects=_MAX_REDIRECTS) as response:
+async def _get_once(
+    session: aiohttp.ClientSession, url: str, context: ssl.SSLContext, proxy: Proxy | None
+) -> bytes:
+    async with session.get(
+        url, ssl=context, max_redirects=_MAX_REDIRECTS, **request_options(proxy)
+    ) as response:
         if response.url.scheme != "https":
             raise DetailsError(f"{MSG_NO_URL_CONNECTION}: {url} redirects to plain http")
         if response.status != 200:
@@ -201,6 +207,14 @@ async def _get_once(session: aiohttp.ClientSession, url: str, context: ssl.SSLCo
         return await _read_limited(response, url)
 
 
+def _failure(exc: BaseException, proxy: Proxy | None) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out" + (f" through proxy {proxy.url}" if proxy is not None else "")
+    if proxy is not None:
+        return describe(exc, proxy)
+    return str(exc) or type(exc).__name__
+
+
 async def fetch_details(
     url: str,
     *,
@@ -208,8 +222,10 @@ async def fetch_details(
     timeout_s: float = FETCH_TIMEOUT_S,
     attempts: int = FETCH_ATTEMPTS,
     retry_wait_s: float = 0.2,
+    proxy: Proxy | None = None,
 ) -> EndpointDetails:
-    """Fetch one endpoint's details over HTTPS and validate them.
+    """Fetch one endpoint's details over HTTPS (through `proxy`'s CONNECT tunnel when
+    given) and validate them.
 
     The server's certificate is verified against the system trust store, or only against
     `ca_file` (PEM) when given, for a cloud app whose certificate a private CA signed.
@@ -231,11 +247,11 @@ async def fetch_details(
         async with aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout_s), trust_env=False
         ) as session:
-            body: bytes = await retrying(_get_once, session, url, context)
+            body: bytes = await retrying(_get_once, session, url, context, proxy)
     except aiohttp.ClientSSLError as exc:
         raise DetailsError(f"{MSG_NO_URL_CONNECTION}: {url}: TLS failed ({exc})") from None
     except (aiohttp.ClientError, TimeoutError) as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        reason = _failure(exc, proxy)
         raise DetailsError(f"{MSG_NO_URL_CONNECTION}: {url}: {reason}") from None
     try:
         obj = parse_json(body, MAX_DETAILS_BYTES)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nbwss.errors import ConfigError
+from nbwss.outbound import check_no_proxy, check_proxy_url
 
 # -- the .properties syntax ------------------------------------------------------------------
 
@@ -366,6 +368,23 @@ PROPERTIES: tuple[Property, ...] = (
     Property("poller.pageSize", "poller_page_size", partial(_integer, minimum=1, maximum=100),
              "100", "page[limit] used when paging through the REST API (the API's most: "
              "100)."),
+    Property("proxy.url", "proxy_url", check_proxy_url, "",
+             "HTTP proxy for connections to endpoints and details URLs, as "
+             "http://host:port; they go through it with CONNECT, TLS stays end to end. "
+             "Empty: connect directly.",
+             applies=Applies.NEW_CONNECTIONS),
+    Property("proxy.credentialsFile", "proxy_credentials_file", _optional_path, "",
+             "File holding user:password for the proxy (Basic authentication). Empty: "
+             "no credentials.",
+             applies=Applies.NEW_CONNECTIONS),
+    Property("proxy.noProxy", "proxy_no_proxy", check_no_proxy, "",
+             "Hosts reached without the proxy, comma-separated: a name, .domain (every "
+             "name under it), an IP address or network (10.0.0.0/8), or *.",
+             applies=Applies.NEW_CONNECTIONS),
+    Property("proxy.useEnvironment", "proxy_use_environment", _boolean, "false",
+             "true also honours https_proxy (when proxy.url is empty) and no_proxy from "
+             "the environment nbwss runs in.",
+             applies=Applies.NEW_CONNECTIONS),
     Property("status.listen", "status_listen", _optional_text, "",
              "Where /status and /metrics are served: a Unix socket path, or 127.0.0.1:PORT. "
              "Empty: nbwss.sock beside the database."),
@@ -420,6 +439,10 @@ class Settings:
     poller_images_rate_s: float = 5.0
     poller_image_window_days: int = 30
     poller_page_size: int = 100
+    proxy_url: str | None = None
+    proxy_credentials_file: Path | None = None
+    proxy_no_proxy: tuple[str, ...] = ()
+    proxy_use_environment: bool = False
     status_listen: str | None = None
     status_max_backlog_age_s: float = 600.0
     log_level: str = "info"
@@ -481,6 +504,11 @@ def resolve_paths(settings: Settings, env: Mapping[str, str]) -> Settings:
     return replace(settings, store_path=store_path, key_path=key_path)
 
 
+def _shown(value: str) -> str:
+    """A bad value as an error repeats it, without a URL's user:password@."""
+    return re.sub(r"(?<=://)[^/@\s]*@", "***@", value.strip())
+
+
 def settings_from_text(text: str, source: Path | None = None) -> Settings:
     """Build `Settings` from a file's text; bad values raise, unknown keys become warnings."""
     where = f"{source}:" if source else "line "
@@ -503,7 +531,7 @@ def settings_from_text(text: str, source: Path | None = None) -> Settings:
             values[prop.field] = prop.convert(entry.value)
         except ValueError as exc:
             raise ConfigError(
-                f"{where}{entry.line}: {entry.key}={entry.value.strip()!r} is not valid, "
+                f"{where}{entry.line}: {entry.key}={_shown(entry.value)!r} is not valid, "
                 f"expected {exc}"
             ) from None
     return Settings(**values, warnings=tuple(warnings), source=source)

@@ -43,6 +43,7 @@ from nbwss.logs import get_logger
 from nbwss.messages import Message, MessageType, SubType
 from nbwss.metrics import COMMANDS, DECODE_ERRORS, HANDSHAKES, PONG_MISSES
 from nbwss.neterrors import describe
+from nbwss.outbound import Proxy, request_options
 from nbwss.properties import Settings
 from nbwss.trust import check_peer
 
@@ -102,14 +103,16 @@ async def connect(
     command_handler: CommandHandler | None = None,
     clock: Callable[[], float] = time.time,
     dial_slots: asyncio.Semaphore | None = None,
+    proxy: Proxy | None = None,
 ) -> Session:
-    """Dial `target` and complete CONNECT; raise `ConnectError`/`TrustError` saying why.
+    """Dial `target` (through `proxy`, an HTTP CONNECT tunnel, when given) and complete
+    CONNECT; raise `ConnectError`/`TrustError` saying why.
 
     `dial_slots` bounds the dials (TCP, TLS, upgrade: CPU-bound) made at once; it is
     not held while the endpoint takes its time to answer CONNECT.
     """
     async with dial_slots or contextlib.nullcontext():
-        ws = await _dial(http, target, settings, ssl_context)
+        ws = await _dial(http, target, settings, ssl_context, proxy)
     session = Session(ws, target, settings, delivery, command_handler, clock)
     try:
         ssl_object = ws.get_extra_info("ssl_object")
@@ -127,14 +130,19 @@ async def connect(
 
 
 async def _dial(
-    http: aiohttp.ClientSession, target: Target, settings: Settings, context: ssl.SSLContext
+    http: aiohttp.ClientSession,
+    target: Target,
+    settings: Settings,
+    context: ssl.SSLContext,
+    proxy: Proxy | None,
 ) -> aiohttp.ClientWebSocketResponse:
     host = target.host_name
     try:
         async with asyncio.timeout(DIAL_TIMEOUT_S):
             return await http.ws_connect(
                 target.url,
-                ssl=context,
+                ssl=context,  # through a proxy too: TLS is end to end, inside the tunnel
+                **request_options(proxy),
                 autoping=False,
                 autoclose=True,
                 compress=0,  # a deflate context costs ~100s of KiB per connection
@@ -144,13 +152,15 @@ async def _dial(
     except TimeoutError:
         _count_handshake(target, "timeout")
         why = f"no answer in {DIAL_TIMEOUT_S:g} s"
+        if proxy is not None:
+            why += f" through proxy {proxy.url}"
         raise ConnectError(f"{unable_to_connect(host)}: {why}") from None
     except aiohttp.ClientConnectorCertificateError as exc:
         _count_handshake(target, "error")
         raise TrustError(f"{MSG_CERT_MISMATCH}: {host}: {exc.certificate_error}") from None
     except (aiohttp.ClientError, OSError) as exc:
         _count_handshake(target, "error")
-        raise ConnectError(f"{unable_to_connect(host)}: {describe(exc)}") from None
+        raise ConnectError(f"{unable_to_connect(host)}: {describe(exc, proxy)}") from None
 
 
 def _count_handshake(target: Target, result: str) -> None:

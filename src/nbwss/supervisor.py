@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import random
 import ssl
 import time
@@ -39,6 +40,7 @@ from nbwss.errors import NbwssError, NotFoundError, TokenRefusedError
 from nbwss.link import CommandHandler, GroupDelivery
 from nbwss.logs import get_logger, register_secret
 from nbwss.metrics import CONNECTED, FAILOVERS
+from nbwss.outbound import Proxy, load_policy
 from nbwss.properties import Settings
 from nbwss.session import Session, Target, connect, trim_tls_read_buffer
 from nbwss.store import EndpointRecord, Store
@@ -152,10 +154,15 @@ class Supervisor:
         command_handler: CommandHandler | None = None,
         rng: random.Random | None = None,
         backoff: Callable[[float], Backoff] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         """`backoff(cap_s)` makes each group's retry schedule (default: `Backoff` with
-        the module's delays and `rng`'s jitter); tests pass a faster one."""
+        the module's delays and `rng`'s jitter); tests pass a faster one. Raises
+        `ConfigError` when the outbound proxy's settings cannot be used (e.g.
+        `proxy.credentialsFile` unreadable), so `nbwss run` stops before connecting."""
         self._settings = settings
+        self._env = os.environ if env is None else env
+        self._outbound = (settings, load_policy(settings, self._env))
         self._store = store
         self._delivery_for_group = delivery_for_group
         self._command_handler = command_handler
@@ -202,7 +209,8 @@ class Supervisor:
         self._wake.set()
 
     def update_settings(self, settings: Settings) -> None:
-        """New settings apply to connections made from now on."""
+        """New settings (and the proxy's credentials, read again at the next dial) apply
+        to connections made from now on."""
         self._settings = settings
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
@@ -359,7 +367,7 @@ class Supervisor:
             session = await connect(
                 http, target, self._settings, self._context(record),
                 delivery=self._delivery(group_id), command_handler=self._command_handler,
-                dial_slots=self._dial_slots,
+                dial_slots=self._dial_slots, proxy=self._proxy_for(record.url),
             )
         except (NbwssError, ConnectionError) as exc:
             log.warning("endpoint.connect_failed", group=group_id, host=host, reason=str(exc))
@@ -407,6 +415,15 @@ class Supervisor:
             await asyncio.to_thread(self._store.set_status, host, connected, reason)
         except NbwssError as exc:
             log.error("endpoint.status_unwritable", host=host, reason=str(exc))
+
+    def _proxy_for(self, url: str) -> Proxy | None:
+        """The outbound proxy for `url`, decided by the settings in force: after a reload,
+        `proxy.credentialsFile` is read again (a `ConfigError` fails this dial only)."""
+        settings, decided = self._outbound
+        if settings is not self._settings:
+            decided = load_policy(self._settings, self._env)
+            self._outbound = (self._settings, decided)
+        return decided.proxy_for(url)
 
     def _context(self, record: EndpointRecord) -> ssl.SSLContext:
         context = self._contexts.get(record.fingerprint)

@@ -18,7 +18,9 @@ from typing import Any
 
 from cryptography import x509
 
+from nbwss import outbound
 from nbwss.errors import MSG_CERT_MISMATCH, MSG_NO_SSL, TrustError, unable_to_connect
+from nbwss.outbound import Proxy
 
 _HEX = set("0123456789ABCDEF")
 
@@ -156,19 +158,25 @@ def _inspection_context() -> ssl.SSLContext:
     return context
 
 
-async def fetch_certificate(host: str, port: int, timeout_s: float) -> CertificateInfo:
-    """Connect to `host:port`, complete a TLS handshake, and return the server certificate.
+async def fetch_certificate(
+    host: str, port: int, timeout_s: float, proxy: Proxy | None = None
+) -> CertificateInfo:
+    """Connect to `host:port` (through `proxy`'s CONNECT tunnel when given), complete a
+    TLS handshake, and return the server certificate.
 
     The TCP connect and the handshake are timed separately so the error says which failed:
     no connection is the guide's "Unable to establish connection", a peer that does not
     complete TLS (not a TLS server, or silent) is "Failed to set up SSL security".
     """
-    try:
-        async with asyncio.timeout(timeout_s):
-            _reader, writer = await asyncio.open_connection(host, port)
-    except (OSError, TimeoutError) as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise TrustError(f"{unable_to_connect(host)} (port {port}: {reason})") from None
+    if proxy is None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                _reader, writer = await asyncio.open_connection(host, port)
+        except (OSError, TimeoutError) as exc:
+            raise TrustError(f"{unable_to_connect(host)} (port {port}: {_os_reason(exc)})") \
+                from None
+    else:
+        writer = await _open_tunnel(proxy, host, port, timeout_s)
     try:
         async with asyncio.timeout(timeout_s):
             await writer.start_tls(_inspection_context(), server_hostname=host)
@@ -184,6 +192,42 @@ async def fetch_certificate(host: str, port: int, timeout_s: float) -> Certifica
     if not der:
         raise TrustError(f"{MSG_NO_SSL}: {host}:{port} presented no certificate")
     return certificate_info(der)
+
+
+async def _open_tunnel(
+    proxy: Proxy, host: str, port: int, timeout_s: float
+) -> asyncio.StreamWriter:
+    """A CONNECT tunnel to `host:port` through `proxy`; the proxy's refusal in one line.
+
+    aiohttp makes the daemon's tunnels; this one is made by hand because `validate` looks
+    at the TLS handshake alone, before any HTTP request could be sent."""
+    where = unable_to_connect(host)
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    except (OSError, TimeoutError) as exc:
+        raise TrustError(f"{where}: {outbound.unreachable(proxy, exc)}") from None
+    try:
+        async with asyncio.timeout(timeout_s):
+            writer.write(outbound.connect_request(proxy, host, port))
+            head = await reader.readuntil(b"\r\n\r\n")
+        status, reason = outbound.parse_connect_reply(head)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        why = outbound.no_answer(proxy)
+    except TimeoutError:
+        why = f"proxy {proxy.url} did not answer CONNECT in {timeout_s:g} s"
+    except (ValueError, asyncio.LimitOverrunError) as exc:
+        why = f"proxy {proxy.url} answered CONNECT with something other than HTTP ({exc})"
+    else:
+        if 200 <= status < 300:  # RFC 9110 9.3.6: any 2xx switches to the tunnel
+            return writer
+        why = outbound.refused(proxy, status, reason)
+    writer.transport.abort()
+    raise TrustError(f"{where}: {why}")
+
+
+def _os_reason(exc: OSError | TimeoutError) -> str:
+    return "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
 
 
 def _ssl_reason(exc: BaseException) -> str:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from nbwss import logs, properties
+from nbwss.outbound import ProxyPolicy, load_policy
 from nbwss.properties import Settings
 from nbwss.store import Store
 
@@ -42,6 +44,7 @@ class Context:
         self.admin = admin
         self._settings: Settings | None = None
         self._store: Store | None = None
+        self._outbound: ProxyPolicy | None = None
 
     @property
     def settings(self) -> Settings:
@@ -53,6 +56,14 @@ class Context:
             for warning in self._settings.warnings:
                 log.warning("config.unknown_key", detail=warning)
         return self._settings
+
+    @property
+    def outbound(self) -> ProxyPolicy:
+        """Which outbound proxy each connection goes through (the daemon's rules, from
+        the same settings; `proxy.credentialsFile` is read on first use)."""
+        if self._outbound is None:
+            self._outbound = load_policy(self.settings, os.environ)
+        return self._outbound
 
     @property
     def store(self) -> Store:

@@ -175,18 +175,20 @@ def _read_details_file(path: Path) -> EndpointDetails:
     return parse_details(raw)
 
 
-def _load_details(args: argparse.Namespace) -> EndpointDetails:
+def _load_details(args: argparse.Namespace, context: Context) -> EndpointDetails:
     if args.file is not None:
         details = _read_details_file(args.file)
     else:
-        fetch = fetch_details(args.url, ca_file=args.ca_file, timeout_s=args.timeout)
+        fetch = fetch_details(args.url, ca_file=args.ca_file, timeout_s=args.timeout,
+                              proxy=context.outbound.proxy_for(args.url))
         details = asyncio.run(fetch)
     logs.register_secret(details.token)  # whatever happens next, never in a log line
     return details
 
 
-def _inspect(details: EndpointDetails, timeout_s: float) -> Inspection:
-    return asyncio.run(admin.inspect(details, timeout_s))
+def _inspect(details: EndpointDetails, timeout_s: float, context: Context) -> Inspection:
+    proxy = context.outbound.proxy_for(details.url)
+    return asyncio.run(admin.inspect(details, timeout_s, proxy))
 
 
 def _details_json(details: EndpointDetails) -> dict[str, Any]:
@@ -221,7 +223,7 @@ def _print_inspection(inspection: Inspection, problems: list[str]) -> None:
 def handle_validate(args: argparse.Namespace, context: Context) -> int:
     _check_source_options(args)
     context.settings  # noqa: B018 - configures logging before anything can log
-    inspection = _inspect(_load_details(args), args.timeout)
+    inspection = _inspect(_load_details(args, context), args.timeout, context)
     problems = certificate_problems(inspection, datetime.now(UTC))
     if args.json:
         print_json(
@@ -287,10 +289,10 @@ def handle_add(args: argparse.Namespace, context: Context) -> int:
     if args.fingerprint is not None:
         normalize_fingerprint(args.fingerprint)  # a typo fails before any connection
     store = context.store
-    details = _load_details(args)
+    details = _load_details(args, context)
     if not args.replace:
         _ensure_absent(store, details.host_name)  # before connecting anywhere
-    inspection = _inspect(details, args.timeout)
+    inspection = _inspect(details, args.timeout, context)
     problems = certificate_problems(inspection, datetime.now(UTC))
     if problems:
         raise TrustError(f"{MSG_NO_SSL}: {problems[0]}")

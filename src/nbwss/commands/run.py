@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from typing import Any
 
 from nbwss import properties
@@ -12,6 +13,7 @@ from nbwss.daemon import build_service, instance_lock
 from nbwss.doctor import check_key
 from nbwss.errors import NbwssError
 from nbwss.logs import get_logger
+from nbwss.outbound import load_policy
 from nbwss.properties import Settings
 
 
@@ -31,7 +33,9 @@ def handle(args: argparse.Namespace, context: Context) -> int:
     settings = context.settings
 
     def reload_settings() -> Settings:
-        return properties.load(context.config)
+        settings = properties.load(context.config)
+        load_policy(settings, os.environ)  # a proxy that cannot be used fails the reload
+        return settings
 
     with instance_lock(settings.database):
         check_key(context.store, settings)  # a wrong key stops here, naming both paths
