@@ -5,15 +5,16 @@
 #    source ~/.local/share/bash_completion/nbwss
 # See also: https://github.com/scop/bash-completion/blob/main/doc/configuration.md
 
-_shtab_nbwss_endpoint_subparsers=(validate add list show enable disable delete)
+_shtab_nbwss_endpoint_subparsers=(validate add list show test enable disable delete)
 _shtab_nbwss_service_subparsers=(install uninstall)
 _shtab_nbwss_subparsers=(run endpoint notify status doctor service demo)
 
 _shtab_nbwss_run_option_strings=(-h --help)
-_shtab_nbwss_endpoint_validate_option_strings=(-h --help --file --url --ca-file --timeout --json)
+_shtab_nbwss_endpoint_validate_option_strings=(-h --help --file --url --ca-file --timeout --connect --json)
 _shtab_nbwss_endpoint_add_option_strings=(-h --help --file --url --ca-file --timeout --fingerprint --yes --replace)
 _shtab_nbwss_endpoint_list_option_strings=(-h --help --json)
 _shtab_nbwss_endpoint_show_option_strings=(-h --help --json --token)
+_shtab_nbwss_endpoint_test_option_strings=(-h --help --json)
 _shtab_nbwss_endpoint_enable_option_strings=(-h --help)
 _shtab_nbwss_endpoint_disable_option_strings=(-h --help --yes)
 _shtab_nbwss_endpoint_delete_option_strings=(-h --help --yes --keep-position)
@@ -29,7 +30,7 @@ _shtab_nbwss_option_strings=(-h --help --version -c --config)
 
 
 
-_shtab_nbwss_endpoint_pos_0_choices=(validate add list show enable disable delete)
+_shtab_nbwss_endpoint_pos_0_choices=(validate add list show test enable disable delete)
 _shtab_nbwss_notify_pos_0_choices=(-)
 _shtab_nbwss_notify___object_choices=(JOB IMAGE)
 _shtab_nbwss_service_pos_0_choices=(install uninstall)
@@ -39,6 +40,7 @@ _shtab_nbwss_run__h_nargs=0
 _shtab_nbwss_run___help_nargs=0
 _shtab_nbwss_endpoint_validate__h_nargs=0
 _shtab_nbwss_endpoint_validate___help_nargs=0
+_shtab_nbwss_endpoint_validate___connect_nargs=0
 _shtab_nbwss_endpoint_validate___json_nargs=0
 _shtab_nbwss_endpoint_add__h_nargs=0
 _shtab_nbwss_endpoint_add___help_nargs=0
@@ -51,6 +53,9 @@ _shtab_nbwss_endpoint_show__h_nargs=0
 _shtab_nbwss_endpoint_show___help_nargs=0
 _shtab_nbwss_endpoint_show___json_nargs=0
 _shtab_nbwss_endpoint_show___token_nargs=0
+_shtab_nbwss_endpoint_test__h_nargs=0
+_shtab_nbwss_endpoint_test___help_nargs=0
+_shtab_nbwss_endpoint_test___json_nargs=0
 _shtab_nbwss_endpoint_enable__h_nargs=0
 _shtab_nbwss_endpoint_enable___help_nargs=0
 _shtab_nbwss_endpoint_disable__h_nargs=0

@@ -202,6 +202,21 @@ async def test_validate_follows_no_proxy(
     assert result.code == 0, result.err
 
 
+async def test_endpoint_test_goes_through_the_proxy_and_says_so(
+    http_proxy: HttpProxy, nbwss: RunCli, tls: TlsMaterial, store: Store, tmp_path: Path
+) -> None:
+    config = proxy_config(tmp_path, http_proxy.auth_url)
+    async with Peer(tls.server_cert) as peer:
+        add_endpoint(store, peer, "ep1.test")
+        result = await nbwss("-c", config, "endpoint", "test", "ep1.test")
+        assert result.code == 0, result.err
+        assert f"\n  Through:     proxy {http_proxy.auth_url}\n  valid:       true\n" in \
+            result.out
+        await http_proxy.until(lambda: http_proxy.tunnels_to(peer.port) == 1)
+        await peer.wait_for(lambda: peer.connections[0].closed)
+        assert peer.connections[0].close_code == 1000
+
+
 # -- nbwss run behind the proxy, end to end ------------------------------------------------
 
 

@@ -8,15 +8,21 @@ whether to ask, is the caller's business: nothing here reads a terminal.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
 
 from nbwss import logs, outbox
 from nbwss.endpoints import EndpointDetails
 from nbwss.errors import (
     MSG_NO_SSL,
+    ConnectError,
+    NbwssError,
     NotFoundError,
     StoreError,
     TrustError,
@@ -24,8 +30,9 @@ from nbwss.errors import (
 )
 from nbwss.outbound import Proxy
 from nbwss.properties import Settings
+from nbwss.session import Target, connect
 from nbwss.store import EndpointRecord, Store
-from nbwss.trust import CertificateInfo, fetch_certificate
+from nbwss.trust import CertificateInfo, fetch_certificate, pinned_context
 from nbwss.wake import ENDPOINTS_DATAGRAM, send_wake
 
 log = logs.get_logger("nbwss.endpoint")
@@ -145,3 +152,89 @@ def wake_daemon(settings: Settings) -> bool:
     """Tell a running daemon that the endpoints changed; False when none listens."""
     return send_wake(settings.wake_socket, ENDPOINTS_DATAGRAM)
 
+
+# -- the handshake test (`endpoint test`, `endpoint validate --connect`) -----------------------
+
+# The close frame's reason on the test connection: the app sees it.
+TEST_CLOSE_REASON = "nbwss endpoint test done"
+# How long the test waits for its TLS connection to finish closing after the close frames.
+TRANSPORT_CLOSE_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What a handshake test saw: whether the endpoint accepted the token, and how fast."""
+
+    host_name: str
+    url: str
+    valid: bool
+    round_trip_ms: float  # from starting to dial until the CONNECT answer (or the failure)
+    http_status: int | None = None  # the endpoint's answer when it refused the upgrade
+    reason: str | None = None  # why it is not valid
+    proxy: str | None = None  # the outbound proxy the test went through
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "hostName": self.host_name,
+            "url": self.url,
+            "valid": self.valid,
+            "httpStatus": self.http_status,
+            "roundTripMs": self.round_trip_ms,
+            "reason": self.reason,
+            "proxy": self.proxy,
+        }
+
+
+async def probe(target: Target, settings: Settings, proxy: Proxy | None = None) -> Probe:
+    """Dial `target` over its pinned certificate, send CONNECT with its token, and close.
+
+    The daemon's own connection code (`session.connect`) on a connection of its own: the
+    app sees a second connection that sends CONNECT and, once answered, closes with a
+    normal close frame (1000, `TEST_CLOSE_REASON`). Nothing is stored; a running daemon's
+    connection is not touched."""
+    started = time.monotonic()
+    shown = proxy.url if proxy is not None else None
+    watch, closing = _closing_watch()
+    async with aiohttp.ClientSession(trace_configs=[watch]) as http:
+        try:
+            session = await connect(http, target, settings,
+                                    pinned_context(target.certificate_der), proxy=proxy)
+        except (NbwssError, ConnectionError) as exc:
+            status = exc.http_status if isinstance(exc, ConnectError) else None
+            result = Probe(target.host_name, target.url, False, _ms_since(started), status,
+                           str(exc), shown)
+        else:
+            result = Probe(target.host_name, target.url, True, _ms_since(started), proxy=shown)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(session.run())
+                await session.close(TEST_CLOSE_REASON)
+    if closing:  # the command's event loop ends next: let TLS close first
+        await asyncio.wait(closing, timeout=TRANSPORT_CLOSE_S)
+    log.info("endpoint.tested", host=target.host_name, group=target.group_id,
+             valid=result.valid, took_ms=result.round_trip_ms, reason=result.reason)
+    return result
+
+
+def _closing_watch() -> tuple[aiohttp.TraceConfig, list[asyncio.Future[None]]]:
+    """A trace that collects, for each request (the WebSocket upgrade), the future its
+    connection sets once the transport is gone. A closed WebSocket leaves the TLS
+    shutdown (close_notify both ways) to run on; a command that ended its event loop
+    right away would cut it off and leak the socket."""
+    closing: list[asyncio.Future[None]] = []
+
+    async def on_request_end(
+        _session: aiohttp.ClientSession, _context: Any, params: aiohttp.TraceRequestEndParams
+    ) -> None:
+        connection = params.response.connection
+        protocol = connection.protocol if connection is not None else None
+        closed = protocol.closed if protocol is not None else None  # (empty is falsy)
+        if closed is not None:
+            closing.append(closed)
+
+    watch = aiohttp.TraceConfig()
+    watch.on_request_end.append(on_request_end)
+    return watch, closing
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)

@@ -40,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 # scripts start `nbwss notify` once per event, and it must not pay for aiohttp or the demo.
 COMMANDS: dict[str, str] = {
     "run": "run the daemon in the foreground",
-    "endpoint": "validate, add, list, show, enable, disable, delete endpoints",
+    "endpoint": "validate, add, test, list, show, enable, disable, delete endpoints",
     "notify": "queue job/image notifications for delivery",
     "status": "show the running daemon's view of each server group",
     "doctor": "check key, store, unit, files, REST API, endpoint certificates and clock",

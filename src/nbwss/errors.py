@@ -37,7 +37,12 @@ class AlreadyExistsError(StoreError):
 
 
 class ConnectError(NbwssError):
-    """A connection to an endpoint could not be made or was refused at CONNECT."""
+    """A connection to an endpoint could not be made or was refused at CONNECT;
+    `http_status` is the endpoint's answer when it refused the WebSocket upgrade."""
+
+    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
 
 
 class TokenRefusedError(ConnectError):

@@ -160,7 +160,9 @@ async def _dial(
         raise TrustError(f"{MSG_CERT_MISMATCH}: {host}: {exc.certificate_error}") from None
     except (aiohttp.ClientError, OSError) as exc:
         _count_handshake(target, "error")
-        raise ConnectError(f"{unable_to_connect(host)}: {describe(exc, proxy)}") from None
+        status = exc.status if isinstance(exc, aiohttp.WSServerHandshakeError) else None
+        raise ConnectError(f"{unable_to_connect(host)}: {describe(exc, proxy)}",
+                           http_status=status) from None
 
 
 def _count_handshake(target: Target, result: str) -> None:

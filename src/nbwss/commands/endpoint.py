@@ -32,6 +32,7 @@ from nbwss.errors import (
     MSG_NO_SSL,
     MSG_NOT_FOUND,
     AlreadyExistsError,
+    ConnectError,
     DetailsError,
     NbwssError,
     NotFoundError,
@@ -39,6 +40,7 @@ from nbwss.errors import (
     TrustError,
 )
 from nbwss.properties import Settings
+from nbwss.session import Target
 from nbwss.status import fetch_status
 from nbwss.store import EndpointRecord, Store
 from nbwss.trust import certificate_info, normalize_fingerprint
@@ -47,7 +49,7 @@ from nbwss.trust import certificate_info, normalize_fingerprint
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "endpoint",
-        help="validate, add, list, show, enable, disable, delete endpoints",
+        help="validate, add, test, list, show, enable, disable, delete endpoints",
         description="Manage the cloud endpoints the daemon connects to.",
         epilog=examples("nbwss endpoint validate --file details.json",
                         "nbwss endpoint add --file details.json --fingerprint 3A:1F:...",
@@ -66,6 +68,11 @@ def register(commands: Any) -> None:
                         "--ca-file app-ca.pem"),
     )
     _add_source_options(validate)
+    validate.add_argument(
+        "--connect", action="store_true",
+        help="also dial the endpoint and send CONNECT with the token: exit 0 only when "
+        "it accepts the token (see 'endpoint test')",
+    )
     validate.add_argument("--json", action="store_true", help="machine-readable output")
     validate.set_defaults(handler=handle_validate, parser=validate)
 
@@ -111,6 +118,21 @@ def register(commands: Any) -> None:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.add_argument("--token", action="store_true", help="also show the token (secret)")
     show.set_defaults(handler=handle_show)
+
+    test = actions.add_parser(
+        "test", help="dial a stored endpoint and check that it accepts the token",
+        description="Dial a stored endpoint over its pinned certificate (through the "
+        "outbound proxy, if one is set), send CONNECT with its stored token, and report "
+        "valid: true/false, the HTTP status when the endpoint refuses the WebSocket "
+        "upgrade, and the round-trip time. Exit 0 only when the endpoint accepts the "
+        "token. The endpoint sees a second connection that closes normally once CONNECT "
+        "is answered; a running daemon's connection is not touched.",
+        epilog=examples("nbwss endpoint test cloud1.example.com",
+                        "nbwss endpoint test cloud1.example.com --json"),
+    )
+    test.add_argument("host", metavar="HOST", help="the endpoint's hostName")
+    test.add_argument("--json", action="store_true", help="machine-readable output")
+    test.set_defaults(handler=handle_test)
 
     for name, handler, text in (
         ("enable", handle_enable, "let the daemon connect to it"),
@@ -225,19 +247,28 @@ def handle_validate(args: argparse.Namespace, context: Context) -> int:
     context.settings  # noqa: B018 - configures logging before anything can log
     inspection = _inspect(_load_details(args, context), args.timeout, context)
     problems = certificate_problems(inspection, datetime.now(UTC))
+    probe = None
+    if args.connect and not problems:
+        details = inspection.details
+        target = Target(details.group_id, details.host_name, details.url, details.token,
+                        inspection.certificate.der)
+        probe = _probe(target, context)
     if args.json:
-        print_json(
-            {
-                "endpoint": _details_json(inspection.details),
-                "server": inspection.server,
-                "certificate": inspection.certificate.to_json(),
-                "problems": problems,
-            }
-        )
+        shown = {
+            "endpoint": _details_json(inspection.details),
+            "server": inspection.server,
+            "certificate": inspection.certificate.to_json(),
+            "problems": problems,
+        }
+        print_json(shown if probe is None else {**shown, "connect": probe.to_json()})
     else:
         _print_inspection(inspection, problems)
+        if probe is not None:
+            _print_probe(probe)
     if problems:
         raise TrustError(f"{MSG_NO_SSL}: {problems[0]}")
+    if probe is not None:
+        _require_valid(probe)
     if not args.json:
         source = f"--file {args.file}" if args.file is not None else f"--url {args.url}"
         sys.stdout.write(
@@ -304,6 +335,47 @@ def handle_add(args: argparse.Namespace, context: Context) -> int:
         f"with certificate {inspection.certificate.fingerprint} pinned.\n"
     )
     _report_applied(context.settings, "uses it from now on")
+    return 0
+
+
+# -- the handshake test ----------------------------------------------------------------------
+
+
+def _probe(target: Target, context: Context) -> admin.Probe:
+    proxy = context.outbound.proxy_for(target.url)
+    return asyncio.run(admin.probe(target, context.settings, proxy))
+
+
+def _print_probe(probe: admin.Probe) -> None:
+    rows = []
+    if probe.proxy is not None:
+        rows.append(("Through", f"proxy {probe.proxy}"))
+    rows.append(("valid", "true" if probe.valid else "false"))
+    if probe.http_status is not None:
+        rows.append(("HTTP status", str(probe.http_status)))
+    rows.append(("Round trip", f"{probe.round_trip_ms:g} ms"))
+    sys.stdout.write(f"CONNECT test of {probe.host_name} ({probe.url}):\n")
+    sys.stdout.write("".join(f"  {name + ':':<13}{value}\n" for name, value in rows))
+
+
+def _require_valid(probe: admin.Probe) -> None:
+    if not probe.valid:
+        raise ConnectError(f"endpoint test of {probe.host_name} failed: {probe.reason}")
+
+
+def handle_test(args: argparse.Namespace, context: Context) -> int:
+    store = context.store
+    record = store.endpoint(args.host)
+    token = store.token(record.host_name)
+    logs.register_secret(token)
+    target = Target(record.group_id, record.host_name, record.url, token,
+                    record.certificate_der)
+    probe = _probe(target, context)
+    if args.json:
+        print_json(probe.to_json())
+    else:
+        _print_probe(probe)
+    _require_valid(probe)
     return 0
 
 
