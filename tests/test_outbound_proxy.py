@@ -33,6 +33,7 @@ from tests import test_cli_endpoint
 from tests.conftest import TlsMaterial, make_tls, timeout
 from tests.httpproxy import PASSWORD, USER, HttpProxy, running_proxy
 from tests.peers import Peer, add_endpoint
+from tests.test_admin import nbwss as nbwss_process
 from tests.test_cli_endpoint import TOKEN, Cloud, RunCli, closed_port
 from tests.test_service import datagram_where
 from tests.test_supervisor import supervising, until
@@ -218,6 +219,32 @@ async def test_endpoint_test_goes_through_the_proxy_and_says_so(
 
 
 # -- nbwss run behind the proxy, end to end ------------------------------------------------
+
+
+async def test_doctor_checks_the_pins_through_the_proxy_and_run_refuses_a_bad_file(
+    http_proxy: HttpProxy, tls: TlsMaterial, short_store: Store, short_dir: Path
+) -> None:
+    config = short_dir / "nbwss.properties"
+    settings = f"store.path={short_dir / 'nbwss.db'}\nproxy.url={http_proxy.auth_url}\n"
+    (short_dir / "proxy.cred").write_text(f"{USER}:{PASSWORD}\n")
+    config.write_text(settings + f"proxy.credentialsFile={short_dir / 'proxy.cred'}\n")
+    unit = str(short_dir / "no-unit.service")
+    async with Peer(tls.server_cert) as peer:
+        add_endpoint(short_store, peer, "ep1.test")
+        sound = await nbwss_process(config, "doctor", "--unit", unit)
+        assert "ok       endpoint ep1.test: presents its pinned certificate" in sound.out
+        await http_proxy.until(lambda: http_proxy.tunnels_to(peer.port) == 1)
+
+        missing = short_dir / "missing.cred"
+        config.write_text(settings + f"proxy.credentialsFile={missing}\n")
+        faulty = await nbwss_process(config, "doctor", "--unit", unit)
+        assert (f"FAIL     outbound proxy: proxy.credentialsFile: cannot read {missing}: No "
+                "such file or directory") in faulty.out.splitlines()
+        run = await nbwss_process(config, "run")
+    assert (run.code, run.err) == (
+        1, f"nbwss: error: proxy.credentialsFile: cannot read {missing}: No such file or "
+        "directory\n")
+    assert peer.connections == []
 
 
 class DaemonLog:
