@@ -316,6 +316,13 @@ async def test_nbwss_run_behind_an_authenticating_proxy(
             await peer.wait_for(lambda: peer.connected, seconds=10)
             await http_proxy.until(lambda: http_proxy.tunnels_to(peer.port) == 1)
             assert peer.received("CONNECT")[0]["payload"] == {"token": TOKEN}
+
+            credentials.unlink()  # a reload that cannot use the proxy changes nothing
+            process.send_signal(signal.SIGHUP)
+            failed_reload = await log.wait_for("service.reload_failed")
+            assert failed_reload["reason"].startswith(
+                f"proxy.credentialsFile: cannot read {credentials}")
+            assert peer.connected
         text = json.dumps(log.events)
         for secret in ("wrong-password", PASSWORD, TOKEN):
             assert secret not in text
