@@ -212,6 +212,39 @@ async def test_command_fails_when_the_connection_closes(
             await pending
 
 
+async def test_a_second_connection_closing_leaves_the_first_one_serving(
+    tls: TlsMaterial,
+) -> None:
+    # `nbwss endpoint test` opens a short second connection beside the daemon's: its close
+    # must neither fail the daemon's pending COMMAND nor make the app think nobody is there.
+    disconnected = asyncio.Event()
+
+    def out(line: str) -> None:
+        if line.endswith("daemon disconnected"):
+            disconnected.set()
+
+    async with ReferenceEndpoint(TOKEN, tls.server_context(), out=out) as endpoint:
+        daemon, _ = await dial(endpoint, tls)
+        async with daemon:
+            async with asyncio.timeout(timeout(5)):
+                await endpoint.connected.wait()
+            first = asyncio.create_task(endpoint.send_command("/netbackup/admin/jobs"))
+            command = await receive(daemon)
+            probe, answer = await dial(endpoint, tls)
+            assert answer.payload == {"valid": True}
+            await probe.close()
+            async with asyncio.timeout(timeout(5)):
+                await disconnected.wait()
+            assert endpoint.connected.is_set()
+            reply = {"headers": {}, "responseCode": 200, "body": ""}
+            await daemon.send(encode(response_to(command, reply, time.time())))
+            async with asyncio.timeout(timeout(5)):
+                assert (await first).payload == reply
+            second = asyncio.create_task(endpoint.send_command("/netbackup/admin/jobs"))
+            assert (await receive(daemon)).type is MessageType.COMMAND
+            second.cancel()
+
+
 async def test_command_without_a_connection_is_an_error(endpoint: ReferenceEndpoint) -> None:
     with pytest.raises(ConnectError, match="no daemon is connected"):
         await endpoint.send_command("/netbackup/admin/jobs")

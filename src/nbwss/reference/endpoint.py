@@ -135,8 +135,12 @@ class ReferenceEndpoint:
 
         self._arrived = asyncio.Condition()
         self._seen_ids: set[str] = set()
-        self._pending: dict[str, asyncio.Future[Message]] = {}
-        self._active: web.WebSocketResponse | None = None
+        # COMMANDs awaiting their answer, by id, with the connection each was sent on.
+        self._pending: dict[str, tuple[web.WebSocketResponse, asyncio.Future[Message]]] = {}
+        # Connections whose CONNECT was accepted, oldest first; COMMANDs go to the newest.
+        # More than one is normal: `nbwss endpoint test` opens a second one beside the
+        # daemon's, and several primary servers may share one app.
+        self._valid: list[web.WebSocketResponse] = []
         self._sockets: set[web.WebSocketResponse] = set()
         self._runner: web.AppRunner | None = None
 
@@ -195,15 +199,15 @@ class ReferenceEndpoint:
 
         `parameters` is the request body as a string (JSON text, as in the guide).
         """
-        socket = self._active
-        if socket is None:
+        if not self._valid:
             raise ConnectError(f"{self.name}: no daemon is connected")
+        socket = self._valid[-1]
         payload: JsonObject = {"uri": uri, "method": method, "headers": headers or {}}
         if parameters is not None:
             payload["parameters"] = parameters
         command = request(MessageType.COMMAND, payload, time.time())
         answer: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[command.id] = answer
+        self._pending[command.id] = (socket, answer)
         try:
             await socket.send_str(encode(command))
             self.out(f"[{self.name}] -> COMMAND {method} {uri}")
@@ -223,19 +227,24 @@ class ReferenceEndpoint:
         self._sockets.add(socket)
         try:
             if await self._handshake(socket):
-                self._active = socket
+                self._valid.append(socket)
                 self.connected.set()
                 await self._read(socket)
         finally:
             self._sockets.discard(socket)
-            if self._active is socket:
-                self._active = None
-                self.connected.clear()
+            if socket in self._valid:
+                self._valid.remove(socket)
                 self.out(f"[{self.name}] daemon disconnected")
-            for answer in self._pending.values():
-                if not answer.done():
-                    answer.set_exception(ConnectError(f"{self.name}: connection closed"))
+                if not self._valid:
+                    self.connected.clear()
+            self._fail_pending(socket)
         return socket
+
+    def _fail_pending(self, socket: web.WebSocketResponse) -> None:
+        """The COMMANDs sent on a closed connection will never be answered."""
+        for sent_on, answer in self._pending.values():
+            if sent_on is socket and not answer.done():
+                answer.set_exception(ConnectError(f"{self.name}: connection closed"))
 
     async def _handshake(self, socket: web.WebSocketResponse) -> bool:
         """The first message must be a CONNECT request; accept it if the token matches."""
@@ -278,9 +287,9 @@ class ReferenceEndpoint:
         if message.type is MessageType.NOTIFICATION and message.is_request:
             await self._on_notification(socket, message)
         elif message.type is MessageType.COMMAND and message.sub_type is SubType.RESPONSE:
-            answer = self._pending.get(message.id)
-            if answer is not None and not answer.done():
-                answer.set_result(message)
+            pending = self._pending.get(message.id)
+            if pending is not None and pending[0] is socket and not pending[1].done():
+                pending[1].set_result(message)
         else:
             self.out(f"[{self.name}] ignored {message.type} {message.sub_type} {message.id}")
 
