@@ -146,9 +146,15 @@ def test_a_lower_case_method_is_malformed_and_the_reason_says_so() -> None:
     assert refused(command(method="delete")).reason == "delete must be upper-case (DELETE)"
 
 
-@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE"])
 def test_the_listed_methods_pass(method: str) -> None:
     assert accepted(command(method=method)).method == method
+
+
+def test_head_is_not_in_the_specs_list_and_is_refused() -> None:
+    refusal = refused(command(method="HEAD"))
+    assert (refusal.status, refusal.field) == (403, "method")
+    assert refusal.reason == "HEAD is not allowed (allowed: DELETE, GET, PATCH, POST, PUT)"
 
 
 @pytest.mark.parametrize(
@@ -186,6 +192,20 @@ def test_hop_by_hop_and_host_headers_are_dropped() -> None:
         ("Authorization", "jwt"), ("Accept", "application/vnd.netbackup+json;version=1.0"),
         ("X-Tab", "a\tb"),
     )
+
+
+ROUTING_HEADERS = [
+    "X-HTTP-Method-Override", "x-http-method-override", "X-HTTP-Method", "X-Method-Override",
+    "X-Original-URL", "x-original-url", "X-Rewrite-URL", "X-Original-URI", "Forwarded",
+    "FORWARDED", "X-Forwarded-For", "X-Forwarded-Host", "x-forwarded-proto",
+    "X-Forwarded-Prefix", "X-FORWARDED-PORT", "X-Real-IP", "Client-IP", "True-Client-IP",
+]
+
+
+@pytest.mark.parametrize("name", ROUTING_HEADERS)
+def test_headers_that_reroute_a_request_are_dropped_whatever_their_case(name: str) -> None:
+    headers = {name: "DELETE" if "ethod" in name else "/netbackup/../admin", "Accept": "x"}
+    assert accepted(command(headers=headers)).headers == (("Accept", "x"),)
 
 
 @pytest.mark.parametrize("parameters", [7, {"serverName": "x"}, ["x"], True])

@@ -13,6 +13,10 @@ to decode later). Refused outright, because a server behind us may give them mea
 encoded `/` or `\\` (`%2f`, `%5c`), a `%` that survives decoding (double encoding),
 `;` path parameters (Tomcat reads `..;` as `..`), control characters, empty segments,
 and non-ASCII that Unicode NFKC would change (full-width dots and slashes).
+Methods are the spec's five (no HEAD). Headers that would make a server or proxy
+behind us act on another method, path or client than the one checked
+(`X-HTTP-Method-Override`, `X-Original-URL`, `X-Rewrite-URL`, `Forwarded`,
+`X-Forwarded-*`, ...) are dropped from what is sent.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from urllib.parse import quote, unquote_to_bytes
 from nbwss.messages import error_body
 from nbwss.properties import Settings
 
-ALLOWED_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"})
+# The spec's list (section 3, COMMAND). HEAD is not in it: refused like any other.
+ALLOWED_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 # RFC 9110 7.6.1 hop-by-hop fields: about one connection, never passed on either way.
 HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
@@ -42,6 +47,16 @@ DROPPED_HEADERS: Final = frozenset(
         "content-length",
     }
 )
+# Headers a server or proxy behind us may read as another method, path or client, so the
+# guard's check would not be what the API does: dropped, whatever their case.
+ROUTING_HEADERS: Final = frozenset(
+    {
+        "x-http-method-override", "x-http-method", "x-method-override", "x-original-url",
+        "x-rewrite-url", "x-original-uri", "forwarded", "x-real-ip", "client-ip",
+        "true-client-ip",
+    }
+)
+ROUTING_HEADER_PREFIXES: Final = ("x-forwarded-",)
 MAX_URI_LENGTH: Final = 8192
 MAX_HEADERS: Final = 100
 MAX_HEADER_VALUE_LENGTH: Final = 16384
@@ -243,7 +258,9 @@ def _under(path: str, prefix: str) -> bool:
 
 
 def check_headers(headers: Any) -> tuple[tuple[str, str], ...] | Refusal:
-    """Headers to forward: an object of strings, no CR/LF, hop-by-hop and Host dropped."""
+    """Headers to forward: an object of strings, no CR/LF; hop-by-hop, Host and the
+    routing headers (method overrides, original URL, `Forwarded`, `X-Forwarded-*`)
+    dropped."""
     if headers is None:
         return ()
     if not isinstance(headers, Mapping):
@@ -265,8 +282,12 @@ def check_headers(headers: Any) -> tuple[tuple[str, str], ...] | Refusal:
         if len(value) > MAX_HEADER_VALUE_LENGTH:
             return _malformed("headers", f"the value of {name} is too long")
         forwarded.append((name, value))
-    dropped = DROPPED_HEADERS | connection_options(forwarded)
-    return tuple((n, v) for n, v in forwarded if n.lower() not in dropped)
+    dropped = DROPPED_HEADERS | ROUTING_HEADERS | connection_options(forwarded)
+    return tuple(
+        (n, v)
+        for n, v in forwarded
+        if n.lower() not in dropped and not n.lower().startswith(ROUTING_HEADER_PREFIXES)
+    )
 
 
 def _encodable(text: str) -> bool:
