@@ -350,6 +350,9 @@ PROPERTIES: tuple[Property, ...] = (
              "found by stepping down on 406) or a version such as 12.0."),
     Property("command.maxConcurrent", "command_max_concurrent", partial(_integer, minimum=1),
              "16", "COMMAND requests run at once per connection; more wait their turn."),
+    Property("command.maxQueued", "command_max_queued", partial(_integer, minimum=1), "64",
+             "COMMAND requests one connection may have running or waiting; past it, a "
+             "COMMAND is answered 503 at once."),
     Property("command.timeout", "command_timeout_s", _seconds, "60",
              "Seconds a COMMAND's REST call may take before it is answered with 504."),
     Property("command.allowedPrefixes", "command_allowed_prefixes", _prefixes, "/netbackup/",
@@ -431,6 +434,7 @@ class Settings:
     rest_api_domain_type: str | None = None
     rest_api_version: str = "auto"
     command_max_concurrent: int = 16
+    command_max_queued: int = 64
     command_timeout_s: float = 60.0
     command_allowed_prefixes: tuple[str, ...] = ("/netbackup/",)
     command_max_body_bytes: int = 16 * _MIB

@@ -4,13 +4,21 @@
 (`nbwss.guard`) first; a refusal is answered at once and never reaches the API. The
 rest go over one shared `aiohttp.ClientSession` (one connection pool for the daemon) to
 `restApi.baseUrl` + the canonical target, with TLS verified against `restApi.caFile`.
+That session keeps no cookies: server groups are separate cloud apps, and a cookie the
+API set in answer to one group's COMMAND must never ride on another group's.
 
 Failures become responses, never exceptions: API unreachable or answering badly -> 502,
-`command.timeout` passed -> 504, a response body over `command.maxBodyBytes` -> 502. The
-timeout covers the REST call (connect, send, read the whole body), not the wait for a
-free slot: at most `command.maxConcurrent` commands of one connection call the API at
-once and the rest queue, so one connection cannot take over the API and a slow call
-delays no other connection.
+`command.timeout` passed -> 504, a response body over `command.maxBodyBytes` -> 502
+(counted after decompression, which is done here in bounded steps, so a small gzip
+bomb never inflates past the cap), a response whose frame would exceed
+`message.maxBytes` -> 502 (JSON escaping can make the frame up to six times the body,
+and the endpoint would drop a frame over its limit with the answer in it). The timeout
+covers the REST call (connect, send, read the whole body), not the wait for a free
+slot: at most `command.maxConcurrent` commands of one connection call the API at once
+and the rest queue, so one connection cannot take over the API and a slow call delays
+no other connection. The queue is bounded too: past `command.maxQueued` commands of
+one connection (running and waiting), a COMMAND is answered 503 at once, so a flood
+cannot hold the daemon's memory.
 
 The response payload is ``headers`` (names lower-cased; repeated headers joined with
 ", "; hop-by-hop ones such as ``connection``, ``keep-alive``, ``transfer-encoding``
@@ -28,6 +36,7 @@ import asyncio
 import json
 import ssl
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -49,7 +58,7 @@ from nbwss.guard import (
 )
 from nbwss.link import CommandLink, Link
 from nbwss.logs import get_logger
-from nbwss.messages import JsonObject, Message, error_body, response_to
+from nbwss.messages import JsonObject, Message, encode, error_body, response_to
 from nbwss.neterrors import describe
 from nbwss.properties import Settings
 
@@ -58,6 +67,8 @@ log = get_logger(__name__)
 _READ_CHUNK: Final = 64 * 1024
 # The body is handed over decoded, so headers about its encoded form would mislead.
 _DECODED_BODY_HEADERS: Final = frozenset({"content-encoding", "content-length"})
+# Content codings inflated here (zlib's wbits: 47 reads a gzip or a zlib header).
+_INFLATED_CODINGS: Final = {"gzip": 47, "x-gzip": 47, "deflate": 47}
 
 
 @dataclass(slots=True)
@@ -95,6 +106,10 @@ class _ResponseTooLarge(Exception):
         self.size = size
 
 
+class _UnreadableBody(Exception):
+    """The body cannot be handed over as text (an unknown or broken content coding)."""
+
+
 @dataclass(slots=True)
 class _Lane:
     semaphore: asyncio.Semaphore
@@ -115,6 +130,11 @@ class _Lanes:
             lane = self.lanes[id(link)] = _Lane(asyncio.Semaphore(self.size))
         lane.users += 1
         return lane
+
+    def users(self, link: Link) -> int:
+        """Commands of `link` running or waiting for a slot."""
+        lane = self.lanes.get(id(link))
+        return 0 if lane is None else lane.users
 
     def leave(self, link: Link, lane: _Lane) -> None:
         lane.users -= 1
@@ -157,6 +177,10 @@ class CommandProxy:
             # compression the app did not ask for (the body is handed over as text).
             skip_auto_headers=("Content-Type", "Accept-Encoding"),
             timeout=aiohttp.ClientTimeout(total=None),
+            # No cookie crosses from one group's COMMAND to another's (see the docstring).
+            cookie_jar=aiohttp.DummyCookieJar(),
+            # Inflated by `_read_body` in counted steps, never whole before the cap applies.
+            auto_decompress=False,
         )
 
     async def close(self) -> None:
@@ -182,6 +206,12 @@ class CommandProxy:
         if isinstance(checked, Refusal):
             answer = _refused(checked)
             method, uri = loggable_method_and_uri(request.payload)
+        elif self._lanes.users(link) >= self._settings.command_max_queued:
+            method, uri = checked.method, checked.loggable_uri
+            answer = _own_answer(
+                503, f"this connection already has {self._settings.command_max_queued} "
+                "COMMANDs running or waiting (command.maxQueued); try again later"
+            )
         else:
             method, uri = checked.method, checked.loggable_uri
             lane = self._lanes.enter(link)
@@ -191,8 +221,17 @@ class CommandProxy:
                     answer = await self._call_api(checked)
             finally:
                 self._lanes.leave(link, lane)
+        response = response_to(request, answer.payload(), self._clock())
+        frame_size = len(encode(response).encode("utf-8"))
+        if frame_size > self._settings.message_max_bytes:
+            answer = _own_answer(
+                502, f"the REST API's answer ({answer.size} bytes of body) makes a frame of "
+                f"{frame_size} bytes once JSON-escaped, over message.maxBytes "
+                f"({self._settings.message_max_bytes})"
+            )
+            response = response_to(request, answer.payload(), self._clock())
         self._record(request, link, method, uri, answer, time.perf_counter() - started)
-        return response_to(request, answer.payload(), self._clock())
+        return response
 
     async def _call_api(self, api_request: ApiRequest) -> Answer:
         if self._session is None:
@@ -218,28 +257,37 @@ class CommandProxy:
                 502, f"the REST API's response body ({exc.size} bytes or more) exceeds "
                 f"command.maxBodyBytes ({limit})"
             )
+        except _UnreadableBody as exc:
+            return _own_answer(502, f"the REST API's response body cannot be read: {exc}")
         except aiohttp.ClientError as exc:
             return _own_answer(502, f"the REST API cannot be reached: {describe(exc)}")
         except Exception as exc:  # a failure must become a response, never end the session
             return _own_answer(502, f"the call failed unexpectedly ({type(exc).__name__})")
 
     async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
-        """The whole body, or `_ResponseTooLarge` as soon as it passes the cap."""
+        """The whole body, decoded from its content coding, or `_ResponseTooLarge` as soon
+        as it passes the cap: compressed or not, never more than the cap plus one read
+        is held."""
         limit = self._settings.command_max_body_bytes
-        if response.content_length is not None:
-            if response.content_length > limit:
+        coding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if coding in ("", "identity"):
+            if response.content_length is not None and response.content_length > limit:
                 raise _ResponseTooLarge(response.content_length)
-            raw = await response.read()  # the common case: length known and within the cap
-            if len(raw) > limit:  # decompressed (the app asked for gzip) past the cap
-                raise _ResponseTooLarge(len(raw))
-            return raw
+            inflate = None
+        elif coding in _INFLATED_CODINGS:
+            inflate = zlib.decompressobj(_INFLATED_CODINGS[coding])
+        else:
+            raise _UnreadableBody(f"content coding {coding[:40]!r} is not supported")
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_chunked(_READ_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise _ResponseTooLarge(size)
-            chunks.append(chunk)
+            for piece in _inflated(inflate, chunk, limit - size):
+                size += len(piece)
+                if size > limit:
+                    raise _ResponseTooLarge(size)
+                chunks.append(piece)
+        if inflate is not None and not inflate.eof:
+            raise _UnreadableBody(f"the {coding} stream ends early")
         return b"".join(chunks)
 
     def _record(
@@ -275,3 +323,27 @@ def _api_answer(status: int, headers: CIMultiDictProxy[str], raw: bytes) -> Answ
         for key in _DECODED_BODY_HEADERS:
             names.pop(key, None)
     return Answer(status, names, raw.decode("utf-8", errors="replace"), len(raw))
+
+
+def _inflated(
+    inflate: zlib._Decompress | None, chunk: bytes, room: int
+) -> list[bytes]:
+    """`chunk` decoded, in pieces of at most `room + 1` bytes (enough to see the cap
+    passed): a bomb stops at the cap instead of inflating whole."""
+    if inflate is None:
+        return [chunk]
+    pieces: list[bytes] = []
+    pending = chunk
+    try:
+        while not inflate.eof:
+            wanted = max(room, 0) + 1
+            piece = inflate.decompress(pending, wanted)
+            pieces.append(piece)
+            room -= len(piece)
+            pending = inflate.unconsumed_tail
+            # A full piece may leave output inside zlib even when the input is all read.
+            if room < 0 or (not pending and len(piece) < wanted):
+                break
+    except zlib.error as exc:
+        raise _UnreadableBody(f"the compressed body is corrupt ({exc})") from None
+    return pieces
