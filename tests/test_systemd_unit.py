@@ -50,6 +50,7 @@ REQUIRED = {
     "ProtectHome": "yes",
     "PrivateTmp": "yes",
     "NoNewPrivileges": "yes",
+    "LimitCORE": "0",
     "CapabilityBoundingSet": "",
     "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
     "MemoryDenyWriteExecute": "yes",
