@@ -15,7 +15,14 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nbwss.logs import REDACTED, configure, get_logger, redact, register_secret
+from nbwss.logs import (
+    MAX_FIELD_LENGTH,
+    REDACTED,
+    configure,
+    get_logger,
+    redact,
+    register_secret,
+)
 from tests.strategies import json_scalars
 
 
@@ -183,3 +190,35 @@ def test_no_registered_secret_survives_redaction(fields: dict[str, Any]) -> None
     assert isinstance(rendered, str)
     assert _FUZZ_SECRET not in rendered
     assert "\n" not in rendered
+
+
+def test_a_4_mb_value_from_the_peer_is_cut_and_says_how_much(output: io.StringIO) -> None:
+    huge_id = "A" * 4_000_000
+    get_logger("test").warning(
+        "response.unmatched", id=huge_id, nested={"reason": ["r" * 5000]}, short="kept"
+    )
+    line = output.getvalue()
+    assert len(line) < 5 * MAX_FIELD_LENGTH
+    [event] = events(output)
+    cut = 4_000_000 - MAX_FIELD_LENGTH
+    assert event["id"] == "A" * MAX_FIELD_LENGTH + f"[... {cut} characters cut]"
+    assert event["nested"]["reason"][0].endswith(f"[... {5000 - MAX_FIELD_LENGTH} characters cut]")
+    assert event["short"] == "kept"
+
+
+def test_a_secret_is_masked_before_a_long_value_is_cut(output: io.StringIO) -> None:
+    secret = fresh_secret()
+    register_secret(secret)
+    value = "x" * (MAX_FIELD_LENGTH - 10) + secret + "y" * 10
+    get_logger("test").info("test.event", url=value)
+    assert secret[:10] not in output.getvalue()
+    assert REDACTED in output.getvalue()
+
+
+def test_a_traceback_is_kept_to_a_larger_cap(output: io.StringIO) -> None:
+    try:
+        raise ValueError("v" * 3000)
+    except ValueError:
+        get_logger("test").exception("test.failed")
+    [event] = events(output)
+    assert "v" * 3000 in event["exception"]

@@ -2,7 +2,10 @@
 
 Redaction happens here, in one processor, so no call site can forget it: fields whose
 name says secret are masked, and every registered secret (each token the daemon
-decrypts) is scrubbed from every string value, wherever it turns up.
+decrypts) is scrubbed from every string value, wherever it turns up. Then every string
+value longer than `MAX_FIELD_LENGTH` characters is cut, saying how much was cut: much of
+what is logged comes from the peer (ids, reasons, URLs), and a 4 MB id must not become
+a 4 MB line (a traceback may run to `MAX_TRACEBACK_LENGTH`).
 
 Under systemd (stderr is the journal's stream, `$JOURNAL_STREAM`), each line starts
 with its syslog priority (`<3>` error ... `<7>` debug), which journald strips and
@@ -28,6 +31,8 @@ SECRET_FIELDS = frozenset(
     {"token", "authorization", "password", "body", "parameters", "api_key", "apikey", "cookie"}
 )
 _MIN_SECRET_LENGTH = 4
+MAX_FIELD_LENGTH = 1024
+MAX_TRACEBACK_LENGTH = 16384
 
 _secrets: set[str] = set()
 # Longest first, so a secret that contains another is masked whole; replaced (never
@@ -83,6 +88,35 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
     """structlog processor: mask secret fields, scrub registered secrets everywhere."""
     for key in list(event_dict):
         event_dict[key] = REDACTED if _is_secret_name(key) else _scrub(event_dict[key])
+    return event_dict
+
+
+def _cut_text(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}[... {len(text) - limit} characters cut]"
+
+
+def _cut(value: Any) -> Any:
+    if isinstance(value, str):
+        return _cut_text(value, MAX_FIELD_LENGTH)
+    if isinstance(value, bytes | bytearray):
+        return _cut_text(repr(bytes(value)), MAX_FIELD_LENGTH) if len(value) > 256 else value
+    if isinstance(value, dict):
+        return {_cut(k): _cut(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_cut(v) for v in value]
+    return value
+
+
+def truncate(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor, after `redact`: cut every long string value (see the module
+    docstring); a secret is masked before it can be cut in half."""
+    for key in list(event_dict):
+        if key == "exception" and isinstance(event_dict[key], str):
+            event_dict[key] = _cut_text(event_dict[key], MAX_TRACEBACK_LENGTH)
+        else:
+            event_dict[key] = _cut(event_dict[key])
     return event_dict
 
 
@@ -150,6 +184,7 @@ def configure(
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             redact,
+            truncate,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
