@@ -185,7 +185,14 @@ async def test_slow_server_times_out(serve: Any, tls: TlsMaterial) -> None:
 async def test_redirect_to_plain_http_is_refused(
     aiohttp_server: ServerFactory, serve: Any, tls: TlsMaterial
 ) -> None:
-    plain = web.Application()
+    plain_requests: list[str] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+        plain_requests.append(request.path)
+        return await handler(request)
+
+    plain = web.Application(middlewares=[record])
     plain.router.add_get("/details", answer(json.dumps(DETAILS)))
     plain_server = await aiohttp_server(plain)
 
@@ -193,8 +200,51 @@ async def test_redirect_to_plain_http_is_refused(
         raise web.HTTPFound(str(plain_server.make_url("/details")))
 
     served = await serve(redirect)
-    with pytest.raises(DetailsError, match=f"^{MSG_NO_URL_CONNECTION}: .*plain http"):
+    with pytest.raises(DetailsError, match=f"^{MSG_NO_URL_CONNECTION}: .*plain http") as raised:
         await fetch(served.url(), tls)
+    assert f"redirects to http://127.0.0.1:{plain_server.port}/details" in str(raised.value)
+    assert plain_requests == []  # refused before it was followed, not after
+
+
+async def test_redirects_between_https_urls_are_followed_up_to_three(
+    aiohttp_server: ServerFactory, tls: TlsMaterial
+) -> None:
+    hops: list[str] = []
+
+    async def hop(request: web.Request) -> web.StreamResponse:
+        number = int(request.match_info["n"])
+        hops.append(request.path)
+        if number == 0:
+            return web.Response(body=json.dumps(DETAILS).encode())
+        previous = f"/hop/{number - 1}"
+        location = previous if number % 2 else str(request.url.with_path(previous))
+        raise web.HTTPTemporaryRedirect(location)  # relative and absolute Locations
+
+    app = web.Application()
+    app.router.add_get("/hop/{n}", hop)
+    server = await aiohttp_server(app, ssl=tls.server_context())
+    details = await fetch(str(server.make_url("/hop/3")), tls)
+    assert details.host_name == DETAILS["hostName"]
+    assert hops == ["/hop/3", "/hop/2", "/hop/1", "/hop/0"]
+    hops.clear()
+    with pytest.raises(DetailsError, match=f"^{MSG_NO_URL_CONNECTION}: .*more than 3 times"):
+        await fetch(str(server.make_url("/hop/4")), tls)
+    assert hops == ["/hop/4", "/hop/3", "/hop/2", "/hop/1"]  # the fifth never asked for
+
+
+@pytest.mark.parametrize(
+    "location", ["", "ftp://cloud.example.com/details", "mailto:admin@example.com"]
+)
+async def test_a_redirect_without_a_usable_https_location_is_refused(
+    serve: Any, tls: TlsMaterial, location: str
+) -> None:
+    async def redirect(_: web.Request) -> web.StreamResponse:
+        return web.Response(status=302, headers={"Location": location} if location else {})
+
+    served = await serve(redirect)
+    with pytest.raises(DetailsError, match=f"^{MSG_NO_URL_CONNECTION}: "):
+        await fetch(served.url(), tls)
+    assert served.requests == 1
 
 
 async def test_http_server_at_https_url_is_no_connection(

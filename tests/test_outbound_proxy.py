@@ -21,9 +21,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from nbwss.endpoints import fetch_details
 from nbwss.errors import MSG_CERT_MISMATCH, ConnectError, TrustError
-from nbwss.outbound import Credentials, Proxy
+from nbwss.outbound import Credentials, Proxy, ProxyPolicy, parse_no_proxy
 from nbwss.properties import Settings
 from nbwss.session import Target, connect
 from nbwss.store import Store
@@ -326,3 +328,42 @@ async def test_nbwss_run_behind_an_authenticating_proxy(
         text = json.dumps(log.events)
         for secret in ("wrong-password", PASSWORD, TOKEN):
             assert secret not in text
+
+
+async def test_each_redirect_of_a_details_url_goes_through_the_proxy_its_url_needs(
+    http_proxy: HttpProxy, tls: TlsMaterial
+) -> None:
+    """The first hop through the proxy; the redirect to a noProxy host directly."""
+    port = 0
+
+    async def start(_: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(f"https://localhost:{port}/details")
+
+    async def details(_: web.Request) -> web.StreamResponse:
+        return web.Response(body=json.dumps(redirected_details()).encode())
+
+    app = web.Application()
+    app.router.add_get("/start", start)
+    app.router.add_get("/details", details)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.server_context()).start()
+    port = runner.addresses[0][1]
+    policy = ProxyPolicy(open_proxy(http_proxy), parse_no_proxy("localhost"))
+    try:
+        fetched = await fetch_details(f"https://127.0.0.1:{port}/start", ca_file=tls.ca_file,
+                                      timeout_s=timeout(5), outbound=policy)
+        # A last tunnel as a marker: pproxy prints in order, so once it is in, the count
+        # of tunnels to localhost is final.
+        await fetch_details(f"https://127.0.0.1:{port}/details", ca_file=tls.ca_file,
+                            timeout_s=timeout(5), proxy=open_proxy(http_proxy))
+    finally:
+        await runner.cleanup()
+    assert fetched.host_name == "cloud.example.com"
+    await http_proxy.until(lambda: http_proxy.tunnels_to(port) == 2)
+    assert http_proxy.tunnels_to(port, "localhost") == 0
+
+
+def redirected_details() -> dict[str, Any]:
+    return {"token": TOKEN, "priority": 1, "groupId": "GROUP1",
+            "hostName": "cloud.example.com", "url": "wss://cloud.example.com:14146/x"}

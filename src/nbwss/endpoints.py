@@ -2,13 +2,17 @@
 
 `parse_details` is pure and applies every rule of the guide, with the guide's messages
 (plus a reason after a colon, so an admin knows which field to fix). `fetch_details` is
-the one piece of I/O: the details of a URL source, fetched over HTTPS.
+the one piece of I/O: the details of a URL source, fetched over HTTPS. Redirects are
+followed by hand, at most three, each checked before it is followed: only to another
+https:// URL (a redirect to http would send the request, and show the token's answer,
+in clear), and each hop through the proxy the outbound policy names for it.
 """
 
 from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+from yarl import URL
 
 from nbwss.errors import (
     MSG_INCORRECT_URL,
@@ -29,7 +34,7 @@ from nbwss.errors import (
 )
 from nbwss.messages import parse_json
 from nbwss.neterrors import describe
-from nbwss.outbound import Proxy, request_options
+from nbwss.outbound import Proxy, ProxyPolicy, request_options
 
 REQUIRED_KEYS = ("token", "priority", "groupId", "hostName", "url")
 # Details are small; anything larger is not endpoint details.
@@ -155,6 +160,7 @@ def details_to_json(details: EndpointDetails) -> str:
 FETCH_TIMEOUT_S = 10.0
 FETCH_ATTEMPTS = 3
 _MAX_REDIRECTS = 3
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 def check_details_url(url: str) -> str:
@@ -193,18 +199,46 @@ async def _read_limited(response: aiohttp.ClientResponse, url: str) -> bytes:
 
 
 async def _get_once(
-    session: aiohttp.ClientSession, url: str, context: ssl.SSLContext, proxy: Proxy | None
+    session: aiohttp.ClientSession,
+    url: str,
+    context: ssl.SSLContext,
+    proxy_for: Callable[[str], Proxy | None],
 ) -> bytes:
-    async with session.get(
-        url, ssl=context, max_redirects=_MAX_REDIRECTS, **request_options(proxy)
-    ) as response:
-        if response.url.scheme != "https":
-            raise DetailsError(f"{MSG_NO_URL_CONNECTION}: {url} redirects to plain http")
-        if response.status != 200:
-            raise DetailsError(
-                f"{MSG_NO_URL_CONNECTION}: {url} answered {response.status} {response.reason}"
-            )
-        return await _read_limited(response, url)
+    """GET `url`, following up to `_MAX_REDIRECTS` redirects, each checked first."""
+    current = url
+    for _ in range(_MAX_REDIRECTS + 1):
+        async with session.get(
+            current, ssl=context, allow_redirects=False, **request_options(proxy_for(current))
+        ) as response:
+            if response.status in _REDIRECTS:
+                current = _redirect_target(url, response)
+                continue
+            if response.status != 200:
+                raise DetailsError(
+                    f"{MSG_NO_URL_CONNECTION}: {url} answered {response.status} {response.reason}"
+                )
+            return await _read_limited(response, url)
+    raise DetailsError(f"{MSG_NO_URL_CONNECTION}: {url} redirects more than {_MAX_REDIRECTS} times")
+
+
+def _redirect_target(url: str, response: aiohttp.ClientResponse) -> str:
+    """Where a redirect points, if it may be followed: an https:// URL with a host."""
+    location = response.headers.get("Location", "")
+    try:
+        target = response.url.join(URL(location))
+    except ValueError:
+        target = None
+    if not location or target is None or not target.host:
+        raise DetailsError(
+            f"{MSG_NO_URL_CONNECTION}: {url} answered {response.status} without a usable Location"
+        )
+    if target.scheme != "https":
+        shown = str(target.with_query(None).with_fragment(None))[:200]
+        raise DetailsError(
+            f"{MSG_NO_URL_CONNECTION}: {url} redirects to {shown}, plain http or another "
+            "scheme: only https is followed"
+        )
+    return str(target)
 
 
 def _failure(exc: BaseException, proxy: Proxy | None) -> str:
@@ -223,9 +257,11 @@ async def fetch_details(
     attempts: int = FETCH_ATTEMPTS,
     retry_wait_s: float = 0.2,
     proxy: Proxy | None = None,
+    outbound: ProxyPolicy | None = None,
 ) -> EndpointDetails:
     """Fetch one endpoint's details over HTTPS (through `proxy`'s CONNECT tunnel when
-    given) and validate them.
+    given; with `outbound`, through the proxy it names for each URL, redirects included)
+    and validate them.
 
     The server's certificate is verified against the system trust store, or only against
     `ca_file` (PEM) when given, for a cloud app whose certificate a private CA signed.
@@ -233,6 +269,9 @@ async def fetch_details(
     did answer (TLS failure, HTTP status, bad content) is final at once.
     """
     url = check_details_url(url)
+    policy = outbound if outbound is not None else ProxyPolicy(proxy)
+    proxy_for = policy.proxy_for
+    proxy = policy.proxy_for(url)  # the one a failure message names
     try:
         context = ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:
@@ -247,7 +286,7 @@ async def fetch_details(
         async with aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout_s), trust_env=False
         ) as session:
-            body: bytes = await retrying(_get_once, session, url, context, proxy)
+            body: bytes = await retrying(_get_once, session, url, context, proxy_for)
     except aiohttp.ClientSSLError as exc:
         raise DetailsError(f"{MSG_NO_URL_CONNECTION}: {url}: TLS failed ({exc})") from None
     except (aiohttp.ClientError, TimeoutError) as exc:

@@ -202,7 +202,7 @@ def _load_details(args: argparse.Namespace, context: Context) -> EndpointDetails
         details = _read_details_file(args.file)
     else:
         fetch = fetch_details(args.url, ca_file=args.ca_file, timeout_s=args.timeout,
-                              proxy=context.outbound.proxy_for(args.url))
+                              outbound=context.outbound)
         details = asyncio.run(fetch)
     logs.register_secret(details.token)  # whatever happens next, never in a log line
     return details
