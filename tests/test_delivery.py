@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nbwss.delivery import Batch, EventRange, GroupDelivery, Phase, Send, Verdict, build_batch
+from nbwss.delivery import (
+    Batch,
+    EventRange,
+    GroupDelivery,
+    Phase,
+    Send,
+    Stall,
+    Verdict,
+    build_batch,
+)
 from nbwss.messages import Message, MessageType, SubType, decode, encode, request, response_to
 from nbwss.notifications import element, encode_data, message_payloads, repeated_objects
 from nbwss.outbox import OutboxEvent, PersistedBatch
@@ -305,6 +314,72 @@ def test_new_connection_sends_the_outstanding_batch_at_once() -> None:
     delivery.sent(batch.id, T0)
     delivery.connected(T0 + 1)
     assert delivery.poll(T0 + 1) == Send(batch, resend=True)
+
+
+# -- a batch the endpoint never acknowledges ---------------------------------------------------
+
+
+def resend_times(delivery: GroupDelivery, batch: Batch, times: int, now: float) -> list[Any]:
+    """Write `batch` `times` times, each when due; what each `sent` reported."""
+    reports = []
+    for _ in range(times):
+        send = delivery.poll(now)
+        assert send is not None
+        assert send.batch is batch
+        reports.append(delivery.sent(batch.id, now))
+        now += RATE
+    return reports
+
+
+def test_a_batch_sent_n_times_without_an_ack_stalls_once() -> None:
+    delivery = machine(stall_after=3)
+    batch = started(delivery, events("JOB", "JOB"))
+    assert resend_times(delivery, batch, 6, T0) == [None, None, Stall(batch, 3), None, None, None]
+    assert (delivery.stalled, delivery.sends) == (True, 6)
+    assert delivery.poll(T0 + 6 * RATE) == Send(batch, resend=True)  # sending goes on
+
+
+def test_a_send_that_timed_out_is_not_counted() -> None:
+    delivery = machine(stall_after=2)
+    batch = started(delivery, events("JOB"))
+    delivery.send_failed(batch.id, T0)
+    delivery.send_failed(batch.id, T0 + RATE)
+    assert (delivery.sends, delivery.stalled) == (0, False)
+    assert delivery.sent(batch.id, T0 + 2 * RATE) is None
+    assert delivery.sent(batch.id, T0 + 3 * RATE) == Stall(batch, 2)
+
+
+def test_the_ack_clears_the_stall_and_the_next_batch_counts_from_zero() -> None:
+    delivery = machine(stall_after=2)
+    batch = started(delivery, events("JOB"))
+    resend_times(delivery, batch, 2, T0)
+    assert delivery.stalled
+    assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
+    assert not delivery.stalled
+    delivery.committed(T0 + 10)
+    following = started(delivery, events("JOB", start=2), now=T0 + 10)
+    assert (delivery.sends, delivery.stalled) == (0, False)
+    assert resend_times(delivery, following, 2, T0 + 10) == [None, Stall(following, 2)]
+
+
+def test_a_reconnect_keeps_the_count_of_the_same_batch_but_not_of_another() -> None:
+    # The endpoint drops the connection at each send: every connection reloads the group
+    # from the database, and the stall must still be seen.
+    before = machine(stall_after=3)
+    batch = started(before, events("JOB"))
+    resend_times(before, batch, 2, T0)
+    reloaded = machine(stall_after=3, restored=batch.persisted())
+    reloaded.carry_over(before)
+    again = reloaded.take(events("JOB"), T0 + 60, "NEW-ID")
+    assert again is not None
+    assert again.id == batch.id
+    assert reloaded.sends == 2
+    assert reloaded.sent(batch.id, T0 + 60) == Stall(again, 3)
+
+    other = machine(stall_after=3, restored=PersistedBatch("OTHER", 1, 1, T0))
+    other.carry_over(before)
+    assert other.take(events("JOB"), T0, "X") is not None
+    assert other.sends == 0
 
 
 def test_idle_group_has_no_deadline() -> None:

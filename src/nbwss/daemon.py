@@ -71,7 +71,10 @@ class LiveStatus:
             "last_seq": batch.last_seq,
             "count": batch.count,
             "sent_at": delivery.due_at - delivery.rate_s if delivery.due_at else None,
+            "sends": delivery.sends,
+            "stalled": delivery.stalled,
         }
+        fields["delivery"] = "STALLED" if delivery is not None and delivery.stalled else "OK"
         if group_id in self._last_ack:
             fields["last_ack"] = self._last_ack[group_id]
         return fields

@@ -20,6 +20,11 @@ The rules it keeps:
 - A write that does not complete within the send timeout counts as not sent: the same
   message goes again after `rate_s`.
 - A new connection (failover, reconnect) sends the outstanding batch again at once.
+- A batch written `stall_after` times without an ack is stalled: `sent` reports it once
+  (a `Stall`), and `stalled` stays set until the ack. The protocol has no refusal
+  message, so an endpoint that will not take a batch only ever stays silent (or drops
+  the connection): the stall is how an admin hears of it. Sending goes on as before, as
+  the spec says. The count is carried over a reconnect (`carry_over`), not a restart.
 - A restart resumes from the cursor: a batch persisted as in flight is rebuilt from its
   seq range with its id and timeStamp, and goes first. It is rebuilt from every event
   of the range, one element per run, whatever the caps and rules are now: so it is the
@@ -76,6 +81,14 @@ class Batch:
         it will carry when sent, if not yet its own)."""
         stamp = self.message.time_stamp if time_stamp is None else time_stamp
         return PersistedBatch(self.id, self.first_seq, self.last_seq, stamp)
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """`batch` was written `sends` times and never acknowledged."""
+
+    batch: Batch
+    sends: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +221,19 @@ class GroupDelivery:
     due_at: float = 0.0
     written_before: bool = False
     last_acked_id: str | None = field(default=None, repr=False)
+    stall_after: int = 12
+    sends: int = 0  # completed writes of the batch in flight
+    stalled: bool = False  # `sends` reached `stall_after` without an ack
+    _carried: tuple[str, int, bool] | None = field(default=None, repr=False)
+
+    def carry_over(self, previous: GroupDelivery | None) -> None:
+        """Keep the send count of the batch `previous` had in flight, if this one was
+        loaded to resend that very batch (a reconnect reloads from the database): an
+        endpoint that drops the connection on a batch it refuses must stall it too."""
+        if previous is None or previous.outstanding is None or self.restored is None:
+            return
+        if previous.outstanding.id == self.restored.message_id:
+            self._carried = (previous.outstanding.id, previous.sends, previous.stalled)
 
     def wanted(self) -> EventRange | None:
         """The events to read next, or None when nothing is to be read now.
@@ -251,6 +277,9 @@ class GroupDelivery:
         self._start(batch, now)
         # A restored batch may have reached the endpoint before the restart.
         self.written_before = restored is not None
+        carried, self._carried = self._carried, None
+        if carried is not None and carried[0] == batch.id:
+            _, self.sends, self.stalled = carried
         return batch
 
     def _prepare(self, events: Sequence[OutboxEvent], now: float, message_id: str) -> Batch | None:
@@ -273,6 +302,7 @@ class GroupDelivery:
     def _start(self, batch: Batch, now: float) -> None:
         self.outstanding, self.phase, self.due_at = batch, Phase.PENDING, now
         self.written_before = False
+        self.sends, self.stalled = 0, False
 
     def poll(self, now: float) -> Send | None:
         """The write to make now, if any."""
@@ -288,13 +318,21 @@ class GroupDelivery:
             return None
         return self.due_at
 
-    def sent(self, batch_id: str, now: float) -> None:
-        """The write of `batch_id` completed at `now`: wait `rate_s` for its ack."""
+    def sent(self, batch_id: str, now: float) -> Stall | None:
+        """The write of `batch_id` completed at `now`: wait `rate_s` for its ack. Returns
+        the `Stall` when this write is the `stall_after`-th without an ack (once per
+        batch)."""
         if self.outstanding is None or self.outstanding.id != batch_id:
-            return
+            return None
         self.written_before = True
-        if self.phase is not Phase.ACKED:
-            self.phase, self.due_at = Phase.SENT, now + self.rate_s
+        if self.phase is Phase.ACKED:
+            return None
+        self.phase, self.due_at = Phase.SENT, now + self.rate_s
+        self.sends += 1
+        if self.stalled or self.sends < self.stall_after:
+            return None
+        self.stalled = True
+        return Stall(self.outstanding, self.sends)
 
     def send_failed(self, batch_id: str, now: float) -> None:
         """The write did not complete in time: it counts as not sent; try after `rate_s`."""
@@ -322,7 +360,7 @@ class GroupDelivery:
             return Verdict.DUPLICATE if response.id == self.last_acked_id else Verdict.WRONG_ID
         if response.payload != []:
             return Verdict.NOT_EMPTY
-        self.phase = Phase.ACKED
+        self.phase, self.stalled = Phase.ACKED, False
         return Verdict.ACKNOWLEDGED
 
     @property
@@ -343,6 +381,7 @@ class GroupDelivery:
         self.acked_seq = max(self.acked_seq, batch.last_seq)
         self.last_acked_id = batch.id
         self.outstanding, self.phase, self.written_before = None, Phase.IDLE, False
+        self.sends = 0
         prepared, self.prepared = self.prepared, None
         if prepared is not None:
             message = dataclasses.replace(prepared.message, time_stamp=int(now))

@@ -1,10 +1,11 @@
 """Is the daemon doing its job? One rule for `nbwss status --check` and `GET /ready`.
 
 Every enabled server group (a group with at least one enabled endpoint) must be
-CONNECTED, and its oldest unacknowledged notification must be younger than
-`status.maxBacklogAge`. Groups with no enabled endpoint are the admin's choice, not a
-failure. The rule reads a `/status` document, so the command and the daemon judge the
-same figures.
+CONNECTED, its oldest unacknowledged notification must be younger than
+`status.maxBacklogAge`, and its delivery must not be STALLED (a batch sent
+`notification.stallAfterSends` times without an ack). Groups with no enabled endpoint
+are the admin's choice, not a failure. The rule reads a `/status` document, so the
+command and the daemon judge the same figures.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ def failing_groups(document: dict[str, Any], max_backlog_age_s: float) -> list[s
             reasons.append(
                 f"{group.get('backlog')} notification(s) unacknowledged, the oldest for "
                 f"{age:.0f} s (status.maxBacklogAge is {max_backlog_age_s:g} s)"
+            )
+        outstanding = group.get("outstanding") or {}
+        if group.get("delivery") == "STALLED":
+            reasons.append(
+                f"delivery STALLED: message {outstanding.get('message_id')} (seq "
+                f"{outstanding.get('first_seq')}-{outstanding.get('last_seq')}) sent "
+                f"{outstanding.get('sends')} times without an ack"
             )
         if reasons:
             lines.append(f"{group_id}: " + "; ".join(reasons))

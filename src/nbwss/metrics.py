@@ -51,6 +51,11 @@ NOTIFICATIONS_ACKED = Counter(
     "nbwss_notifications_acked", "Notifications acknowledged (per event).",
     ["group"], registry=REGISTRY,
 )
+BATCHES_STALLED = Counter(
+    "nbwss_notification_batches_stalled",
+    "NOTIFICATION messages sent notification.stallAfterSends times without an ack.",
+    ["group"], registry=REGISTRY,
+)
 DECODE_ERRORS = Counter(
     "nbwss_decode_errors", "Frames from an endpoint that could not be decoded.",
     ["group", "host"], registry=REGISTRY,

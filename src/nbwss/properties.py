@@ -324,6 +324,10 @@ PROPERTIES: tuple[Property, ...] = (
              applies=Applies.NEW_CONNECTIONS),
     Property("notification.maxBatch", "notification_max_batch", partial(_integer, minimum=1),
              "500", "Most notifications in one NOTIFICATION message."),
+    Property("notification.stallAfterSends", "notification_stall_after_sends",
+             partial(_integer, minimum=2), "12",
+             "Sends of one NOTIFICATION without an ack after which the group's delivery is "
+             "reported STALLED (one error event, status, a metric); sending goes on."),
     Property("notification.retentionDays", "notification_retention_days",
              partial(_seconds, positive=True), "30",
              "Days an unacknowledged notification is kept before it is dropped (loudly)."),
@@ -423,6 +427,7 @@ class Settings:
     connect_response_timeout_s: float = 30.0
     message_max_bytes: int = 16 * _MIB
     notification_max_batch: int = 500
+    notification_stall_after_sends: int = 12
     notification_retention_days: float = 30.0
     rest_api_base_url: str = "https://localhost:1556"
     rest_api_ca_file: Path | None = None

@@ -89,7 +89,8 @@ class GroupPump:
                 # Each connection starts from what the database says (the batch in flight
                 # is persisted, so it comes back as the same message): a group deleted
                 # and added again meanwhile starts at its new cursor, not the old one.
-                self._delivery = await self._load()
+                previous, self._delivery = self._delivery, await self._load()
+                self._delivery.carry_over(previous)
             self._delivery.connected(self._clock())
             while True:
                 await self._step(self._delivery, link)
@@ -107,6 +108,7 @@ class GroupPump:
             max_batch=settings.notification_max_batch,
             max_bytes=settings.message_max_bytes,
             rate_s=settings.notification_rate_s,
+            stall_after=settings.notification_stall_after_sends,
             acked_seq=position.acked_seq,
             restored=position.outstanding,
         )
@@ -152,11 +154,14 @@ class GroupPump:
             delivery.send_failed(batch.id, self._clock())
             self._log(log.warning, "notification.send_timeout", link, batch)
             return
-        delivery.sent(batch.id, self._clock())
+        stall = delivery.sent(batch.id, self._clock())
         counter = metrics.NOTIFICATIONS_RESENT if send.resend else metrics.NOTIFICATIONS_SENT
         counter.labels(self.group_id).inc(batch.count)
         event = "notification.resent" if send.resend else "notification.sent"
         self._log(log.info, event, link, batch)
+        if stall is not None:
+            metrics.BATCHES_STALLED.labels(self.group_id).inc()
+            self._log(log.error, "notification.stalled", link, batch, sends=stall.sends)
 
     async def _commit(self, delivery: GroupDelivery, link: Link) -> None:
         batch = delivery.awaiting_commit

@@ -103,7 +103,10 @@ class StatusSource(Protocol):
     - `connected` (bool), `endpoint` (host name or None), `url` (str or None),
       `since` (epoch seconds of the last connect or disconnect, or None);
     - `outstanding`: None, or `{"message_id": str, "first_seq": int, "last_seq": int,
-      "sent_at": epoch seconds, "sends": int}` for the NOTIFICATION awaiting its ack;
+      "sent_at": epoch seconds, "sends": int, "stalled": bool}` for the NOTIFICATION
+      awaiting its ack;
+    - `delivery`: `"OK"`, or `"STALLED"` while the batch in flight has been sent
+      `notification.stallAfterSends` times without an ack;
     - `last_ack` (epoch seconds or None), `last_error` (one line or None).
     """
 
@@ -159,8 +162,8 @@ def store_snapshot(store: Store, now: float) -> dict[str, dict[str, Any]]:
 def _empty_group() -> dict[str, Any]:
     return {
         "connected": False, "endpoint": None, "url": None, "since": None,
-        "outstanding": None, "backlog": 0, "oldest_unacked_age_s": None, "acked_seq": None,
-        "last_ack": None, "last_error": None, "endpoints": [],
+        "outstanding": None, "delivery": "OK", "backlog": 0, "oldest_unacked_age_s": None,
+        "acked_seq": None, "last_ack": None, "last_error": None, "endpoints": [],
     }
 
 

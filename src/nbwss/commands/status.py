@@ -98,6 +98,8 @@ def group_row(name: str, group: dict[str, Any], now: float) -> list[str]:
     if outstanding:
         message_id = str(outstanding.get("message_id", "?"))
         in_flight = f"{message_id[:8]} ({duration(outstanding.get('age_s'))})"
+        if outstanding.get("stalled"):
+            in_flight += f" STALLED after {outstanding.get('sends')} sends"
     return [
         name,
         group.get("endpoint") or "-",
