@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
         (["poll", "--jobs", "300", "--idle-polls", "2"], "idle poll"),
         # Exit 1 says a goal was missed, which 5 groups must (fixed overhead): not a crash.
         (["connect", "--groups", "5"], "all_connected_s="),
+        (["commandflood", "--commands", "12", "--size-kib", "16", "--max-queued", "4"],
+         "growth ratio="),
     ],
     ids=lambda value: value[0] if isinstance(value, list) else "",
 )
