@@ -276,3 +276,17 @@ async def test_a_body_that_cannot_be_decoded_answers_502(
             payload = answer(await proxy(command("/netbackup/x"), FakeLink()))
     assert payload["responseCode"] == 502
     assert reason in error_of(payload)["errorMessage"]
+
+
+async def test_a_redirect_of_the_api_is_handed_back_not_followed(tls: TlsMaterial) -> None:
+    async def bounce(req: web.Request) -> web.StreamResponse:
+        if req.path == "/netbackup/x":
+            raise web.HTTPFound("/netbackup/elsewhere")
+        return web.json_response({})
+
+    async with recording_api(tls) as api, CommandProxy(settings_for(api, tls)) as proxy:
+        api.answer = bounce
+        payload = answer(await proxy(command("/netbackup/x"), FakeLink()))
+    assert payload["responseCode"] == 302
+    assert payload["headers"]["location"] == "/netbackup/elsewhere"
+    assert [path for _, path, _ in api.seen] == ["/netbackup/x"]
