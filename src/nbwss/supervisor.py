@@ -240,7 +240,10 @@ class Supervisor:
         """Run the connection process until cancelled; every group task is owned here."""
         trim_tls_read_buffer()
         connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as http, asyncio.TaskGroup() as tasks:
+        # No cookie jar: every group is a separate cloud app, even on one host name, so
+        # a cookie one endpoint's handshake sets must not ride on another's.
+        http = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+        async with http, asyncio.TaskGroup() as tasks:
             while True:
                 await self._run_once(http, tasks)
                 with contextlib.suppress(TimeoutError):
