@@ -18,10 +18,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
-from nbwss.messages import Message, MessageType, encode, request
+from nbwss.messages import Message, MessageType, encode, request, response_to
 from nbwss.properties import Settings
-from nbwss.proxy import CommandProxy
+from nbwss.proxy import Answer, CommandProxy, _oversized_frame
 from tests.conftest import TlsMaterial, timeout
 from tests.test_proxy import FakeLink, answer
 
@@ -290,3 +292,46 @@ async def test_a_redirect_of_the_api_is_handed_back_not_followed(tls: TlsMateria
     assert payload["responseCode"] == 302
     assert payload["headers"]["location"] == "/netbackup/elsewhere"
     assert [path for _, path, _ in api.seen] == ["/netbackup/x"]
+
+
+@given(
+    body=st.text(),
+    headers=st.dictionaries(st.text(min_size=1, max_size=20), st.text(max_size=50), max_size=5),
+    max_bytes=st.integers(min_value=1024, max_value=4096),
+)
+def test_the_frame_check_says_oversized_exactly_when_the_frame_is(
+    body: str, headers: dict[str, str], max_bytes: int
+) -> None:
+    body = body.encode("utf-8", "replace").decode("utf-8")  # what the proxy hands over
+    headers = {k.encode("utf-8", "replace").decode(): v.encode("utf-8", "replace").decode()
+               for k, v in headers.items()}
+    answer_ = Answer(200, headers, body, len(body))
+    response = response_to(command("/netbackup/x"), answer_.payload(), 0)
+    size = len(encode(response).encode("utf-8"))
+    assert _oversized_frame(response, answer_, max_bytes) == (size if size > max_bytes else None)
+
+
+async def test_a_response_header_that_is_not_utf8_is_handed_over_as_text(
+    tls: TlsMaterial,
+) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Odd: a\xffb\r\nX-Latin: caf\xe9\r\n"
+                     b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls.server_context())
+    base_url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        settings = Settings(rest_api_base_url=base_url, rest_api_ca_file=tls.ca_file)
+        async with CommandProxy(settings) as proxy:
+            response = await proxy(command("/netbackup/x"), FakeLink())
+    finally:
+        server.close()
+        await server.wait_closed()
+    payload = answer(response)
+    assert payload["responseCode"] == 200
+    assert payload["headers"]["x-odd"] == "a\ufffdb"
+    assert payload["headers"]["x-latin"] == "caf\ufffd"
+    encode(response).encode("utf-8")  # a frame can carry it

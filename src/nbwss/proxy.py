@@ -69,6 +69,8 @@ _READ_CHUNK: Final = 64 * 1024
 _DECODED_BODY_HEADERS: Final = frozenset({"content-encoding", "content-length"})
 # Content codings inflated here (zlib's wbits: 47 reads a gzip or a zlib header).
 _INFLATED_CODINGS: Final = {"gzip": 47, "x-gzip": 47, "deflate": 47}
+# More than a COMMAND RESPONSE's keys, punctuation and numbers take (about 130 bytes).
+_ENVELOPE_BYTES: Final = 512
 
 
 @dataclass(slots=True)
@@ -222,8 +224,8 @@ class CommandProxy:
             finally:
                 self._lanes.leave(link, lane)
         response = response_to(request, answer.payload(), self._clock())
-        frame_size = len(encode(response).encode("utf-8"))
-        if frame_size > self._settings.message_max_bytes:
+        frame_size = _oversized_frame(response, answer, self._settings.message_max_bytes)
+        if frame_size is not None:
             answer = _own_answer(
                 502, f"the REST API's answer ({answer.size} bytes of body) makes a frame of "
                 f"{frame_size} bytes once JSON-escaped, over message.maxBytes "
@@ -271,8 +273,11 @@ class CommandProxy:
         limit = self._settings.command_max_body_bytes
         coding = response.headers.get("Content-Encoding", "identity").strip().lower()
         if coding in ("", "identity"):
-            if response.content_length is not None and response.content_length > limit:
-                raise _ResponseTooLarge(response.content_length)
+            if response.content_length is not None:
+                if response.content_length > limit:
+                    raise _ResponseTooLarge(response.content_length)
+                # The common case: length known and within the cap, nothing to inflate.
+                return await response.read()
             inflate = None
         elif coding in _INFLATED_CODINGS:
             inflate = zlib.decompressobj(_INFLATED_CODINGS[coding])
@@ -314,8 +319,8 @@ def _api_answer(status: int, headers: CIMultiDictProxy[str], raw: bytes) -> Answ
     # Hop-by-hop headers describe the daemon's HTTP connection to the API, not the answer.
     hop_by_hop = HOP_BY_HOP | connection_options(headers.items())
     names: dict[str, str] = {}
-    for name, value in headers.items():
-        key = name.lower()
+    for raw_name, raw_value in headers.items():
+        key, value = _text(raw_name).lower(), _text(raw_value)
         if key in hop_by_hop:
             continue
         names[key] = f"{names[key]}, {value}" if key in names else value
@@ -323,6 +328,29 @@ def _api_answer(status: int, headers: CIMultiDictProxy[str], raw: bytes) -> Answ
         for key in _DECODED_BODY_HEADERS:
             names.pop(key, None)
     return Answer(status, names, raw.decode("utf-8", errors="replace"), len(raw))
+
+
+def _oversized_frame(response: Message, answer: Answer, max_bytes: int) -> int | None:
+    """The frame's size in bytes if it exceeds `max_bytes`, else None.
+
+    JSON escaping takes at most 6 bytes per character (`\\u0001`), so when six times
+    the body, headers and id, plus the envelope's own text, fits, the frame is not
+    encoded twice: only large answers are measured."""
+    characters = len(answer.body) + len(response.id) + sum(
+        len(name) + len(value) + 8 for name, value in answer.headers.items()
+    )
+    if 6 * characters + _ENVELOPE_BYTES <= max_bytes:
+        return None
+    size = len(encode(response).encode("utf-8"))
+    return size if size > max_bytes else None
+
+
+def _text(header: str) -> str:
+    """A header as UTF-8 text: aiohttp keeps bytes that are not UTF-8 as lone surrogates,
+    which no frame can carry; they become U+FFFD, as in the body."""
+    if header.isascii():
+        return header
+    return header.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _inflated(
