@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from hypothesis import given
@@ -24,7 +25,10 @@ from hypothesis import strategies as st
 from nbwss.messages import Message, MessageType, encode, request, response_to
 from nbwss.properties import Settings
 from nbwss.proxy import Answer, CommandProxy, _oversized_frame
+from nbwss.session import Target, connect
+from nbwss.trust import pinned_context
 from tests.conftest import TlsMaterial, timeout
+from tests.peers import Peer
 from tests.test_proxy import FakeLink, answer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -335,3 +339,46 @@ async def test_a_response_header_that_is_not_utf8_is_handed_over_as_text(
     assert payload["headers"]["x-odd"] == "a\ufffdb"
     assert payload["headers"]["x-latin"] == "caf\ufffd"
     encode(response).encode("utf-8")  # a frame can carry it
+
+
+async def test_over_a_live_connection_odd_answers_are_answered_and_the_connection_stays(
+    tls: TlsMaterial,
+) -> None:
+    """The session and the proxy together, against a `websockets` endpoint: an API header
+    that is not UTF-8 took the connection down before (the frame could not be written)."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        body = b"\x01" * 4000 if b"/escaped" in head else b"{}"
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Odd: a\xffb\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    api = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls.server_context())
+    settings = Settings(
+        rest_api_base_url=f"https://127.0.0.1:{api.sockets[0].getsockname()[1]}",
+        rest_api_ca_file=tls.ca_file, message_max_bytes=16 * 1024, send_timeout_s=2.0,
+    )
+    try:
+        async with Peer(tls.server_cert) as peer, aiohttp.ClientSession() as http:
+            async with CommandProxy(settings) as proxy:
+                target = Target("GROUP1", "ep1.test", peer.url, "token==", peer.certificate_der)
+                session = await connect(http, target, settings,
+                                        pinned_context(peer.certificate_der),
+                                        command_handler=proxy)
+                running = asyncio.create_task(session.run())
+                for uri in ("/netbackup/odd", "/netbackup/escaped"):
+                    await peer.send(command(uri).to_json())
+                await peer.wait_for(lambda: len(peer.received("COMMAND", "RESPONSE")) == 2)
+                odd, escaped = peer.received("COMMAND", "RESPONSE")
+                assert not running.done()
+                await session.close("done")
+                async with asyncio.timeout(timeout(5)):
+                    await running
+    finally:
+        api.close()
+        await api.wait_closed()
+    assert odd["payload"]["responseCode"] == 200
+    assert odd["payload"]["headers"]["x-odd"] == "a\ufffdb"
+    assert escaped["payload"]["responseCode"] == 502  # 4,000 bytes, a 24,000-byte frame
+    assert max(len(frame) for frame in peer.frames if isinstance(frame, str)) < 16 * 1024
