@@ -360,21 +360,23 @@ async def test_over_a_live_connection_odd_answers_are_answered_and_the_connectio
         rest_api_ca_file=tls.ca_file, message_max_bytes=16 * 1024, send_timeout_s=2.0,
     )
     try:
-        async with Peer(tls.server_cert) as peer, aiohttp.ClientSession() as http:
-            async with CommandProxy(settings) as proxy:
-                target = Target("GROUP1", "ep1.test", peer.url, "token==", peer.certificate_der)
-                session = await connect(http, target, settings,
-                                        pinned_context(peer.certificate_der),
-                                        command_handler=proxy)
-                running = asyncio.create_task(session.run())
-                for uri in ("/netbackup/odd", "/netbackup/escaped"):
-                    await peer.send(command(uri).to_json())
-                await peer.wait_for(lambda: len(peer.received("COMMAND", "RESPONSE")) == 2)
-                odd, escaped = peer.received("COMMAND", "RESPONSE")
-                assert not running.done()
-                await session.close("done")
-                async with asyncio.timeout(timeout(5)):
-                    await running
+        async with (
+            Peer(tls.server_cert) as peer,
+            aiohttp.ClientSession() as http,
+            CommandProxy(settings) as proxy,
+        ):
+            target = Target("GROUP1", "ep1.test", peer.url, "token==", peer.certificate_der)
+            session = await connect(http, target, settings, pinned_context(peer.certificate_der),
+                                    command_handler=proxy)
+            running = asyncio.create_task(session.run())
+            for uri in ("/netbackup/odd", "/netbackup/escaped"):
+                await peer.send(command(uri).to_json())
+            await peer.wait_for(lambda: len(peer.received("COMMAND", "RESPONSE")) == 2)
+            odd, escaped = peer.received("COMMAND", "RESPONSE")
+            assert not running.done()
+            await session.close("done")
+            async with asyncio.timeout(timeout(5)):
+                await running
     finally:
         api.close()
         await api.wait_closed()
