@@ -384,3 +384,18 @@ async def test_over_a_live_connection_odd_answers_are_answered_and_the_connectio
     assert odd["payload"]["headers"]["x-odd"] == "a\ufffdb"
     assert escaped["payload"]["responseCode"] == 502  # 4,000 bytes, a 24,000-byte frame
     assert max(len(frame) for frame in peer.frames if isinstance(frame, str)) < 16 * 1024
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br"])
+async def test_an_empty_body_needs_no_decoding_whatever_its_coding(
+    tls: TlsMaterial, coding: str
+) -> None:
+    async def not_modified(req: web.Request) -> web.StreamResponse:
+        return web.Response(status=304, headers={"Content-Encoding": coding, "ETag": '"v1"'})
+
+    async with recording_api(tls) as api:
+        api.answer = not_modified
+        async with CommandProxy(settings_for(api, tls)) as proxy:
+            payload = answer(await proxy(command("/netbackup/x"), FakeLink()))
+    assert (payload["responseCode"], payload["body"]) == (304, "")
+    assert payload["headers"]["etag"] == '"v1"'

@@ -272,26 +272,27 @@ class CommandProxy:
         is held."""
         limit = self._settings.command_max_body_bytes
         coding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        if coding in ("", "identity"):
-            if response.content_length is not None:
-                if response.content_length > limit:
-                    raise _ResponseTooLarge(response.content_length)
-                # The common case: length known and within the cap, nothing to inflate.
-                return await response.read()
-            inflate = None
-        elif coding in _INFLATED_CODINGS:
-            inflate = zlib.decompressobj(_INFLATED_CODINGS[coding])
-        else:
-            raise _UnreadableBody(f"content coding {coding[:40]!r} is not supported")
+        identity = coding in ("", "identity")
+        if identity and response.content_length is not None:
+            if response.content_length > limit:
+                raise _ResponseTooLarge(response.content_length)
+            # The common case: length known and within the cap, nothing to inflate.
+            return await response.read()
+        inflate = None if identity else _decompressor(coding)
         chunks: list[bytes] = []
         size = 0
+        received = False
         async for chunk in response.content.iter_chunked(_READ_CHUNK):
+            if not received and not identity and inflate is None:
+                raise _UnreadableBody(f"content coding {coding[:40]!r} is not supported")
+            received = True
             for piece in _inflated(inflate, chunk, limit - size):
                 size += len(piece)
                 if size > limit:
                     raise _ResponseTooLarge(size)
                 chunks.append(piece)
-        if inflate is not None and not inflate.eof:
+        # An empty body (204, 304) needs no decoding, whatever Content-Encoding says.
+        if inflate is not None and received and not inflate.eof:
             raise _UnreadableBody(f"the {coding} stream ends early")
         return b"".join(chunks)
 
@@ -343,6 +344,12 @@ def _oversized_frame(response: Message, answer: Answer, max_bytes: int) -> int |
         return None
     size = len(encode(response).encode("utf-8"))
     return size if size > max_bytes else None
+
+
+def _decompressor(coding: str) -> zlib._Decompress | None:
+    """A decoder for `coding`, or None when it is not one nbwss can inflate."""
+    wbits = _INFLATED_CODINGS.get(coding)
+    return None if wbits is None else zlib.decompressobj(wbits)
 
 
 def _text(header: str) -> str:
