@@ -223,17 +223,23 @@ class CommandProxy:
                     answer = await self._call_api(checked)
             finally:
                 self._lanes.leave(link, lane)
-        response = response_to(request, answer.payload(), self._clock())
-        frame_size = _oversized_frame(response, answer, self._settings.message_max_bytes)
-        if frame_size is not None:
-            answer = _own_answer(
-                502, f"the REST API's answer ({answer.size} bytes of body) makes a frame of "
-                f"{frame_size} bytes once JSON-escaped, over message.maxBytes "
-                f"({self._settings.message_max_bytes})"
-            )
-            response = response_to(request, answer.payload(), self._clock())
+        response, answer = self._respond(request, answer)
         self._record(request, link, method, uri, answer, time.perf_counter() - started)
         return response
+
+    def _respond(self, request: Message, answer: Answer) -> tuple[Message, Answer]:
+        """The COMMAND RESPONSE carrying `answer`, or a 502 when its frame would exceed
+        `message.maxBytes` (the endpoint would drop it, and the connection with it)."""
+        response = response_to(request, answer.payload(), self._clock())
+        max_bytes = self._settings.message_max_bytes
+        frame_size = _oversized_frame(response, answer, max_bytes)
+        if frame_size is None:
+            return response, answer
+        too_large = _own_answer(
+            502, f"the REST API's answer ({answer.size} bytes of body) makes a frame of "
+            f"{frame_size} bytes once JSON-escaped, over message.maxBytes ({max_bytes})"
+        )
+        return response_to(request, too_large.payload(), self._clock()), too_large
 
     async def _call_api(self, api_request: ApiRequest) -> Answer:
         if self._session is None:
