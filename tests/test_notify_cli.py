@@ -110,7 +110,7 @@ def test_the_spec_examples_are_accepted(state_dir: Path) -> None:
          "--data item 2: IMAGE field 'operationId' is \"X\""),
         (["--object", "IMAGE", "--data", json.dumps(image(""))],
          "--data: IMAGE field 'backupId' is empty"),
-        (["--object", "JOB", "--data", "{not json"], "--data: not valid JSON"),
+        (["--object", "JOB", "--data", "{not json"], "--data is not JSON: Expecting property name"),
         (["--object", "JOB", "--data", "[]"], "--data: the array is empty"),
         (["--object", "JOB", "--data", "[1]"], "--data item 1: JOB data is 1, expected an object"),
     ],
@@ -156,7 +156,7 @@ def test_a_bad_line_anywhere_refuses_the_whole_stream(
         ('{"object": "JOB"}\n', 'line 1: expected {"object": ..., "data": {...}}'),
         ("[1, 2]\n", 'line 1: expected {"object": ..., "data": {...}}'),
         ('{"object": "VOLUME", "data": {}}\n', 'line 1: object is "VOLUME", expected JOB or IMAGE'),
-        ("{oops\n", "line 1: not valid JSON"),
+        ("{oops\n", "line 1 is not JSON: Expecting property name"),
     ],
 )
 def test_bad_stdin_lines_are_named(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -262,9 +263,10 @@ async def test_outage_mid_scenario_loses_nothing_and_logs_once(
 async def test_odd_records_are_set_aside_once_and_the_poll_goes_on(
     settings: Settings, store: Store, standin: tuple[StandinApi, str]
 ) -> None:
-    """Veritas's own example job (IMAGEDELETE, empty clientName) and a job in a state
-    nbwss does not know are set aside; every other notification still flows; the job
-    that later changes into something mappable is reported then."""
+    """A job whose parentJobId no Java endpoint can read (outside a long) and a job in a
+    state nbwss does not know are set aside; every other notification still flows
+    (Veritas's own example job, IMAGEDELETE with an empty clientName, among them); the
+    job that later changes into something mappable is reported then."""
     api, _ = standin
     steps = GuideScenarios().vmware_backup()
     example = json.loads((FIXTURES / "admin-jobs-example.json").read_text())["data"][0]
@@ -275,6 +277,7 @@ async def test_odd_records_are_set_aside_once_and_the_poll_goes_on(
             attributes = copy.deepcopy(example["attributes"])
             del attributes["lastUpdateTime"]  # stamped now by the stand-in
             api.upsert_job(1, **attributes)
+            api.upsert_job(901, clientName="c", parentJobId=2**63)
             api.upsert_job(900, state="TELEPORTING", clientName="c")
             await play(poller, api, steps[:3])
             await settle(poller)  # overlap re-reads: still logged once
@@ -284,14 +287,39 @@ async def test_odd_records_are_set_aside_once_and_the_poll_goes_on(
             assert poller.status_view()["records_set_aside"] == 1
     set_aside = [(e["id"], e["reason"]) for e in events
                  if e["event"] == "poller.record_set_aside"]
-    assert sorted(set_aside) == [("1", "JOB field 'clientName' is empty"),
-                                 ("900", "state 'TELEPORTING' is not one nbwss maps")]
+    assert sorted(set_aside) == [
+        ("900", "state 'TELEPORTING' is not one nbwss maps"),
+        ("901", "integer 9223372036854775808 in JOB data is outside the signed 64-bit range")]
     jobs = [n for _, n in outbox_rows(store, ["JOB"])]
-    assert [n["jobId"] for n in jobs] == [144, 145, 146, 900, 146, 145, 144]
-    assert [r.record_id for r in pollerstore.set_aside_rows(store)] == ["1"]
+    assert [n["jobId"] for n in jobs] == [1, 144, 145, 146, 900, 146, 145, 144]
+    assert (jobs[0]["clientName"], jobs[0]["jobType"]) == ("", "IMAGEDELETE")
+    assert [r.record_id for r in pollerstore.set_aside_rows(store)] == ["901"]
     after = REGISTRY.get_sample_value("nbwss_poller_records_set_aside_total",
                                       {"object": "JOB"})
     assert after == before + 2
+
+
+@pytest.mark.parametrize("standin", ["10.5"], indirect=True)
+async def test_a_time_that_is_no_number_sets_its_record_aside(
+    settings: Settings, store: Store, standin: tuple[StandinApi, str]
+) -> None:
+    """NaN, Infinity and a 400-digit integer in a job's time (a page Python's own json
+    reads) set that record aside; they used to escape the poll as ValueError or
+    OverflowError."""
+    api, _ = standin
+    steps = GuideScenarios().vmware_backup()
+    faults = {902: math.nan, 903: math.inf, 904: -math.inf, 905: 10**400, 906: 1e300}
+    with structlog.testing.capture_logs() as events:
+        async with polling(settings, store) as poller:
+            for job_id, start_time in faults.items():
+                api.upsert_job(job_id, clientName="c", startTime=start_time)
+            await play(poller, api, steps)
+            assert poller.status_view()["records_set_aside"] == len(faults)
+    set_aside = sorted((e["id"], e["reason"]) for e in events
+                       if e["event"] == "poller.record_set_aside")
+    assert [record_id for record_id, _ in set_aside] == [str(j) for j in sorted(faults)]
+    assert all(reason.startswith("startTime is not a time") for _, reason in set_aside)
+    assert queued(store) == expected(steps)
 
 
 @pytest.mark.parametrize("standin", ["10.5"], indirect=True)

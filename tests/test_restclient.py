@@ -7,6 +7,7 @@ test_poller.py; here the pure parts, with plain values.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +194,18 @@ async def test_a_truncated_range_is_logged_and_followed_never_taken_as_complete(
 async def test_a_cursor_that_does_not_move_on_is_refused() -> None:
     with pytest.raises(ApiUnavailableError, match="does not move on"):
         await list_jobs_from({"": job_page(1, next="c"), "c": job_page(2, next="c")})
+
+
+def test_an_integer_too_long_for_python_fails_its_record_not_the_page() -> None:
+    """A 5,000-digit number (past Python's int-string limit) would fail `json.loads` for the
+    whole page, and so the poll, forever; it is read as inf, which its record's mapping
+    refuses (the record set aside, the other records of the page reported)."""
+    from nbwss.sources.mapping import MalformedRecordError, parse_time
+    from nbwss.sources.restclient import Answer, _json
+
+    body = b'{"data": [{"id": "1", "startTime": ' + b"9" * 5000 + b'}, {"id": "2"}]}'
+    page = _json(Answer(200, body, "10.5"), "/admin/jobs")
+    assert page["data"][0]["startTime"] == math.inf
+    assert page["data"][1] == {"id": "2"}
+    with pytest.raises(MalformedRecordError, match="startTime is not a time: inf"):
+        parse_time(page["data"][0]["startTime"], "startTime")

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from nbwss import __version__
 from nbwss.commands import Context, HelpFormatter, examples
 from nbwss.errors import NbwssError
+from nbwss.strictjson import utf8_problem
 
 DEFAULT_CONFIG = Path("/etc/nbwss/nbwss.properties")
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -98,8 +99,35 @@ def config_path(option: Path | None, env: dict[str, str] | os._Environ[str]) -> 
     return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
 
 
+def argv_problem(argv: Sequence[str]) -> str | None:
+    """Why a word of the command line is not UTF-8 text, or None.
+
+    Python hands a byte that is not UTF-8 over as a lone surrogate (PEP 383); passed on, it
+    would fail later, somewhere far less clear (a store write, a log line). A Latin-1
+    client name from a master server's script is the likely case.
+    """
+    for number, word in enumerate(argv, start=1):
+        try:
+            word.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = word.encode("utf-8", "surrogateescape") if _escaped_only(word) else None
+            if raw is not None:
+                return utf8_problem(raw, f"argument {number}")
+            return f"argument {number} holds an unpaired UTF-16 surrogate"
+    return None
+
+
+def _escaped_only(word: str) -> bool:
+    """Whether every surrogate in `word` is one of PEP 383's escapes of a byte."""
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in word)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    problem = argv_problem(argv)
+    if problem:
+        sys.stderr.write(f"nbwss: error: {problem}\n")
+        return EXIT_USAGE
     args = build_parser(argv).parse_args(argv)
     context = Context(config_path(args.config, os.environ), admin=args.command != "run")
     try:

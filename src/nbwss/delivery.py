@@ -53,6 +53,7 @@ _ELEMENT_OVERHEAD: Final = {
         json.dumps(
             {"notificationType": NOTIFICATION_TYPE, "object": obj, "data": []},
             separators=(",", ":"),
+            allow_nan=False,
         )
     )
     for obj in ("JOB", "IMAGE")

@@ -237,7 +237,7 @@ async def _command_round_trip(endpoint: ReferenceEndpoint, narrator: Narrator) -
     problems: list[str] = []
     login = await endpoint.send_command(
         "/netbackup/login", "POST", {"Content-Type": "application/json"},
-        json.dumps({"userName": API_USER, "password": API_PASSWORD}),
+        json.dumps({"userName": API_USER, "password": API_PASSWORD}, allow_nan=False),
     )
     payload = login.payload if isinstance(login.payload, dict) else {}
     if payload.get("responseCode") != 201:
@@ -248,7 +248,7 @@ async def _command_round_trip(endpoint: ReferenceEndpoint, narrator: Narrator) -
     server = {"serverName": "vcenterServer1", "vmType": "VMWARE_VIRTUAL_CENTER_SERVER",
               "userId": "administrator", "password": "password@123", "port": 0}
     created = await endpoint.send_command(
-        "/netbackup/config/servers/vmservers", "POST", headers, json.dumps(server)
+        "/netbackup/config/servers/vmservers", "POST", headers, json.dumps(server, allow_nan=False)
     )
     fetched = await endpoint.send_command(
         "/netbackup/config/servers/vmservers/vcenterServer1", "GET", headers
@@ -343,7 +343,7 @@ async def _notify_script(
     """Queue `items` at once with the code of `nbwss notify -`; they arrive as one message,
     one element per object type."""
     narrator.say("admin", f"nbwss notify - ({len(items)} JSON lines: a job, then its images)")
-    lines = [json.dumps({"object": obj, "data": data}) for obj, data in items]
+    lines = [json.dumps({"object": obj, "data": data}, allow_nan=False) for obj, data in items]
     wanted = len(endpoint.notifications) + len(items)
     await asyncio.to_thread(
         notify.queue, store, notify.rows_from_lines(lines), settings.message_max_bytes,

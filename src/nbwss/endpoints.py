@@ -152,6 +152,7 @@ def details_to_json(details: EndpointDetails) -> str:
             "url": details.url,
         },
         indent=2,
+        allow_nan=False,
     )
 
 

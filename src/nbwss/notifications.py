@@ -15,10 +15,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from nbwss import strictjson
 from nbwss.errors import NotificationError
 
 OBJECTS: Final = ("JOB", "IMAGE")
 NOTIFICATION_TYPE: Final = "INFO"
+# Levels the envelope puts above a notification's data: the message object, its payload
+# array, the element object and the element's data array.
+ENVELOPE_DEPTH: Final = 4
+# How deep one notification's data may nest, so that the frame carrying it stays within
+# the decoder's own limit (`strictjson.MAX_DEPTH`).
+DATA_MAX_DEPTH: Final = strictjson.MAX_DEPTH - ENVELOPE_DEPTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +41,8 @@ class Field:
 FIELDS: Final[dict[str, tuple[Field, ...]]] = {
     "JOB": (
         Field("scheduleType", str),
-        Field("clientName", str),
+        # Empty on real IMAGEDELETE and other jobs that run for no client.
+        Field("clientName", str, may_be_empty=True),
         Field("status", int),
         Field("startTime", int),
         Field("state", str, ("QUEUED", "ACTIVE", "DONE")),
@@ -59,7 +67,7 @@ Notification = tuple[str, dict[str, Any]]
 
 
 def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=True, default=repr)
+    text = json.dumps(value, ensure_ascii=True, default=repr, allow_nan=True)  # display only
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -116,7 +124,22 @@ def validate(obj: Any, data: Any, where: str = "") -> Notification:
         if value is _MISSING:
             raise NotificationError(f"{prefix}{obj} field {spec.name!r} is missing")
         raise NotificationError(f"{prefix}{obj} field {spec.name!r} {_check_field(spec, value)}")
+    try:
+        strictjson.check_depth(data, DATA_MAX_DEPTH, f"{prefix}{obj} data")
+    except strictjson.StrictJsonError as exc:
+        raise NotificationError(str(exc)) from None
     return obj, data
+
+
+def check_wire(obj: str, data: dict[str, Any], where: str = "") -> None:
+    """Refuse data built in memory (a mapped REST record) that no endpoint could decode:
+    the rules `strictjson.loads` applies to intake text (NaN, Infinity, integers outside
+    a Java long, unpaired surrogates, depth)."""
+    prefix = f"{where}: " if where else ""
+    try:
+        strictjson.check_value(data, DATA_MAX_DEPTH, f"{prefix}{obj} data")
+    except strictjson.StrictJsonError as exc:
+        raise NotificationError(str(exc)) from None
 
 
 def encode_data(data: dict[str, Any]) -> str:
@@ -128,7 +151,7 @@ def encode_data(data: dict[str, Any]) -> str:
     return _ENCODER.encode(data)
 
 
-_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def element(obj: str, data: list[dict[str, Any]]) -> dict[str, Any]:

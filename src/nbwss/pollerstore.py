@@ -48,7 +48,7 @@ def read_seen_jobs(store: Store, job_ids: Iterable[int]) -> dict[int, SeenJob]:
         rows = conn.execute(
             "SELECT job_id, state, status, last_update FROM poller_jobs"
             " WHERE job_id IN (SELECT value FROM json_each(?))",
-            (json.dumps(sorted(set(job_ids))),),
+            (json.dumps(sorted(set(job_ids)), allow_nan=False),),
         ).fetchall()
     return {r[0]: SeenJob(r[1], r[2], r[3]) for r in rows}
 
@@ -131,7 +131,7 @@ def commit_images(store: Store, decision: ImagesDecision, aside: SetAsideDecisio
         conn.executemany(
             "INSERT OR REPLACE INTO poller_images (backup_id, digest, backup_time, data,"
             " missed) VALUES (?, ?, ?, ?, ?)",
-            ((i, t.digest, t.backup_time, json.dumps(t.base), t.missed)
+            ((i, t.digest, t.backup_time, json.dumps(t.base, allow_nan=False), t.missed)
              for i, t in decision.track.items()),
         )
         conn.executemany("DELETE FROM poller_images WHERE backup_id = ?",

@@ -89,7 +89,7 @@ class Answer:
 
 def _own_answer(status: int, reason: str) -> Answer:
     """An answer nbwss makes itself, in NetBackup's error shape."""
-    body = json.dumps(error_body(status, reason))
+    body = json.dumps(error_body(status, reason), allow_nan=False)
     return Answer(status, {"content-type": "application/json"}, body, 0, reason)
 
 
@@ -97,7 +97,7 @@ def _refused(refusal: Refusal) -> Answer:
     return Answer(
         refusal.status,
         {"content-type": "application/json"},
-        json.dumps(refusal.body()),
+        json.dumps(refusal.body(), allow_nan=False),
         0,
         f"{refusal.field}: {refusal.reason}",
     )

@@ -300,7 +300,7 @@ class StatusServer:
 
     async def _status(self, _: web.Request) -> web.Response:
         document = await self._document()
-        return web.json_response(document, dumps=lambda v: json.dumps(v, indent=2))
+        return web.json_response(document, dumps=lambda v: json.dumps(v, indent=2, allow_nan=False))
 
     async def _ready(self, _: web.Request) -> web.Response:
         """200 when every enabled group is CONNECTED with a young backlog, else 503."""

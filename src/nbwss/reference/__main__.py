@@ -83,7 +83,8 @@ def write_details(args: argparse.Namespace, url: str) -> None:
         "url": url,
     }
     args.details.unlink(missing_ok=True)
-    create_private_file(args.details, json.dumps(details, indent=2).encode() + b"\n")
+    text = json.dumps(details, indent=2, allow_nan=False)
+    create_private_file(args.details, text.encode() + b"\n")
     print(f"endpoint details written to {args.details}")
 
 
@@ -108,7 +109,7 @@ async def send_commands(
         except (NbwssError, TimeoutError) as exc:
             print(f"COMMAND {command} got no answer: {exc or 'timed out'}")
             continue
-        print(json.dumps(response.payload, indent=2))
+        print(json.dumps(response.payload, indent=2, allow_nan=False))
 
 
 async def serve(args: argparse.Namespace, headers: dict[str, str]) -> None:

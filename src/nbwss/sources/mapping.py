@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from nbwss.errors import NbwssError, NotificationError
-from nbwss.notifications import validate
+from nbwss.notifications import check_wire, validate
 
 JsonObject = dict[str, Any]
 
@@ -97,7 +97,8 @@ class MalformedRecordError(NbwssError):
 
 def record_digest(value: Any) -> str:
     """A digest of a record's every attribute: any change (copies, expiration...) shows."""
-    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str,
+                           allow_nan=True)  # hashed, never parsed: NaN may be what came
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -114,6 +115,7 @@ def checked(obj: str, notification: JsonObject) -> JsonObject:
     it must pass the intake's own check, or the record is set aside."""
     try:
         validate(obj, notification)
+        check_wire(obj, notification)
     except NotificationError as exc:
         raise MalformedRecordError(str(exc)) from None
     return notification
@@ -122,9 +124,24 @@ def checked(obj: str, notification: JsonObject) -> JsonObject:
 # -- times ---------------------------------------------------------------------------------
 
 
+# Times outside years 1 to 9999 are no times: `datetime` cannot hold them, nor a watermark.
+EARLIEST_TIME: Final = -62135596800.0
+LATEST_TIME: Final = 253402300799.0
+
+
 def parse_time(value: Any, what: str) -> float:
-    """An API time (ISO 8601, `Z` or offset; epoch numbers accepted too) -> epoch seconds."""
+    """An API time (ISO 8601, `Z` or offset; epoch numbers accepted too) -> epoch seconds.
+
+    A page is parsed leniently (one odd record must not stop the poll), so a number here
+    may be NaN, Infinity or a 400-digit integer: each is a `MalformedRecordError`, the
+    record set aside, never a ValueError or OverflowError escaping the poll.
+    """
     if isinstance(value, int | float) and not isinstance(value, bool):
+        # The comparison never converts: a huge int or NaN compares False, inf is out.
+        if not EARLIEST_TIME <= value <= LATEST_TIME:
+            shown = (repr(value) if isinstance(value, float) or value.bit_length() < 256
+                     else f"an integer of {value.bit_length()} bits")
+            raise MalformedRecordError(f"{what} is not a time: {shown:.40}")
         return float(value)
     if not isinstance(value, str) or not value:
         raise MalformedRecordError(f"{what} is not a time: {value!r}")

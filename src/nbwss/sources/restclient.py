@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -363,7 +364,7 @@ class RestClient:
             return token.value
 
     async def _login(self) -> Token:
-        body = json.dumps(self._login_body())
+        body = json.dumps(self._login_body(), allow_nan=False)
         url = yarl.URL(f"{self._base}/login", encoded=True)
 
         async def send(version: str) -> tuple[int, bytes]:
@@ -424,8 +425,19 @@ class RestClient:
             raise ApiUnavailableError(f"{method} {path}: {type(exc).__name__}") from None
 
 
+def _lenient_int(literal: str) -> int | float:
+    """An integer of a page; one too long for Python's int (4,300 digits) becomes inf, so
+    its record alone is set aside by the mapping instead of the whole page failing."""
+    return int(literal) if len(literal) <= _INT_DIGITS else math.inf
+
+
+_INT_DIGITS = 4000
+
+
 def _json(answer: Answer, path: str) -> Any:
+    """A page, parsed leniently: NaN, Infinity and huge numbers are left for the mapping to
+    set aside with their record (`mapping.parse_time`, `notifications.check_wire`)."""
     try:
-        return json.loads(answer.body)
+        return json.loads(answer.body, parse_int=_lenient_int)
     except ValueError:
         raise ApiUnavailableError(f"malformed page: {path} did not answer JSON") from None

@@ -214,7 +214,7 @@ def cursor_of(name: str, key: tuple[Any, int]) -> str:
     """An opaque cursor for a record's place in the list sorted on `name`: its sort value
     and job id, so that a page can follow it even when that record has since moved."""
     value = key[0].strftime("%Y-%m-%dT%H:%M:%S.%fZ") if isinstance(key[0], datetime) else key[0]
-    text = json.dumps([name, value, key[1]])
+    text = json.dumps([name, value, key[1]], allow_nan=False)
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 

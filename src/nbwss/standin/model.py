@@ -163,7 +163,8 @@ class StandinApi:
 
 def _jwt_like() -> str:
     def part(obj: dict[str, Any]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+        text = json.dumps(obj, allow_nan=False)
+        return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
 
     header = part({"typ": "JWT", "alg": "RS256"})
     claims = part({"sub": "admin", "jti": secrets.token_hex(8)})

@@ -84,7 +84,8 @@ def _invalid(exc: QueryError, version: str) -> web.Response:
 
 def _api_json(payload: Any, version: str, status: int = 200) -> web.Response:
     # Set the header verbatim: aiohttp would append "; charset=utf-8" to content_type.
-    body = json.dumps(payload).encode()
+    # NaN and Infinity pass: a test may make a record hold what a faulty API could send.
+    body = json.dumps(payload, allow_nan=True).encode()
     return web.Response(body=body, status=status, headers={"Content-Type": media_type(version)})
 
 
@@ -193,13 +194,13 @@ async def _get_vmserver(request: web.Request) -> web.Response:
     record = request.app[_API].vmservers.get(request.match_info["name"])
     if record is None:
         return _error(404, "no such VM server")
-    body = json.dumps({"vmServer": _vmserver_view(request, record)})
+    body = json.dumps({"vmServer": _vmserver_view(request, record)}, allow_nan=False)
     return web.Response(body=body.encode(), headers={"Content-Type": GUIDE_MEDIA_TYPE})
 
 
 async def _list_vmservers(request: web.Request) -> web.Response:
     records = [_vmserver_view(request, r) for r in request.app[_API].vmservers.values()]
-    body = json.dumps({"vmServers": records}).encode()
+    body = json.dumps({"vmServers": records}, allow_nan=False).encode()
     return web.Response(body=body, headers={"Content-Type": GUIDE_MEDIA_TYPE})
 
 
