@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args, context)
     except NbwssError as exc:
         sys.stderr.write(f"nbwss: error: {exc}\n")
+        return EXIT_ERROR
+    except sqlite3.Error as exc:  # the store names its own; this is the last line of defence
+        sys.stderr.write(f"nbwss: error: database: {exc}\n")
         return EXIT_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("nbwss: error: interrupted\n")

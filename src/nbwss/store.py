@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -110,6 +110,21 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 BUSY_TIMEOUT_MS = 10_000
+# SQLite's words for a file that is damaged, not merely busy or read-only.
+_DAMAGED = ("malformed", "not a database", "corrupt")
+
+
+def store_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    """An SQLite failure as a `StoreError` an admin can act on: the file, SQLite's words,
+    and for a damaged file how to check it and what to do."""
+    text = str(exc) or type(exc).__name__
+    hint = ""
+    if any(word in text for word in _DAMAGED):
+        hint = (
+            f"; the file is damaged: check it with sqlite3 {path} 'PRAGMA integrity_check'"
+            " (with the daemon stopped) and restore it from a backup"
+        )
+    return StoreError(f"database {path}: {text}{hint}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +158,7 @@ def open_database(path: Path) -> sqlite3.Connection:
             path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot open database {path}: {exc}") from None
+        raise StoreError(f"cannot open {store_error(path, exc)}") from None
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
@@ -153,7 +168,7 @@ def open_database(path: Path) -> sqlite3.Connection:
         conn.close()  # never leave the file open behind the error (a newer schema, say)
         if isinstance(exc, StoreError):
             raise
-        raise StoreError(f"cannot open database {path}: {exc}") from None
+        raise StoreError(f"cannot open {store_error(path, exc)}") from None
     return conn
 
 
@@ -231,20 +246,34 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any error."""
-        with self._lock:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any error.
+
+        An SQLite failure leaves as a `StoreError` naming the file (`store_error`); an
+        `IntegrityError` stays itself, for the caller that expects one (a duplicate host).
+        """
+        with self._lock, self._errors_named():
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                with suppress(sqlite3.Error):  # a damaged file may refuse this too
+                    self.conn.execute("ROLLBACK")
                 raise
             self.conn.execute("COMMIT")
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, self._errors_named():
             yield self.conn
+
+    @contextmanager
+    def _errors_named(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from None
 
     # -- endpoints and their pinned certificates -----------------------------------------
 

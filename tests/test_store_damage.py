@@ -1,0 +1,101 @@
+"""A damaged store is one `nbwss: error:` line with the file and a hint (issue 11, item 8).
+
+Real SQLite files, damaged by overwriting one table's root page. `notify` whose
+notifications were committed exits 0 even when its report afterwards fails: a calling
+script that retried would queue them twice.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from nbwss.cli import main
+from nbwss.endpoints import EndpointDetails
+from nbwss.store import Store
+from tests.test_notify_cli import job
+
+PAGE_GARBAGE = b"\xa5" * 4096
+
+
+def damage(database: Path, table: str) -> None:
+    """Overwrite `table`'s root page (the file checkpointed, no WAL left) with garbage."""
+    conn = sqlite3.connect(database)
+    (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    (root,) = conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    with database.open("r+b") as handle:
+        handle.seek((root - 1) * page_size)
+        handle.write(PAGE_GARBAGE[:page_size])
+
+
+@pytest.fixture
+def store_with_endpoint(state_dir: Path) -> Path:
+    database = state_dir / "nbwss.db"
+    store = Store(database, state_dir / "nbwss.key")
+    details = EndpointDetails("token", 1, "G1", "ep1.test", "wss://ep1.test:14146/cfs")
+    store.add_endpoint(details, b"certificate", "AB:CD")
+    store.close()
+    return database
+
+
+def notify(data: object) -> int:
+    return main(["notify", "--object", "JOB", "--data", json.dumps(data)])
+
+
+def test_a_damaged_endpoints_page_after_the_commit_still_exits_0(
+    store_with_endpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    damage(store_with_endpoint, "endpoints")
+    assert notify(job(1)) == 0
+    out, err = capsys.readouterr()
+    assert out == "queued 1 notification (seq 1)\n"
+    assert err.startswith("nbwss: warning: queued, but the report failed: database ")
+    assert "PRAGMA integrity_check" in err
+    assert err.count("\n") == 1
+    conn = sqlite3.connect(store_with_endpoint)
+    assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone() == (1,)  # queued once
+    conn.close()
+
+
+def test_a_damaged_outbox_is_one_line_with_the_path_and_the_hint(
+    store_with_endpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    damage(store_with_endpoint, "outbox")
+    assert notify(job(1)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"nbwss: error: database {store_with_endpoint}: ")
+    assert "is damaged" in err
+    assert f"sqlite3 {store_with_endpoint} 'PRAGMA integrity_check'" in err
+    assert "restore it from a backup" in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["endpoint", "list"], ["endpoint", "show", "ep1.test"],
+                                  ["endpoint", "disable", "ep1.test"]])
+def test_admin_commands_on_a_damaged_endpoints_page_say_so(
+    store_with_endpoint: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    damage(store_with_endpoint, "endpoints")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nbwss: error: ")
+    assert "PRAGMA integrity_check" in err
+    assert err.count("\n") == 1
+
+
+def test_a_file_that_is_no_database_is_named(
+    state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = state_dir / "nbwss.db"
+    database.write_bytes(b"this is not an SQLite file" * 200)
+    assert notify(job(1)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"nbwss: error: cannot open database {database}: file is not a database")
+    assert "PRAGMA integrity_check" in err
