@@ -28,6 +28,7 @@ from nbwss.sources.poller import Poller
 from nbwss.status import StatusServer
 from nbwss.store import Store
 from nbwss.supervisor import Supervisor
+from nbwss.vault import make_private_dirs
 
 log = logs.get_logger("nbwss.daemon")
 
@@ -99,7 +100,7 @@ def instance_lock(database: Path) -> Iterator[None]:
     """One daemon per database: a second `nbwss run` must stop before it touches anything
     (it would reset connection status and fight the first over the sockets)."""
     path = database.with_name("nbwss.lock")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:

@@ -36,6 +36,7 @@ from nbwss import __version__, health, logs, outbox
 from nbwss.errors import ConfigError, NbwssError
 from nbwss.metrics import REGISTRY
 from nbwss.store import Store
+from nbwss.vault import make_private_dirs
 
 log = logs.get_logger("nbwss.status")
 
@@ -338,7 +339,7 @@ def bind_private_unix_socket(path: Path) -> tuple[socket.socket, int]:
         raise ConfigError(f"status.listen: {path} exists and is not a socket; not replacing it")
     if _answers(path):
         raise ConfigError(f"another nbwss is already serving status at {path}")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(path.parent)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".sock-") as private:

@@ -8,6 +8,8 @@ to its endpoint's host name (associated data), so rows cannot be swapped.
 from __future__ import annotations
 
 import os
+import tempfile
+from contextlib import suppress
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -19,14 +21,52 @@ _KEY_BYTES = 32
 _NONCE_BYTES = 12
 
 
+def make_private_dirs(directory: Path) -> None:
+    """Create `directory` and its missing parents, each 0700 whatever the umask (under
+    `umask 000`, `mkdir(parents=True)` would leave the parents world-writable). A
+    directory that exists already is left as its admin made it."""
+    missing = []
+    current = directory
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # another process made it at the same moment
+        os.chmod(path, 0o700)
+
+
 def create_private_file(path: Path, data: bytes) -> None:
-    """Write a new file readable by its owner only; never widen an existing one."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Write a new file readable by its owner only; never widen or replace an existing one.
+
+    The file appears whole or not at all: the data is written and synced under a
+    temporary name, then hard-linked to `path`. Two processes creating it at once both
+    succeed in writing; the link of one fails with FileExistsError, and that one reads the
+    winner's complete file (with O_EXCL on `path` itself it could read it empty).
+    """
+    make_private_dirs(path.parent)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the new name durable; a file system that cannot sync a directory is let be."""
+    with suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class TokenVault:
