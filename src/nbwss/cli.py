@@ -108,6 +108,8 @@ def argv_problem(argv: Sequence[str]) -> str | None:
     client name from a master server's script is the likely case.
     """
     for number, word in enumerate(argv, start=1):
+        if "\0" in word:  # no real command line holds one; a caller's list might
+            return f"argument {number} holds a NUL character"
         try:
             word.encode("utf-8")
         except UnicodeEncodeError:

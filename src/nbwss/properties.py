@@ -195,10 +195,14 @@ def _text(text: str) -> str:
 
 
 def _optional_text(text: str) -> str | None:
+    if "\0" in text:  # a `\u0000` escape: no name, path or URL holds one, and the OS refuses it
+        raise ValueError("text without a NUL character")
     return text.strip() or None
 
 
 def _optional_path(text: str) -> Path | None:
+    if "\0" in text:
+        raise ValueError("a path without a NUL character")
     value = text.strip()
     if not value:
         return None

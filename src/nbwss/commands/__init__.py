@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,22 @@ from nbwss.properties import Settings
 from nbwss.store import Store
 
 EXAMPLES = "examples:\n"
+# The longest wait an option of seconds takes: an hour is already far past any network's.
+MAX_WAIT_S = 3600.0
+
+
+def seconds(text: str) -> float:
+    """An option's number of seconds: finite, above 0, at most MAX_WAIT_S (argparse turns
+    the refusal into a usage error; `inf` or `nan` would otherwise reach asyncio)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_WAIT_S):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds above 0 and at most {MAX_WAIT_S:g}"
+        )
+    return value
 
 
 def examples(*lines: str) -> str:

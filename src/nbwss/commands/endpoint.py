@@ -19,7 +19,7 @@ from typing import Any
 
 from nbwss import admin, logs
 from nbwss.admin import Inspection, certificate_problems
-from nbwss.commands import Context, examples, print_json, print_table
+from nbwss.commands import Context, examples, print_json, print_table, seconds
 from nbwss.endpoints import (
     FETCH_TIMEOUT_S,
     EndpointDetails,
@@ -172,7 +172,7 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=FETCH_TIMEOUT_S,
         metavar="SECONDS",
         help=f"for each connection (default {FETCH_TIMEOUT_S:g})",
@@ -185,8 +185,6 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
 def _check_source_options(args: argparse.Namespace) -> None:
     if args.ca_file is not None and args.url is None:
         args.parser.error("--ca-file applies to --url only")
-    if args.timeout <= 0:
-        args.parser.error("--timeout must be > 0")
 
 
 def _read_details_file(path: Path) -> EndpointDetails:
