@@ -209,7 +209,9 @@ _host_labels = st.lists(st.text(_ALNUM, min_size=1, max_size=6), min_size=1, max
 )
 host_names = st.lists(_host_labels, min_size=1, max_size=4).map(".".join)
 _printable = st.text(
-    st.characters(min_codepoint=0x20, blacklist_characters="'\x7f", blacklist_categories=["Cs"]),
+    # No controls or format characters: C1 controls and bidi marks are refused (issue 11).
+    st.characters(min_codepoint=0x20, blacklist_characters="'\x7f",
+                  blacklist_categories=["Cs", "Cc", "Cf"]),
     min_size=1,
     max_size=40,
 ).filter(lambda text: text.strip() != "")

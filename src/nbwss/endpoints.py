@@ -10,7 +10,9 @@ in clear), and each hop through the proxy the outbound policy names for it.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +39,12 @@ from nbwss.neterrors import describe
 from nbwss.outbound import Proxy, ProxyPolicy, request_options
 
 REQUIRED_KEYS = ("token", "priority", "groupId", "hostName", "url")
+# A DNS name's limit (RFC 1035); each dot-separated label is 1 to 63 characters.
+MAX_HOST_NAME = 253
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+# Characters that change what a terminal shows: C1 controls, and the bidirectional
+# marks and overrides that can make `evil.test` print as something else.
+_TERMINAL_TRICKS = re.compile("[\x80-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 # Details are small; anything larger is not endpoint details.
 MAX_DETAILS_BYTES = 64 * 1024
 # The guide's priority is a Java int; a larger number would not even fit SQLite's INTEGER.
@@ -76,6 +84,11 @@ def check_wss_url(url: str) -> str:
         raise DetailsError(f"{MSG_INCORRECT_URL}: {url!r} is malformed") from None
     if parts.scheme.lower() != "wss":
         raise DetailsError(f"{MSG_ONLY_WSS}: url is {url!r}")
+    if "@" in parts.netloc:  # not echoed: it may hold a password
+        raise DetailsError(
+            f"{MSG_INCORRECT_URL}: the url holds a user name or password (user:pass@); "
+            "the endpoint's token is what authenticates"
+        )
     if not parts.hostname or any(c.isspace() for c in url):
         raise DetailsError(f"{MSG_INCORRECT_URL}: {url!r} has no host")
     if port == 0:
@@ -102,9 +115,30 @@ def _string(obj: dict[str, Any], key: str) -> str:
     value = obj[key]
     if not isinstance(value, str) or not value.strip():
         raise DetailsError(f"{MSG_INVALID_JSON}: {key!r} must be a non-empty string")
-    if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+    if any(ord(c) < 0x20 or c == "\x7f" for c in value) or _TERMINAL_TRICKS.search(value):
         raise DetailsError(f"{MSG_INVALID_JSON}: {key!r} holds a control character")
     return value.strip()
+
+
+def _host_name(obj: dict[str, Any]) -> str:
+    """`hostName`: a host name (labels of letters, digits, hyphens, underscores, joined by
+    dots) or an IP address; it names the endpoint in every command and on terminals."""
+    value = _string(obj, "hostName")
+    if len(value) > MAX_HOST_NAME:
+        raise DetailsError(
+            f"{MSG_INVALID_JSON}: 'hostName' is longer than {MAX_HOST_NAME} characters"
+        )
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+        return value
+    except ValueError:
+        pass
+    if not all(_HOST_LABEL.fullmatch(label) for label in value.split(".")):
+        raise DetailsError(
+            f"{MSG_INVALID_JSON}: 'hostName' is {ascii(value)[:70]}, expected a host name "
+            "(letters, digits, hyphens, dots) or an IP address"
+        )
+    return value
 
 
 def details_from_object(obj: Any) -> EndpointDetails:
@@ -127,7 +161,7 @@ def details_from_object(obj: Any) -> EndpointDetails:
         token=_string(obj, "token"),
         priority=priority,
         group_id=_string(obj, "groupId"),
-        host_name=_string(obj, "hostName"),
+        host_name=_host_name(obj),
         url=check_wss_url(_string(obj, "url")),
     )
 
@@ -176,6 +210,11 @@ def check_details_url(url: str) -> str:
         raise DetailsError(
             f"{MSG_INVALID_PARAMETER}: {MSG_INCORRECT_URL}: {url!r} is not an https:// URL "
             "with a host"
+        )
+    if "@" in parts.netloc:  # not echoed: it may hold a password
+        raise DetailsError(
+            f"{MSG_INVALID_PARAMETER}: {MSG_INCORRECT_URL}: the URL holds a user name or "
+            "password (user:pass@)"
         )
     return url
 

@@ -405,7 +405,8 @@ def _with_live_status(records: list[EndpointRecord], settings: Settings) -> list
             if isinstance(fields, dict) and fields.get("connected")
         }
     return [
-        replace(record, connected=live.get(record.group_id) == record.host_name)
+        replace(record, connected=live.get(record.group_id, "").casefold()
+                == record.host_name.casefold())
         for record in records
     ]
 
@@ -449,8 +450,10 @@ def handle_list(args: argparse.Namespace, context: Context) -> int:
 
 
 def _find(store: Store, host_name: str) -> EndpointRecord:
+    """The endpoint named `host_name` in any case: host names are case-blind."""
+    wanted = host_name.casefold()
     for record in _records(store):
-        if record.host_name == host_name:
+        if record.host_name.casefold() == wanted:
             return record
     raise NotFoundError(f"{MSG_NOT_FOUND}: {host_name}")
 
