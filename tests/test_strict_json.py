@@ -51,6 +51,7 @@ def refusal(text: str | bytes, max_depth: int = MAX_DEPTH) -> str:
         (b'{"x": "caf\xe9"}', "line 3 is not valid UTF-8 (invalid continuation byte): byte 0xE9 at"
          " offset 10"),
         ('{"x": 1, "x": 2}', "duplicate key 'x' in line 3"),
+        ('{"{0}": 1, "{0}": 2}', "duplicate key '{0}' in line 3"),
         ('{"é": 1, "y": }', "line 3 is not JSON: Expecting value at offset 15"),
         ("[" * 65 + "]" * 65, "line 3 is nested deeper than 64 levels"),
         ("[" * 100_000 + "]" * 100_000, "line 3 is nested deeper than 64 levels"),

@@ -124,11 +124,17 @@ def validate(obj: Any, data: Any, where: str = "") -> Notification:
         if value is _MISSING:
             raise NotificationError(f"{prefix}{obj} field {spec.name!r} is missing")
         raise NotificationError(f"{prefix}{obj} field {spec.name!r} {_check_field(spec, value)}")
+    return obj, data
+
+
+def check_depth(obj: str, data: Any, where: str = "") -> None:
+    """Refuse data nested deeper than DATA_MAX_DEPTH: its frame would exceed the decoder's
+    limit, and the endpoint would never acknowledge it."""
+    prefix = f"{where}: " if where else ""
     try:
         strictjson.check_depth(data, DATA_MAX_DEPTH, f"{prefix}{obj} data")
     except strictjson.StrictJsonError as exc:
         raise NotificationError(str(exc)) from None
-    return obj, data
 
 
 def check_wire(obj: str, data: dict[str, Any], where: str = "") -> None:
