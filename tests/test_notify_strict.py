@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from nbwss.cli import main
-from nbwss.messages import decode
+from nbwss.delivery import build_batch
+from nbwss.messages import decode, encode
 from nbwss.notifications import DATA_MAX_DEPTH
+from nbwss.outbox import OutboxEvent
 from tests.test_notify_cli import image, job, queued
 
 UNDECODABLE = [
@@ -175,3 +177,17 @@ def test_a_job_with_an_empty_client_name_is_queued(
                  json.dumps(image("b", clientName=""))]) == 1
     assert "IMAGE field 'clientName' is empty" in capsys.readouterr().err
     assert queued(state_dir) == [("JOB", data)]
+
+
+def test_a_row_an_earlier_release_queued_with_nan_is_sent_with_null() -> None:
+    """Before intake was strict, `notify` stored NaN/Infinity literally; such a row must
+    neither crash the encoder (which refuses NaN now) nor block its group."""
+    legacy = json.dumps(job(1))[:-1] + ', "ratio": NaN, "big": Infinity}'
+    events = [OutboxEvent(1, "JOB", legacy), OutboxEvent(2, "JOB", json.dumps(job(2)))]
+    batch = build_batch(events, message_id="M1", now=1.0, max_batch=500, max_bytes=1 << 20)
+    frame = encode(batch.message)
+    payload = decode(frame).payload
+    assert isinstance(payload, list)
+    first = payload[0]["data"][0]
+    assert (first["ratio"], first["big"], first["jobId"]) == (None, None, 1)
+    assert batch.count == 2
