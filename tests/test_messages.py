@@ -279,6 +279,36 @@ def test_a_command_request_with_a_readable_id_gets_its_id_back(text: str, expect
 
 
 @pytest.mark.parametrize(
+    ("splice", "expected"),
+    [
+        ('"timeout": NaN', "NaN in message is not valid JSON"),
+        ('"size": 1e400', "number 1e400 in message overflows a double"),
+        ('"count": 18446744073709551616', "integer 18446744073709551616 in message is outside"),
+        ('"uri": "/x", "uri": "/y"', "duplicate key 'uri' in message"),
+        ('"note": "\\ud800"', "unpaired UTF-16 surrogate escape"),
+    ],
+)
+def test_a_command_request_that_is_not_strict_json_still_gets_its_id_back(
+    splice: str, expected: str
+) -> None:
+    """Strict JSON refuses the frame, but a COMMAND request whose id Python can read is
+    answered (400) rather than left without a response (issue 11)."""
+    text = command_frame().replace('"payload": {', '"payload": {' + splice + ", ", 1)
+    with pytest.raises(CommandDecodeError) as caught:
+        decode(text)
+    assert caught.value.message_id == VALID["id"]
+    assert expected in str(caught.value)
+
+
+def test_a_command_request_whose_id_cannot_be_echoed_gets_no_answer() -> None:
+    text = command_frame(id="X").replace('"X"', '"\\udc00"').replace(
+        '"payload": {', '"payload": {"n": NaN, ', 1)
+    with pytest.raises(DecodeError) as caught:
+        decode(text)
+    assert not isinstance(caught.value, CommandDecodeError)
+
+
+@pytest.mark.parametrize(
     "text",
     [
         command_frame(id="", payload=[]),  # no id to answer

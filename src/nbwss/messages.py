@@ -123,7 +123,15 @@ def _show(value: Any) -> str:
 def decode(text: str | bytes, max_bytes: int | None = None) -> Message:
     """Parse and validate one frame into a `Message`, or raise `DecodeError` saying why
     (`CommandDecodeError` for a COMMAND request that can still be answered)."""
-    obj = parse_json(text, max_bytes)
+    try:
+        obj = parse_json(text, max_bytes)
+    except strictjson.StrictJsonError as exc:
+        # JSON, but not strict JSON (NaN, a huge number, a duplicate key...): a COMMAND
+        # request whose id still reads gets its 400, like any other malformed request.
+        command_id = _lenient_command_id(text)
+        if command_id is None:
+            raise
+        raise CommandDecodeError(str(exc), command_id) from None
     if not isinstance(obj, dict):
         raise DecodeError(f"message is a JSON {type(obj).__name__}, expected an object")
     try:
@@ -133,6 +141,26 @@ def decode(text: str | bytes, max_bytes: int | None = None) -> Message:
         if command_id is None:
             raise
         raise CommandDecodeError(str(exc), command_id) from None
+
+
+def _lenient_command_id(text: str | bytes) -> str | None:
+    """The id of a COMMAND request read by Python's own lenient parser, or None."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):  # not JSON at all, or past Python's limits
+        return None
+    command_id = answerable_command_id(obj) if isinstance(obj, dict) else None
+    if command_id is None or _unencodable(command_id):
+        return None  # an id that cannot be echoed gets no answer
+    return command_id
+
+
+def _unencodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _usable_id(message_id: Any) -> bool:
