@@ -7,8 +7,10 @@ script that retried would queue them twice.
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,29 @@ def test_a_file_that_is_no_database_is_named(
     err = capsys.readouterr().err
     assert err.startswith(f"nbwss: error: cannot open database {database}: file is not a database")
     assert "PRAGMA integrity_check" in err
+
+
+def test_a_failure_between_intake_chunks_says_what_was_queued(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The second chunk's transaction fails (a real SQLite trigger, as a full disk would):
+    the first chunk is durable, and the error says which notifications to resend."""
+    store = Store(state_dir / "nbwss.db", state_dir / "nbwss.key")
+    with store.transaction() as conn:
+        conn.execute(
+            "CREATE TRIGGER outbox_full BEFORE INSERT ON outbox WHEN"
+            " (SELECT COUNT(*) FROM outbox) >= 5000"
+            " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    store.close()
+    lines = "".join(json.dumps({"object": "JOB", "data": job(n)}) + "\n" for n in range(6000))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
+    assert main(["notify", "-"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"nbwss: error: database {state_dir / 'nbwss.db'}: database or disk is full; "
+        "notifications 1-5000 were queued (seq 1-5000), 5001-6000 were not\n"
+    )
+    conn = sqlite3.connect(state_dir / "nbwss.db")
+    assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone() == (5000,)
+    conn.close()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nbwss import logs
+from nbwss.errors import StoreError
 from nbwss.notifications import encode_data
 from nbwss.store import Store
 
@@ -131,8 +132,17 @@ def queue_chunked(
     first_seq = last_seq = 0
     for start in range(0, len(rows), chunk_size):
         chunk = rows[start : start + chunk_size]
-        with store.transaction() as conn:
-            count, last_seq = enqueue_encoded(conn, chunk, clock())
+        try:
+            with store.transaction() as conn:
+                count, last_seq = enqueue_encoded(conn, chunk, clock())
+        except StoreError as exc:
+            if not start:
+                raise
+            # Say what is durable, so a caller resends the rest, not everything again.
+            raise StoreError(
+                f"{exc}; notifications 1-{start} were queued (seq {first_seq}-{last_seq}), "
+                f"{start + 1}-{len(rows)} were not"
+            ) from None
         if not first_seq:
             first_seq = last_seq - count + 1
         if after_commit is not None:

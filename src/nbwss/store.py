@@ -248,8 +248,9 @@ class Store:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any error.
 
-        An SQLite failure leaves as a `StoreError` naming the file (`store_error`); an
-        `IntegrityError` stays itself, for the caller that expects one (a duplicate host).
+        An SQLite failure leaves as a `StoreError` naming the file (`store_error`); a
+        caller that expects one (an `IntegrityError` for a duplicate host) catches it
+        inside the block.
         """
         with self._lock, self._errors_named():
             self.conn.execute("BEGIN IMMEDIATE")
@@ -270,8 +271,6 @@ class Store:
     def _errors_named(self) -> Iterator[None]:
         try:
             yield
-        except sqlite3.IntegrityError:
-            raise
         except sqlite3.Error as exc:
             raise store_error(self.path, exc) from None
 
@@ -299,11 +298,14 @@ class Store:
                 previous = conn.execute(
                     "SELECT group_id FROM endpoints WHERE host_name = ?", (details.host_name,)
                 ).fetchone()
-                conn.execute(
-                    _REPLACE_ENDPOINT if replace else _INSERT_ENDPOINT,
-                    (details.host_name, details.url, details.group_id, details.priority,
-                     sealed, certificate_der, fingerprint, now, now),
-                )
+                try:
+                    conn.execute(
+                        _REPLACE_ENDPOINT if replace else _INSERT_ENDPOINT,
+                        (details.host_name, details.url, details.group_id, details.priority,
+                         sealed, certificate_der, fingerprint, now, now),
+                    )
+                except sqlite3.IntegrityError:
+                    raise AlreadyExistsError(f"{MSG_EXISTS}: {details.host_name}") from None
                 conn.execute(
                     "INSERT OR IGNORE INTO group_cursors (group_id, acked_seq, updated_at)"
                     " VALUES (?, (SELECT COALESCE(MAX(seq), 0) FROM outbox), ?)",
@@ -311,9 +313,9 @@ class Store:
                 )
                 if previous is not None:  # a replace may have moved the last one away
                     _forget_group_if_empty(conn, previous[0])
-        except sqlite3.IntegrityError:
-            raise AlreadyExistsError(f"{MSG_EXISTS}: {details.host_name}") from None
-        except sqlite3.Error as exc:
+        except AlreadyExistsError:
+            raise
+        except StoreError as exc:
             raise StoreError(f"{MSG_TRUSTSTORE_WRITE}: {exc}") from None
 
     def endpoints(self) -> list[EndpointRecord]:

@@ -383,7 +383,7 @@ def handle_test(args: argparse.Namespace, context: Context) -> int:
 def _records(store: Store) -> list[EndpointRecord]:
     try:
         return store.endpoints()
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, StoreError) as exc:
         raise StoreError(f"{MSG_NOT_FOUND}: the endpoints cannot be read ({exc})") from None
 
 
