@@ -17,6 +17,7 @@ import pytest
 
 from nbwss.cli import main
 from nbwss.endpoints import EndpointDetails
+from nbwss.errors import MSG_TRUSTSTORE_WRITE, AlreadyExistsError, StoreError
 from nbwss.store import Store
 from tests.test_notify_cli import job
 
@@ -127,3 +128,21 @@ def test_a_failure_between_intake_chunks_says_what_was_queued(
     conn = sqlite3.connect(state_dir / "nbwss.db")
     assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone() == (5000,)
     conn.close()
+
+
+def test_a_failed_endpoint_write_keeps_the_guides_truststore_message(state_dir: Path) -> None:
+    database = state_dir / "nbwss.db"
+    store = Store(database, state_dir / "nbwss.key")
+    try:
+        with store.transaction() as conn:
+            conn.execute("CREATE TRIGGER cursors_full BEFORE INSERT ON group_cursors"
+                         " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+        details = EndpointDetails("token", 1, "G1", "ep1.test", "wss://ep1.test:14146/cfs")
+        with pytest.raises(StoreError) as caught:
+            store.add_endpoint(details, b"certificate", "AB:CD")
+        assert str(caught.value) == (
+            f"{MSG_TRUSTSTORE_WRITE}: database {database}: database or disk is full")
+        assert not isinstance(caught.value, AlreadyExistsError)
+        assert store.endpoints() == []  # the transaction was rolled back
+    finally:
+        store.close()
