@@ -40,10 +40,6 @@ _INT_MAX_DIGITS: Final = len(str(INT_MAX))
 # A JSON escape of a UTF-16 surrogate: the only way an unpaired one gets past UTF-8 decoding.
 _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _HIGH_THEN_LOW: Final = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
-# Only a number with 19 digits in a row, or an exponent of three digits, can be outside
-# a long or overflow a double; text without either is parsed without the number hooks
-# (they cost a Python call per number, most of intake's time).
-_BIG_NUMBER: Final = re.compile(r"\d{19}|[eE][+-]?\d{3}")
 
 
 class StrictJsonError(DecodeError):
