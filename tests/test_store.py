@@ -335,7 +335,7 @@ def test_status_is_set_kept_and_reset(store: Store) -> None:
         assert conn.execute("SELECT host_name FROM endpoint_status").fetchall() == [("h2",)]
 
 
-@settings(max_examples=25)  # each example is a real database file
+@settings(max_examples=25, deadline=None)  # each example is a real database file (and fsyncs)
 @given(st.lists(valid_details(), min_size=1, max_size=3, unique_by=lambda d: d["hostName"]))
 def test_any_valid_details_are_stored_and_read_back(
     tmp_path_factory: pytest.TempPathFactory, objects: list[dict[str, object]]
