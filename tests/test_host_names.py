@@ -130,3 +130,18 @@ def test_adding_a_host_that_differs_only_in_case_is_refused(stored: Path) -> Non
         assert [r.host_name for r in store.endpoints()] == ["ep1.test"]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"priority": NaN}', "NaN in the details is not valid JSON"),
+        ('{"priority": 1e400}', "number 1e400 in the details overflows a double"),
+        ('{"hostName": "a", "hostName": "b"}', "duplicate key 'hostName' in the details"),
+        ("{oops", "the details is not JSON: Expecting property name"),
+    ],
+)
+def test_details_that_are_not_strict_json_are_named_as_details(text: str, expected: str) -> None:
+    with pytest.raises(DetailsError) as caught:
+        parse_details(text)
+    assert str(caught.value).startswith(f"{MSG_INVALID_JSON}: {expected}")

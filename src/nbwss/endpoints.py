@@ -169,7 +169,7 @@ def details_from_object(obj: Any) -> EndpointDetails:
 def parse_details(text: str | bytes) -> EndpointDetails:
     """Parse and validate the JSON text of one endpoint's details."""
     try:
-        obj = parse_json(text, MAX_DETAILS_BYTES)
+        obj = parse_json(text, MAX_DETAILS_BYTES, "the details")
     except DecodeError as exc:
         raise DetailsError(f"{MSG_INVALID_JSON}: {exc}") from None
     return details_from_object(obj)
@@ -333,7 +333,7 @@ async def fetch_details(
         reason = _failure(exc, proxy)
         raise DetailsError(f"{MSG_NO_URL_CONNECTION}: {url}: {reason}") from None
     try:
-        obj = parse_json(body, MAX_DETAILS_BYTES)
+        obj = parse_json(body, MAX_DETAILS_BYTES, "the details")
     except DecodeError as exc:
         raise DetailsError(f"{MSG_UNPARSABLE}: {url}: {exc}") from None
     return details_from_object(obj)

@@ -86,17 +86,20 @@ MAX_ID_LENGTH: Final = 128
 MILLISECONDS_FROM: Final = 10**11
 
 
-def parse_json(text: str | bytes, max_bytes: int | None = None) -> Any:
+def parse_json(
+    text: str | bytes, max_bytes: int | None = None, subject: str = "message"
+) -> Any:
     """Strict JSON (`strictjson`: UTF-8 only, no duplicate keys, no NaN/Infinity, integers
-    within a Java long, no unpaired surrogates, bounded depth) of bounded size.
+    within a Java long, no unpaired surrogates, bounded depth) of bounded size; `subject`
+    names the text in errors.
 
     Unpaired surrogates are refused because a string holding one cannot be encoded again
     as UTF-8, so echoing it (an id in a response) would fail later.
     """
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
     if max_bytes is not None and size > max_bytes:
-        raise DecodeError(f"message of {size} bytes exceeds the limit of {max_bytes} bytes")
-    return strictjson.loads(text, "message", MAX_DEPTH)
+        raise DecodeError(f"{subject} of {size} bytes exceeds the limit of {max_bytes} bytes")
+    return strictjson.loads(text, subject, MAX_DEPTH)
 
 
 def _field(obj: JsonObject, key: str) -> Any:
