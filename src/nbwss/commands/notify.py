@@ -80,7 +80,7 @@ def _stdin_lines() -> Iterable[str | bytes]:
 
 
 def _parse(text: str | bytes, where: str) -> Any:
-    # The decoder's limit here; `validate` holds each notification's data to DATA_MAX_DEPTH.
+    # The decoder's depth limit here; `_row` holds each notification's data to DATA_MAX_DEPTH.
     try:
         return strictjson.loads(text, where)
     except strictjson.StrictJsonError as exc:
@@ -116,8 +116,8 @@ def rows_from_lines(lines: Iterable[str | bytes]) -> list[tuple[str, str]]:
 
 
 def _may_nest(text: str | bytes) -> bool:
-    """Whether `text` has brackets enough to nest data past DATA_MAX_DEPTH (a count in C,
-    where walking every notification would cost intake a tenth of its time)."""
+    """Whether `text` has brackets enough to nest data past DATA_MAX_DEPTH: a count in C,
+    so only such rare lines pay for walking their data."""
     if isinstance(text, bytes):
         return text.count(b"[") + text.count(b"{") > DATA_MAX_DEPTH
     return text.count("[") + text.count("{") > DATA_MAX_DEPTH
