@@ -29,12 +29,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+from bench import limits  # noqa: E402
 from bench.tlsfiles import write_server_cert  # noqa: E402
 from nbwss import logs  # noqa: E402
 from nbwss.endpoints import EndpointDetails  # noqa: E402
 from nbwss.properties import Settings  # noqa: E402
 from nbwss.store import Store  # noqa: E402
-from nbwss.supervisor import Supervisor  # noqa: E402
+from nbwss.supervisor import MAX_CONCURRENT_DIALS, Supervisor  # noqa: E402
 from nbwss.trust import fingerprint  # noqa: E402
 
 BENCHMARK = True
@@ -121,6 +122,7 @@ def run_size(groups: int, workdir: Path, port: int, leaf_der: bytes) -> bool:
         took, cpu, grown = asyncio.run(connect_groups(store, groups))
     finally:
         store.close()
+    limits.connect_against_limit(groups, took, limits.Peer(port, leaf_der), MAX_CONCURRENT_DIALS)
     per_connection = grown / groups
     ok = took < GOAL_SECONDS and per_connection < GOAL_KIB
     print(

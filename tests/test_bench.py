@@ -19,9 +19,13 @@ REPO = Path(__file__).resolve().parent.parent
         (["proxy", "--calls", "20", "--rounds", "1"], "added"),
         (["poll", "--jobs", "300", "--idle-polls", "2"], "idle poll"),
         # Exit 1 says a goal was missed, which 5 groups must (fixed overhead): not a crash.
-        (["connect", "--groups", "5"], "all_connected_s="),
+        (["connect", "--groups", "5"], "connect 5 groups vs bare connections: nbwss "),
         (["commandflood", "--commands", "12", "--size-kib", "16", "--max-queued", "4"],
          "growth ratio="),
+        # Each figure beside its limit, measured in the same run, with its goal.
+        (["delivery", "--events", "2000", "--groups", "2", "--group-events", "100",
+          "--samples", "5", "--cli-samples", "1"], "backlog drained vs bare client, durable: "),
+        (["intake", "--quick"], "notify one event, wall (median of 3): nbwss "),
     ],
     ids=lambda value: value[0] if isinstance(value, list) else "",
 )
