@@ -11,19 +11,20 @@ Under systemd (stderr is the journal's stream, `$JOURNAL_STREAM`), each line sta
 with its syslog priority (`<3>` error ... `<7>` debug), which journald strips and
 stores, so `journalctl -p warning -u nbwss` works. An admin command on a terminal
 writes only warnings and errors: its info events are what its sentence already says.
+
+structlog (which pulls in asyncio) is imported on the first event logged, not with this
+module: `nbwss notify`, started once per event by NetBackup's scripts, usually logs
+nothing, and must not pay ~100 ms for it. `configure` before that only records the set-up.
 """
 
 from __future__ import annotations
 
 import io
-import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TextIO
-
-import structlog
 
 REDACTED = "[redacted]"
 # Field names whose values are never logged, compared case-insensitively.
@@ -163,13 +164,33 @@ def configure(
     """Set up structlog once per process; `fmt` is json, console, or auto (by terminal).
 
     `admin`: a command whose result is a sentence; on a terminal, at the default level,
-    only its warnings and errors are logged."""
-    global _stream
+    only its warnings and errors are logged. Applied at once when structlog is loaded
+    already, else with the first event logged."""
+    global _stream, _pending
     stream = _stream = stream or sys.stderr
     if admin and level == "info" and stream.isatty():
         level = "warning"
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
+    _pending = (level, fmt, stream)
+    if "structlog" in sys.modules:
+        _apply_pending()
+
+
+# The set-up `configure` recorded and structlog has not been given yet.
+_pending: tuple[str, str, TextIO] | None = None
+
+
+def _apply_pending() -> None:
+    global _pending
+    if _pending is None:
+        return
+    level, fmt, stream = _pending
+    _pending = None
+    import logging
+
+    import structlog
+
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=False)
         if fmt == "console"
@@ -195,5 +216,21 @@ def configure(
     )
 
 
+class _Logger:
+    """A module's logger, made before logging is: structlog is loaded (and the recorded
+    set-up applied) when a method is first used, e.g. `log.info(...)`."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        import structlog
+
+        _apply_pending()
+        return getattr(structlog.get_logger(self._name), method)  # type: ignore[no-any-return]
+
+
 def get_logger(name: str) -> Any:
-    return structlog.get_logger(name)
+    return _Logger(name)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from nbwss.errors import ConfigError
-from nbwss.outbound import check_no_proxy, check_proxy_url
 
 # -- the .properties syntax ------------------------------------------------------------------
 
@@ -140,6 +139,19 @@ def parse_properties(text: str) -> list[Entry]:
 # -- typed values --------------------------------------------------------------------------
 
 Converter = Callable[[str], Any]
+
+
+def _proxy_url(text: str) -> str | None:
+    # outbound (ipaddress, base64) is imported when the key is set, not by every command.
+    from nbwss.outbound import check_proxy_url
+
+    return check_proxy_url(text)
+
+
+def _no_proxy(text: str) -> tuple[str, ...]:
+    from nbwss.outbound import check_no_proxy
+
+    return check_no_proxy(text)
 
 
 def _integer(text: str, minimum: int = 0, maximum: int | None = None) -> int:
@@ -379,7 +391,7 @@ PROPERTIES: tuple[Property, ...] = (
     Property("poller.pageSize", "poller_page_size", partial(_integer, minimum=1, maximum=100),
              "100", "page[limit] used when paging through the REST API (the API's most: "
              "100)."),
-    Property("proxy.url", "proxy_url", check_proxy_url, "",
+    Property("proxy.url", "proxy_url", _proxy_url, "",
              "HTTP proxy for connections to endpoints and details URLs, as "
              "http://host:port; they go through it with CONNECT, TLS stays end to end. "
              "Empty: connect directly.",
@@ -388,7 +400,7 @@ PROPERTIES: tuple[Property, ...] = (
              "File holding user:password for the proxy (Basic authentication). Empty: "
              "no credentials.",
              applies=Applies.NEW_CONNECTIONS),
-    Property("proxy.noProxy", "proxy_no_proxy", check_no_proxy, "",
+    Property("proxy.noProxy", "proxy_no_proxy", _no_proxy, "",
              "Hosts reached without the proxy, comma-separated: a name, .domain (every "
              "name under it), an IP address or network (10.0.0.0/8), or *.",
              applies=Applies.NEW_CONNECTIONS),

@@ -3,6 +3,9 @@
 The key lives apart from the database (beside it, or in systemd's credentials
 directory), so a copy of the database alone reveals no token. Each ciphertext is bound
 to its endpoint's host name (associated data), so rows cannot be swapped.
+
+`cryptography` is imported when a vault is first made, not with this module: `nbwss
+notify`, started once per event, opens the store but never a token.
 """
 
 from __future__ import annotations
@@ -11,9 +14,6 @@ import os
 import tempfile
 from contextlib import suppress
 from pathlib import Path
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from nbwss.errors import MSG_KEYSTORE, StoreError
 
@@ -73,6 +73,8 @@ class TokenVault:
     """Encrypts and decrypts endpoint tokens with the key at `key_path` (made on first use)."""
 
     def __init__(self, key_path: Path) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._aead = AESGCM(self._load_or_create(key_path))
 
     @staticmethod
@@ -80,7 +82,7 @@ class TokenVault:
         try:
             key = key_path.read_bytes()
         except FileNotFoundError:
-            key = AESGCM.generate_key(bit_length=_KEY_BYTES * 8)
+            key = os.urandom(_KEY_BYTES)  # what AESGCM.generate_key does
             try:
                 create_private_file(key_path, key)
             except FileExistsError:
@@ -100,6 +102,8 @@ class TokenVault:
         return nonce + self._aead.encrypt(nonce, token.encode(), host_name.encode())
 
     def decrypt(self, sealed: bytes, host_name: str) -> str:
+        from cryptography.exceptions import InvalidTag
+
         try:
             plain = self._aead.decrypt(
                 sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], host_name.encode()

@@ -7,21 +7,25 @@ lost datagram costs latency, never a notification: each pump still reads the dat
 every `notification.scheduledRate` seconds. `nbwss endpoint add|enable|disable|delete`
 send another byte (`ENDPOINTS_DATAGRAM`), which runs the connection process at once
 instead of at its next `connectionInfo.period`.
+
+asyncio is imported by the listener, not with this module: `nbwss notify` only sends.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from nbwss import logs
 from nbwss.errors import NbwssError
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logs.get_logger("nbwss.wake")
 
@@ -77,20 +81,6 @@ def send_wake(path: Path, datagram: bytes = WAKE_DATAGRAM) -> bool:
     return True
 
 
-class _WakeProtocol(asyncio.DatagramProtocol):
-    def __init__(self, waker: Waker) -> None:
-        self._waker = waker
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if data == ENDPOINTS_DATAGRAM:
-            self._waker.endpoints_changed()
-        else:
-            self._waker.wake()
-
-    def error_received(self, exc: Exception) -> None:
-        log.warning("wake.socket_error", error=str(exc))
-
-
 def _is_live(path: Path) -> bool:
     """Whether something listens on the socket at `path` (else it is a stale leftover)."""
     try:
@@ -124,6 +114,8 @@ class WakeListener:
     """Daemon component: listens on the wake socket until cancelled, then removes it."""
 
     def __init__(self, path: Path, waker: Waker) -> None:
+        import asyncio
+
         self.path = path
         self.waker = waker
         self.ready = asyncio.Event()
@@ -133,6 +125,8 @@ class WakeListener:
 
         Not fatal: the pumps still find new rows by polling the database, only later.
         """
+        import asyncio
+
         try:
             sock = bind_wake_socket(self.path)
         except NbwssError as exc:
@@ -145,17 +139,32 @@ class WakeListener:
             return
         loop = asyncio.get_running_loop()
         try:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _WakeProtocol(self.waker), sock=sock
-            )
-        except BaseException:
-            sock.close()
-            raise
-        log.info("wake.listening", path=str(self.path))
-        self.ready.set()
-        try:
+            loop.add_reader(sock.fileno(), self._receive, sock)
+            log.info("wake.listening", path=str(self.path))
+            self.ready.set()
             await asyncio.Future()  # until cancelled
         finally:
-            transport.close()
+            loop.remove_reader(sock.fileno())
+            sock.close()
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+
+    def _receive(self, sock: socket.socket) -> None:
+        """Read every datagram queued; wake the pumps and the connection process once each."""
+        wake = endpoints = False
+        while True:
+            try:
+                datagram = sock.recv(16)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                log.warning("wake.socket_error", error=str(exc))
+                break
+            if datagram == ENDPOINTS_DATAGRAM:
+                endpoints = True
+            else:
+                wake = True
+        if endpoints:
+            self.waker.endpoints_changed()
+        if wake:
+            self.waker.wake()

@@ -12,12 +12,14 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbwss import logs, properties
-from nbwss.outbound import ProxyPolicy, load_policy
 from nbwss.properties import Settings
 from nbwss.store import Store
+
+if TYPE_CHECKING:
+    from nbwss.outbound import ProxyPolicy
 
 EXAMPLES = "examples:\n"
 # The longest wait an option of seconds takes: an hour is already far past any network's.
@@ -79,6 +81,8 @@ class Context:
         """Which outbound proxy each connection goes through (the daemon's rules, from
         the same settings; `proxy.credentialsFile` is read on first use)."""
         if self._outbound is None:
+            from nbwss.outbound import load_policy  # only the commands that dial out
+
             self._outbound = load_policy(self.settings, os.environ)
         return self._outbound
 
