@@ -218,18 +218,24 @@ def _apply_pending() -> None:
 
 class _Logger:
     """A module's logger, made before logging is: structlog is loaded (and the recorded
-    set-up applied) when a method is first used, e.g. `log.info(...)`."""
+    set-up applied) when a method is first used, e.g. `log.info(...)`; from then on the
+    calls go to structlog's own lazy logger, which follows every later `configure`."""
 
-    __slots__ = ("_name",)
+    __slots__ = ("_name", "_structlog")
 
     def __init__(self, name: str) -> None:
         self._name = name
+        self._structlog: Any = None
 
-    def __getattr__(self, method: str) -> Callable[..., Any]:
-        import structlog
+    def __getattr__(self, method: str) -> Any:
+        if self._structlog is None:
+            import structlog
 
-        _apply_pending()
-        return getattr(structlog.get_logger(self._name), method)  # type: ignore[no-any-return]
+            _apply_pending()
+            self._structlog = structlog.get_logger(self._name)
+        elif _pending is not None:
+            _apply_pending()
+        return getattr(self._structlog, method)
 
 
 def get_logger(name: str) -> Any:
