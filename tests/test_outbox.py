@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from structlog.testing import capture_logs
 
 from nbwss import outbox
 from nbwss.endpoints import EndpointDetails
+from nbwss.errors import NotificationError
 from nbwss.notifications import encode_data
 from nbwss.outbox import GroupPosition, OutboxEvent, PersistedBatch, Queued
 from nbwss.store import Store
@@ -218,3 +221,43 @@ def test_ack_and_the_next_batch_are_one_transaction(store: Store) -> None:
     assert outbox.load_position(store, "G1", T0) == GroupPosition(
         2, PersistedBatch("ID-B", 3, 3, T0 + 1)
     )
+
+
+def test_queue_stream_commits_in_chunks_in_order_once_every_row_is_in(store: Store) -> None:
+    put(store, 1)
+    commits: list[int] = []
+    texts = [encode_data(job(n)) for n in range(12)]
+    other = sqlite3.connect(store.path)  # another process's view (the store is busy)
+
+    def rows() -> Iterator[tuple[str, str]]:
+        for text in texts:
+            (count,) = other.execute("SELECT COUNT(*) FROM outbox").fetchone()
+            assert count == 1, "a row was committed before the input was all read"
+            yield "JOB", text
+
+    queued = outbox.queue_stream(
+        store, rows(), lambda: T0, chunk_size=5,
+        after_commit=lambda: commits.append(len(seqs(store))),
+    )  # fmt: skip
+    assert queued == Queued(12, 2, 13)
+    assert commits == [6, 11, 13]  # each chunk visible (committed) before the next
+    assert [e.data for e in outbox.read_events(store, 1, 100)] == texts
+    other.close()
+
+
+def test_queue_stream_refused_mid_stream_queues_nothing_and_leaves_no_spool(
+    store: Store,
+) -> None:
+    def rows() -> Iterator[tuple[str, str]]:
+        yield "JOB", encode_data(job(1))
+        raise NotificationError("line 2: refused")
+
+    with pytest.raises(NotificationError, match="line 2"):
+        outbox.queue_stream(store, rows(), lambda: T0)
+    assert seqs(store) == []
+    # The next intake on the same connection starts from an empty spool.
+    queued = outbox.queue_stream(store, iter([("JOB", encode_data(job(2)))]), lambda: T0)
+    assert queued.count == 1
+    assert [json.loads(e.data)["jobId"] for e in outbox.read_events(store, 0, 10)] == [2]
+    with store.reading() as conn:
+        assert conn.execute("SELECT name FROM temp.sqlite_master").fetchall() == []

@@ -81,7 +81,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         help="properties file (default: $NBWSS_CONFIG, else /etc/nbwss/nbwss.properties "
         "if it exists, else built-in defaults)",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    # `prog` given, argparse needs no help formatter (and no `shutil`) to work it out.
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_Parser, prog=parser.prog
+    )
     commands.required = True
     chosen = None if argv is None else _chosen_command(argv)
     for name, summary in COMMANDS.items():

@@ -346,7 +346,7 @@ async def _notify_script(
     lines = [json.dumps({"object": obj, "data": data}, allow_nan=False) for obj, data in items]
     wanted = len(endpoint.notifications) + len(items)
     await asyncio.to_thread(
-        notify.queue, store, notify.rows_from_lines(lines), settings.message_max_bytes,
+        notify.queue_lines, store, lines, settings.message_max_bytes,
         lambda: send_wake(settings.wake_socket),
     )
     async with asyncio.timeout(STEP_TIMEOUT_S):

@@ -150,6 +150,71 @@ def queue_chunked(
     return Queued(len(rows), first_seq, last_seq)
 
 
+
+def queue_stream(
+    store: Store,
+    rows: Iterable[tuple[str, str]],
+    clock: Callable[[], float],
+    chunk_size: int = INTAKE_CHUNK,
+    after_commit: Callable[[], object] | None = None,
+) -> Queued:
+    """Queue rows checked as they are read: every one, or none when one is refused.
+
+    The rows go first to a TEMP table (this connection's own database, which SQLite
+    spills to a temporary file past its page cache), so memory stays flat however long
+    the input, and the outbox's write lock is not held while the input is read and
+    checked. An exception from `rows` (the first bad line) leaves the outbox untouched.
+    Then the rows are copied to the outbox in their order, in chunks, as
+    `queue_chunked` does (the same write-lock and wake-up rhythm).
+    """
+    count = _spool(store, rows)
+    first_seq = last_seq = 0
+    try:
+        for start in range(0, count, chunk_size):
+            try:
+                with store.transaction() as conn:
+                    copied = conn.execute(
+                        "INSERT INTO outbox (object, data, queued_at) SELECT object, data, ?"
+                        " FROM temp.intake_spool WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
+                        (clock(), start, start + chunk_size),
+                    ).rowcount
+                    (last_seq,) = conn.execute("SELECT last_insert_rowid()").fetchone()
+            except StoreError as exc:
+                if not start:
+                    raise
+                # Say what is durable, so a caller resends the rest, not everything again.
+                raise StoreError(
+                    f"{exc}; notifications 1-{start} were queued (seq {first_seq}-{last_seq}), "
+                    f"{start + 1}-{count} were not"
+                ) from None
+            if not first_seq:
+                first_seq = last_seq - copied + 1
+            if after_commit is not None:
+                after_commit()
+    finally:
+        with store.reading() as conn:
+            conn.execute("DROP TABLE IF EXISTS temp.intake_spool")
+    return Queued(count, first_seq, last_seq)
+
+
+def _spool(store: Store, rows: Iterable[tuple[str, str]]) -> int:
+    """Every row into a fresh TEMP table, in one transaction that locks nothing of the
+    database's own; the count. An exception from `rows` drops the table and goes on."""
+    with store.reading() as conn:
+        conn.execute("DROP TABLE IF EXISTS temp.intake_spool")
+        conn.execute("CREATE TEMP TABLE intake_spool (object TEXT NOT NULL, data TEXT NOT NULL)")
+        conn.execute("BEGIN")  # deferred: it touches the temp database only
+        try:
+            conn.executemany("INSERT INTO temp.intake_spool (object, data) VALUES (?, ?)", rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.execute("DROP TABLE temp.intake_spool")
+            raise
+        (count,) = conn.execute("SELECT COUNT(*) FROM temp.intake_spool").fetchone()
+    return int(count)
+
 # -- a group's delivery ------------------------------------------------------------------------
 
 

@@ -11,7 +11,6 @@ notify`, started once per event, opens the store but never a token.
 from __future__ import annotations
 
 import os
-import tempfile
 from contextlib import suppress
 from pathlib import Path
 
@@ -46,6 +45,8 @@ def create_private_file(path: Path, data: bytes) -> None:
     succeed in writing; the link of one fails with FileExistsError, and that one reads the
     winner's complete file (with O_EXCL on `path` itself it could read it empty).
     """
+    import tempfile  # only to create a file: `nbwss notify` opens existing ones
+
     make_private_dirs(path.parent)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
     try:

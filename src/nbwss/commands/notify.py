@@ -4,11 +4,12 @@ Works whether the daemon runs or not: the notifications are committed to the out
 then the daemon (if any) is poked through the wake socket.
 
 `--object JOB|IMAGE --data JSON` queues one object or an array, in one transaction.
-`-` reads JSON lines (`{"object": ..., "data": {...}}`) from stdin to the end, validates
-every line first, and only then commits, in transactions of 5,000 (waking the daemon
-after each). So a refused input
-(a bad line anywhere, named by its number) queues nothing, and a stream of 100,000
-events costs one process and twenty commits. Blank lines are skipped.
+`-` reads JSON lines (`{"object": ..., "data": {...}}`) from stdin to the end, checking
+each line as it is read and holding it in a temporary table (SQLite's, spilled to a
+file: memory stays flat however long the input); only once every line is in does it
+commit them to the outbox, in transactions of 5,000 (waking the daemon after each). So
+a refused input (a bad line anywhere, named by its number) queues nothing, and a
+stream of 100,000 events costs one process and twenty commits. Blank lines are skipped.
 
 Input is parsed by `strictjson`, the rules the wire's decoder keeps, so nothing is
 queued that an endpoint could not decode (NaN, 1e400, an integer outside a Java long, an
@@ -21,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
 from nbwss import outbox, strictjson
@@ -54,16 +55,20 @@ def handle(args: argparse.Namespace, context: Context) -> int:
     if args.source == "-":
         if args.object or args.data is not None:
             parser.error("'-' reads stdin: it takes no --object or --data")
-        rows = rows_from_lines(_stdin_lines())
+        lines: Iterable[str | bytes] | None = _stdin_lines()
     elif args.object and args.data is not None:
-        rows = rows_from_option(args.object, args.data)
+        rows, lines = rows_from_option(args.object, args.data), None
     else:
         parser.error("give --object and --data, or '-' to read JSON lines from stdin")
     settings = context.settings
-    # The daemon is poked after each committed chunk, so it starts sending at once.
-    queued = queue(
-        context.store, rows, settings.message_max_bytes, lambda: send_wake(settings.wake_socket)
-    )
+
+    def wake() -> None:  # after each committed chunk, so the daemon starts sending at once
+        send_wake(settings.wake_socket)
+
+    if lines is not None:
+        queued = queue_lines(context.store, lines, settings.message_max_bytes, wake)
+    else:
+        queued = queue(context.store, rows, settings.message_max_bytes, wake)
     try:
         report(queued, context.store)
     except NbwssError as exc:
@@ -99,9 +104,12 @@ def rows_from_option(obj: str, text: str) -> list[tuple[str, str]]:
     return [_row(obj, value, "--data", deep)]
 
 
-def rows_from_lines(lines: Iterable[str | bytes]) -> list[tuple[str, str]]:
-    """Every JSON line validated, in order; the first bad one refuses the whole input."""
-    rows = []
+def rows_from_lines(
+    lines: Iterable[str | bytes], max_bytes: int | None = None
+) -> Iterator[tuple[str, str]]:
+    """Every JSON line validated, in order, as it is read; the first bad one (or, with
+    `max_bytes`, one too large for any frame) raises, and its caller queues nothing."""
+    count = 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -109,10 +117,13 @@ def rows_from_lines(lines: Iterable[str | bytes]) -> list[tuple[str, str]]:
         record = _parse(line, where)
         if not isinstance(record, dict) or "object" not in record or "data" not in record:
             raise NotificationError(f'{where}: expected {{"object": ..., "data": {{...}}}}')
-        rows.append(_row(record["object"], record["data"], where, _may_nest(line)))
-    if not rows:
+        row = _row(record["object"], record["data"], where, _may_nest(line))
+        count += 1
+        if max_bytes is not None:
+            _check_size(count, row, max_bytes)
+        yield row
+    if not count:
         raise NotificationError("stdin: no notifications")
-    return rows
 
 
 def _may_nest(text: str | bytes) -> bool:
@@ -137,15 +148,34 @@ def queue(
     after_commit: Callable[[], object] | None = None,
 ) -> Queued:
     """Commit validated rows; one too large for any frame is refused before any commit."""
-    for number, (obj, text) in enumerate(rows, start=1):
-        # Frame overhead (envelope and element) is under 300 bytes.
-        size = len(text.encode("utf-8"))
-        if size + 300 > max_bytes:
-            raise NotificationError(
-                f"notification {number}: {obj} data of {size} bytes does not fit in "
-                f"message.maxBytes ({max_bytes})"
-            )
+    for number, row in enumerate(rows, start=1):
+        _check_size(number, row, max_bytes)
     return outbox.queue_chunked(store, rows, time.time, after_commit=after_commit)
+
+
+def queue_lines(
+    store: Store,
+    lines: Iterable[str | bytes],
+    max_bytes: int,
+    after_commit: Callable[[], object] | None = None,
+) -> Queued:
+    """`nbwss notify -`: check and queue JSON lines, all or none, in flat memory."""
+    rows = rows_from_lines(lines, max_bytes)
+    return outbox.queue_stream(store, rows, time.time, after_commit=after_commit)
+
+
+def _check_size(number: int, row: tuple[str, str], max_bytes: int) -> None:
+    """Refuse a notification whose data cannot fit in a frame (the envelope and element
+    take under 300 bytes)."""
+    obj, text = row
+    if 4 * len(text) + 300 <= max_bytes:  # fits whatever the encoding: no need to count
+        return
+    size = len(text.encode("utf-8"))
+    if size + 300 > max_bytes:
+        raise NotificationError(
+            f"notification {number}: {obj} data of {size} bytes does not fit in "
+            f"message.maxBytes ({max_bytes})"
+        )
 
 
 def report(queued: Queued, store: Store, out: TextIO | None = None) -> None:
