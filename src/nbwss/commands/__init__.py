@@ -46,12 +46,36 @@ def examples(*lines: str) -> str:
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """Descriptions wrapped as usual; an epilog of examples kept line by line."""
+    """Descriptions wrapped as usual; an epilog of examples kept line by line.
+
+    argparse makes a formatter for every argument it registers, and its own looks the
+    width up with `shutil` (whose imports `nbwss notify` would pay on every event): the
+    same rule is kept here, with `os` only."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:  # fmt: skip
+        if width is None:
+            width = _terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         if text.startswith(EXAMPLES):
             return "".join(indent + line for line in text.splitlines(keepends=True))
         return super()._fill_text(text, width, indent)
+
+
+def _terminal_columns() -> int:
+    """`shutil.get_terminal_size().columns`: $COLUMNS, else the terminal's, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
 
 
 class Context:
