@@ -119,5 +119,8 @@ def _fresh_structlog() -> Iterator[None]:
     is closed a later test would write to it. Every test starts from the defaults."""
     import structlog
 
+    from nbwss import logs
+
     yield
     structlog.reset_defaults()
+    logs._stream = logs._pending = None

@@ -20,6 +20,7 @@ from nbwss.logs import (
     REDACTED,
     configure,
     get_logger,
+    reconfigure,
     redact,
     register_secret,
 )
@@ -222,3 +223,12 @@ def test_a_traceback_is_kept_to_a_larger_cap(output: io.StringIO) -> None:
         get_logger("test").exception("test.failed")
     [event] = events(output)
     assert "v" * 3000 in event["exception"]
+
+
+def test_a_reload_after_the_log_stream_closed_does_not_fail() -> None:
+    """A reload re-applies the level on the stream the logs went to; that stream being
+    closed (stderr gone under the daemon) must not make the reload raise."""
+    stream = io.StringIO()
+    configure("info", "auto", stream)
+    stream.close()
+    reconfigure("debug", "auto")

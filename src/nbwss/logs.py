@@ -172,6 +172,15 @@ def _with_priority(renderer: Any) -> Any:
     return render
 
 
+def _is_terminal(stream: TextIO) -> bool:
+    """`stream.isatty()`, False for a stream that is closed: a reload must not fail on
+    where the logs went (stderr closed under the daemon, a test's capture ended)."""
+    try:
+        return stream.isatty()
+    except (OSError, ValueError):
+        return False
+
+
 def configure(
     level: str = "info",
     fmt: str = "auto",
@@ -186,10 +195,11 @@ def configure(
     already, else with the first event logged."""
     global _stream, _pending
     stream = _stream = stream or sys.stderr
-    if admin and level == "info" and stream.isatty():
+    terminal = _is_terminal(stream)
+    if admin and level == "info" and terminal:
         level = "warning"
     if fmt == "auto":
-        fmt = "console" if stream.isatty() else "json"
+        fmt = "console" if terminal else "json"
     _pending = (level, fmt, stream)
     if "structlog" in sys.modules:
         _apply_pending()
