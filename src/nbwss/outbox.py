@@ -129,26 +129,11 @@ def queue_chunked(
     behind a big intake, and the daemon can start sending the first chunk at once.
     Seqs are contiguous within a chunk; another producer may interleave between chunks.
     """
-    first_seq = last_seq = 0
-    for start in range(0, len(rows), chunk_size):
-        chunk = rows[start : start + chunk_size]
-        try:
-            with store.transaction() as conn:
-                count, last_seq = enqueue_encoded(conn, chunk, clock())
-        except StoreError as exc:
-            if not start:
-                raise
-            # Say what is durable, so a caller resends the rest, not everything again.
-            raise StoreError(
-                f"{exc}; notifications 1-{start} were queued (seq {first_seq}-{last_seq}), "
-                f"{start + 1}-{len(rows)} were not"
-            ) from None
-        if not first_seq:
-            first_seq = last_seq - count + 1
-        if after_commit is not None:
-            after_commit()
-    return Queued(len(rows), first_seq, last_seq)
 
+    def copy(conn: sqlite3.Connection, start: int, end: int) -> tuple[int, int]:
+        return enqueue_encoded(conn, rows[start:end], clock())
+
+    return _commit_chunks(store, len(rows), chunk_size, copy, after_commit)
 
 
 def queue_stream(
@@ -168,32 +153,49 @@ def queue_stream(
     `queue_chunked` does (the same write-lock and wake-up rhythm).
     """
     count = _spool(store, rows)
-    first_seq = last_seq = 0
+
+    def copy(conn: sqlite3.Connection, start: int, end: int) -> tuple[int, int]:
+        copied = conn.execute(
+            "INSERT INTO outbox (object, data, queued_at) SELECT object, data, ?"
+            " FROM temp.intake_spool WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
+            (clock(), start, end),
+        ).rowcount
+        (last_seq,) = conn.execute("SELECT last_insert_rowid()").fetchone()
+        return copied, int(last_seq)
+
     try:
-        for start in range(0, count, chunk_size):
-            try:
-                with store.transaction() as conn:
-                    copied = conn.execute(
-                        "INSERT INTO outbox (object, data, queued_at) SELECT object, data, ?"
-                        " FROM temp.intake_spool WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
-                        (clock(), start, start + chunk_size),
-                    ).rowcount
-                    (last_seq,) = conn.execute("SELECT last_insert_rowid()").fetchone()
-            except StoreError as exc:
-                if not start:
-                    raise
-                # Say what is durable, so a caller resends the rest, not everything again.
-                raise StoreError(
-                    f"{exc}; notifications 1-{start} were queued (seq {first_seq}-{last_seq}), "
-                    f"{start + 1}-{count} were not"
-                ) from None
-            if not first_seq:
-                first_seq = last_seq - copied + 1
-            if after_commit is not None:
-                after_commit()
+        return _commit_chunks(store, count, chunk_size, copy, after_commit)
     finally:
         with store.reading() as conn:
             conn.execute("DROP TABLE IF EXISTS temp.intake_spool")
+
+
+def _commit_chunks(
+    store: Store,
+    count: int,
+    chunk_size: int,
+    copy: Callable[[sqlite3.Connection, int, int], tuple[int, int]],
+    after_commit: Callable[[], object] | None,
+) -> Queued:
+    """Rows [0, count) into the outbox, one transaction per chunk (`copy` writes rows
+    [start, end) and says how many and the last seq), `after_commit` after each."""
+    first_seq = last_seq = 0
+    for start in range(0, count, chunk_size):
+        try:
+            with store.transaction() as conn:
+                copied, last_seq = copy(conn, start, min(start + chunk_size, count))
+        except StoreError as exc:
+            if not start:
+                raise
+            # Say what is durable, so a caller resends the rest, not everything again.
+            raise StoreError(
+                f"{exc}; notifications 1-{start} were queued (seq {first_seq}-{last_seq}), "
+                f"{start + 1}-{count} were not"
+            ) from None
+        if not first_seq:
+            first_seq = last_seq - copied + 1
+        if after_commit is not None:
+            after_commit()
     return Queued(count, first_seq, last_seq)
 
 
