@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.delivery import job  # noqa: E402
 from bench.limits import (  # noqa: E402
     COST,
     Goal,
@@ -50,14 +51,6 @@ ENV.pop("PYTHONDONTWRITEBYTECODE", None)
 # The console script, as NetBackup's scripts run it (`python -m` would add runpy's imports).
 _SCRIPT = Path(sys.executable).with_name("nbwss")
 NBWSS = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "nbwss"]
-
-
-def job(job_id: int) -> dict[str, object]:
-    return {
-        "scheduleType": "ST_FULL", "clientName": "DummyTestVM", "status": 0,
-        "startTime": 1459829698, "state": "ACTIVE", "policyName": "vmware2",
-        "parentJobId": 145, "jobId": job_id, "policyType": "VMWARE", "jobType": "BACKUP",
-    }  # fmt: skip
 
 
 def json_lines(count: int) -> bytes:
