@@ -22,7 +22,7 @@ from nbwss.delivery import (
 )
 from nbwss.messages import Message, MessageType, SubType, decode, encode, request, response_to
 from nbwss.notifications import element, encode_data, message_payloads, repeated_objects
-from nbwss.outbox import OutboxEvent, PersistedBatch
+from nbwss.values import OutboxEvent, PersistedBatch
 
 RATE = 5.0
 T0 = 1_700_000_000.0

@@ -19,7 +19,7 @@ from nbwss.cli import main
 from nbwss.delivery import build_batch
 from nbwss.messages import decode, encode
 from nbwss.notifications import DATA_MAX_DEPTH
-from nbwss.outbox import OutboxEvent
+from nbwss.values import OutboxEvent
 from tests.test_notify_cli import image, job, queued
 
 UNDECODABLE = [

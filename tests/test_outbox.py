@@ -15,8 +15,9 @@ from nbwss import outbox
 from nbwss.endpoints import EndpointDetails
 from nbwss.errors import NotificationError
 from nbwss.notifications import encode_data
-from nbwss.outbox import GroupPosition, OutboxEvent, PersistedBatch, Queued
+from nbwss.outbox import Queued
 from nbwss.store import Store
+from nbwss.values import GroupPosition, OutboxEvent, PersistedBatch
 
 T0 = 1_700_000_000.0
 DAY = 86_400.0

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from nbwss.backoff import Backoff
 from nbwss.properties import Settings
-from nbwss.store import EndpointRecord, Store
+from nbwss.store import Store
 from nbwss.supervisor import (
     Supervisor,
     connection_order,
@@ -24,6 +24,7 @@ from nbwss.supervisor import (
     plan,
     token_digest,
 )
+from nbwss.values import EndpointRecord
 from tests.conftest import TlsMaterial, timeout
 from tests.peers import ConnectAnswer, Peer, add_endpoint
 

@@ -31,8 +31,9 @@ from nbwss.errors import (
 from nbwss.outbound import Proxy
 from nbwss.properties import Settings
 from nbwss.session import Target, connect
-from nbwss.store import EndpointRecord, Store
+from nbwss.store import Store
 from nbwss.trust import CertificateInfo, fetch_certificate, pinned_context
+from nbwss.values import EndpointRecord
 from nbwss.wake import ENDPOINTS_DATAGRAM, send_wake
 
 log = logs.get_logger("nbwss.endpoint")

@@ -45,7 +45,7 @@ from typing import Any, Final
 
 from nbwss.messages import Message, MessageType, SubType, encode, request
 from nbwss.notifications import NOTIFICATION_TYPE, element
-from nbwss.outbox import OutboxEvent, PersistedBatch
+from nbwss.values import OutboxEvent, PersistedBatch
 
 # Bytes an element adds around its data: {"notificationType":"INFO","object":"JOB","data":[]}
 _ELEMENT_OVERHEAD: Final = {

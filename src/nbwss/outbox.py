@@ -22,38 +22,12 @@ from nbwss import logs
 from nbwss.errors import StoreError
 from nbwss.notifications import encode_data
 from nbwss.store import Store
+from nbwss.values import GroupPosition, OutboxEvent, PersistedBatch
 
 log = logs.get_logger("nbwss.outbox")
 
 INTAKE_CHUNK = 5_000
 SECONDS_PER_DAY = 86_400.0
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEvent:
-    """One queued notification; `data` is its compact JSON text, as it goes on the wire."""
-
-    seq: int
-    object: str
-    data: str
-
-
-@dataclass(frozen=True, slots=True)
-class PersistedBatch:
-    """The batch a group has in flight: its message id, seq range and creation time."""
-
-    message_id: str
-    first_seq: int
-    last_seq: int
-    sent_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class GroupPosition:
-    """Where a group's delivery resumes: after `acked_seq`, the persisted batch first."""
-
-    acked_seq: int
-    outstanding: PersistedBatch | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,3 +360,19 @@ def backlog(store: Store, now: float) -> list[GroupBacklog]:
         )
         for group_id, acked_seq, moved_at, count, oldest, message_id in rows
     ]
+
+
+def batches_in_flight(store: Store) -> dict[str, PersistedBatch]:
+    """Per group, the batch persisted as in flight (what /status shows without a daemon)."""
+    with store.reading() as conn:
+        rows = conn.execute(
+            "SELECT group_id, message_id, first_seq, last_seq, sent_at FROM group_batches"
+        ).fetchall()
+    return {group_id: PersistedBatch(*batch) for group_id, *batch in rows}
+
+
+def queued_total(store: Store) -> int:
+    """Notifications ever queued: the outbox's highest seq (AUTOINCREMENT survives purges)."""
+    with store.reading() as conn:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+    return int(row[0]) if row else 0

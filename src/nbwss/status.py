@@ -149,14 +149,11 @@ def store_snapshot(store: Store, now: float) -> dict[str, dict[str, Any]]:
             acked_seq=figures.acked_seq, last_ack=figures.cursor_moved_at,
             backlog=figures.backlog, oldest_unacked_age_s=_rounded(figures.oldest_unacked_age_s),
         )
-    with store.reading() as conn:
-        for group_id, message_id, first_seq, last_seq, sent_at in conn.execute(
-            "SELECT group_id, message_id, first_seq, last_seq, sent_at FROM group_batches"
-        ):
-            groups.setdefault(group_id, _empty_group())["outstanding"] = {
-                "message_id": message_id, "first_seq": first_seq, "last_seq": last_seq,
-                "sent_at": sent_at,
-            }
+    for group_id, batch in outbox.batches_in_flight(store).items():
+        groups.setdefault(group_id, _empty_group())["outstanding"] = {
+            "message_id": batch.message_id, "first_seq": batch.first_seq,
+            "last_seq": batch.last_seq, "sent_at": batch.sent_at,
+        }
     return groups
 
 
@@ -219,9 +216,7 @@ class StoreCollector(Collector):
             "When the group last acknowledged a notification (or was added), epoch seconds.",
             labels=["group"],
         )
-        with self._store.reading() as conn:
-            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-        queued.add_metric([], row[0] if row else 0)
+        queued.add_metric([], outbox.queued_total(self._store))
         for figures in outbox.backlog(self._store, time.time()):
             backlog.add_metric([figures.group_id], figures.backlog)
             oldest.add_metric([figures.group_id], _rounded(figures.oldest_unacked_age_s) or 0.0)

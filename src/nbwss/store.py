@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +27,7 @@ from nbwss.errors import (
     NotFoundError,
     StoreError,
 )
+from nbwss.values import EndpointRecord
 from nbwss.vault import TokenVault, create_private_file
 
 if TYPE_CHECKING:  # endpoints.py brings aiohttp, which `nbwss notify` must not pay for
@@ -125,23 +125,6 @@ def store_error(path: Path, exc: sqlite3.Error) -> StoreError:
             " (with the daemon stopped) and restore it from a backup"
         )
     return StoreError(f"database {path}: {text}{hint}")
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointRecord:
-    """An endpoint as stored, without its token (that takes an explicit `Store.token`)."""
-
-    host_name: str
-    url: str
-    group_id: str
-    priority: int
-    enabled: bool
-    fingerprint: str
-    certificate_der: bytes
-    updated_at: float
-    connected: bool
-    status_since: float | None
-    last_error: str | None
 
 
 def open_database(path: Path) -> sqlite3.Connection:

@@ -43,8 +43,9 @@ from nbwss.metrics import CONNECTED, FAILOVERS
 from nbwss.outbound import Proxy, load_policy
 from nbwss.properties import Settings
 from nbwss.session import Session, Target, connect, trim_tls_read_buffer
-from nbwss.store import EndpointRecord, Store
+from nbwss.store import Store
 from nbwss.trust import pinned_context
+from nbwss.values import EndpointRecord
 
 log = get_logger("nbwss.supervisor")
 

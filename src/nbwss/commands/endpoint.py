@@ -42,8 +42,9 @@ from nbwss.errors import (
 from nbwss.properties import Settings
 from nbwss.session import Target
 from nbwss.status import fetch_status
-from nbwss.store import EndpointRecord, Store
+from nbwss.store import Store
 from nbwss.trust import certificate_info, normalize_fingerprint
+from nbwss.values import EndpointRecord
 
 
 def register(commands: Any) -> None:
