@@ -46,6 +46,7 @@ from nbwss.outbox import backlog
 from nbwss.status import StatusServer
 from nbwss.store import Store
 from nbwss.trust import fingerprint
+from nbwss.values import GroupStatus
 from tests.conftest import TlsMaterial, make_tls, timeout
 
 TOKEN = "s3cret-T0KEN-value=="
@@ -526,8 +527,8 @@ class _DaemonView:
     def __init__(self, connected: dict[str, str]) -> None:
         self.connected = connected
 
-    def snapshot(self) -> dict[str, dict[str, Any]]:
-        return {g: {"connected": True, "endpoint": h} for g, h in self.connected.items()}
+    def snapshot(self) -> dict[str, GroupStatus]:
+        return {g: GroupStatus(g, True, h, None) for g, h in self.connected.items()}
 
 
 async def test_list_shows_connected_from_the_running_daemon_only(

@@ -22,7 +22,7 @@ from nbwss.delivery import (
 )
 from nbwss.messages import Message, MessageType, SubType, decode, encode, request, response_to
 from nbwss.notifications import element, encode_data, message_payloads, repeated_objects
-from nbwss.values import OutboxEvent, PersistedBatch
+from nbwss.values import OutboxEvent, OutstandingStatus, PersistedBatch
 
 RATE = 5.0
 T0 = 1_700_000_000.0
@@ -249,6 +249,31 @@ def test_send_timeout_counts_as_not_sent_and_retries_after_rate() -> None:
     assert retry == Send(batch, resend=False)  # never written, so a first send
     # The endpoint may answer a write we gave up on; the id is ours, so it counts.
     assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
+
+
+def test_status_says_sent_at_only_once_written_and_counts_the_writes() -> None:
+    delivery = machine()
+    batch = started(delivery, events("JOB", "IMAGE"))
+    pending = delivery.outstanding_status()
+    assert pending == OutstandingStatus(batch.id, 1, 2, count=2, sent_at=None, sends=0)
+    delivery.send_failed(batch.id, T0 + 1)  # a write that timed out was not a send
+    assert delivery.outstanding_status() == pending
+    delivery.sent(batch.id, T0 + 2 + RATE)
+    delivery.sent(batch.id, T0 + 2 + 2 * RATE)  # resent: the first write's time stays
+    status = delivery.outstanding_status()
+    assert status is not None
+    assert (status.sent_at, status.sends) == (T0 + 2 + RATE, 2)
+    assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
+    delivery.committed(T0 + 10)
+    assert delivery.outstanding_status() is None
+
+
+def test_a_restored_batch_shows_its_persisted_time_stamp_as_sent_at() -> None:
+    delivery = machine(restored=PersistedBatch("ID-1", 1, 1, T0 - 30))
+    started(delivery, events("JOB"), now=T0)
+    status = delivery.outstanding_status()
+    assert status is not None
+    assert (status.message_id, status.sent_at, status.sends) == ("ID-1", T0 - 30, 0)
 
 
 def test_wrong_id_does_not_acknowledge() -> None:

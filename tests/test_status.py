@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
+import re
 import socket
 import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -29,6 +30,7 @@ from nbwss.status import (
     parse_status_address,
 )
 from nbwss.store import Store
+from nbwss.values import GroupStatus, OutstandingStatus
 from tests.conftest import timeout
 
 
@@ -224,23 +226,19 @@ async def test_outstanding_batch_from_the_store(unix_server: StatusServer, store
 
 
 class LiveView:
-    """What the supervisor will provide; a plain object with the Protocol's one method."""
+    """What the daemon provides; a plain object with the Protocol's one method."""
 
     def __init__(self) -> None:
-        self.groups: dict[str, dict[str, Any]] = {}
+        self.groups: dict[str, GroupStatus] = {}
 
-    def snapshot(self) -> dict[str, dict[str, Any]]:
+    def snapshot(self) -> dict[str, GroupStatus]:
         return self.groups
 
 
 async def test_live_view_overrides_the_store(state_dir: Path, store: Store) -> None:
     live = LiveView()
-    live.groups["G1"] = {
-        "connected": True, "endpoint": "cloud-a.example", "since": time.time() - 5,
-        "outstanding": {"message_id": "M1", "first_seq": 1, "last_seq": 1,
-                        "sent_at": time.time() - 3, "sends": 2},
-        "last_error": None,
-    }
+    outstanding = OutstandingStatus("M1", 1, 1, count=1, sent_at=time.time() - 3, sends=2)
+    live.groups["G1"] = GroupStatus("G1", True, "cloud-a.example", outstanding)
     task = await serving(StatusServer(str(state_dir / "s.sock"), store, live))
     try:
         queue(store, "JOB")
@@ -346,3 +344,12 @@ async def test_status_command_prints_a_table_and_json(
     code, text = await run_cli("status", "--json")
     assert code == 0
     assert json.loads(text)["groups"]["G1"]["backlog"] == 1
+
+
+def test_the_documented_status_fields_are_the_typed_ones() -> None:
+    """docs/operations.md names every field of the live status, and no other."""
+    table = (Path(__file__).parents[1] / "docs" / "operations.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| `outstanding` |"))
+    documented = set(re.findall(r"`(\w+)`", row)) - {"outstanding"}
+    typed = {field.name for field in dataclasses.fields(OutstandingStatus)}
+    assert documented == typed | {"age_s"}

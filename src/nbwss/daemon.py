@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from nbwss import logs
 from nbwss.delivery import Batch
@@ -28,6 +27,7 @@ from nbwss.sources.poller import Poller
 from nbwss.status import StatusServer
 from nbwss.store import Store
 from nbwss.supervisor import Supervisor
+from nbwss.values import GroupStatus
 from nbwss.vault import make_private_dirs
 
 log = logs.get_logger("nbwss.daemon")
@@ -56,29 +56,21 @@ class LiveStatus:
         self._pumps[group_id] = pump
         return pump
 
-    def snapshot(self) -> dict[str, dict[str, Any]]:
+    def snapshot(self) -> dict[str, GroupStatus]:
         connected = self.supervisor.connected if self.supervisor else {}
         groups = set(self._pumps) | set(connected)
         return {group: self._group(group, connected.get(group)) for group in groups}
 
-    def _group(self, group_id: str, host: str | None) -> dict[str, Any]:
-        fields: dict[str, Any] = {"connected": host is not None, "endpoint": host}
+    def _group(self, group_id: str, host: str | None) -> GroupStatus:
         pump = self._pumps.get(group_id)
         delivery = pump.delivery if pump else None
-        batch = delivery.outstanding if delivery else None
-        fields["outstanding"] = None if batch is None or delivery is None else {
-            "message_id": batch.id,
-            "first_seq": batch.first_seq,
-            "last_seq": batch.last_seq,
-            "count": batch.count,
-            "sent_at": delivery.due_at - delivery.rate_s if delivery.due_at else None,
-            "sends": delivery.sends,
-            "stalled": delivery.stalled,
-        }
-        fields["delivery"] = "STALLED" if delivery is not None and delivery.stalled else "OK"
-        if group_id in self._last_ack:
-            fields["last_ack"] = self._last_ack[group_id]
-        return fields
+        return GroupStatus(
+            group_id=group_id,
+            connected=host is not None,
+            endpoint=host,
+            outstanding=delivery.outstanding_status() if delivery else None,
+            last_ack=self._last_ack.get(group_id),
+        )
 
 
 class _ProxyComponent:

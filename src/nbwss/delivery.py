@@ -45,7 +45,7 @@ from typing import Any, Final
 
 from nbwss.messages import Message, MessageType, SubType, encode, request
 from nbwss.notifications import NOTIFICATION_TYPE, element
-from nbwss.values import OutboxEvent, PersistedBatch
+from nbwss.values import OutboxEvent, OutstandingStatus, PersistedBatch
 
 # Bytes an element adds around its data: {"notificationType":"INFO","object":"JOB","data":[]}
 _ELEMENT_OVERHEAD: Final = {
@@ -227,6 +227,7 @@ class GroupDelivery:
     phase: Phase = Phase.IDLE
     due_at: float = 0.0
     written_before: bool = False
+    first_sent_at: float | None = None  # the first completed write of `outstanding`
     last_acked_id: str | None = field(default=None, repr=False)
     stall_after: int = 12
     sends: int = 0  # completed writes of the batch in flight
@@ -282,8 +283,9 @@ class GroupDelivery:
                 max_bytes=self.max_bytes,
             )
         self._start(batch, now)
-        # A restored batch may have reached the endpoint before the restart.
-        self.written_before = restored is not None
+        if restored is not None:
+            # It may have reached the endpoint before the restart, at its timeStamp.
+            self.written_before, self.first_sent_at = True, restored.sent_at
         carried, self._carried = self._carried, None
         if carried is not None and carried[0] == batch.id:
             _, self.sends, self.stalled = carried
@@ -308,7 +310,7 @@ class GroupDelivery:
 
     def _start(self, batch: Batch, now: float) -> None:
         self.outstanding, self.phase, self.due_at = batch, Phase.PENDING, now
-        self.written_before = False
+        self.written_before, self.first_sent_at = False, None
         self.sends, self.stalled = 0, False
 
     def poll(self, now: float) -> Send | None:
@@ -332,6 +334,8 @@ class GroupDelivery:
         if self.outstanding is None or self.outstanding.id != batch_id:
             return None
         self.written_before = True
+        if self.first_sent_at is None:
+            self.first_sent_at = now
         if self.phase is Phase.ACKED:
             return None
         self.phase, self.due_at = Phase.SENT, now + self.rate_s
@@ -369,6 +373,21 @@ class GroupDelivery:
             return Verdict.NOT_EMPTY
         self.phase, self.stalled = Phase.ACKED, False
         return Verdict.ACKNOWLEDGED
+
+    def outstanding_status(self) -> OutstandingStatus | None:
+        """The batch in flight as `/status` shows it (None: nothing in flight)."""
+        batch = self.outstanding
+        if batch is None:
+            return None
+        return OutstandingStatus(
+            message_id=batch.id,
+            first_seq=batch.first_seq,
+            last_seq=batch.last_seq,
+            count=batch.count,
+            sent_at=self.first_sent_at,
+            sends=self.sends,
+            stalled=self.stalled,
+        )
 
     @property
     def awaiting_commit(self) -> Batch | None:

@@ -362,13 +362,19 @@ def backlog(store: Store, now: float) -> list[GroupBacklog]:
     ]
 
 
-def batches_in_flight(store: Store) -> dict[str, PersistedBatch]:
-    """Per group, the batch persisted as in flight (what /status shows without a daemon)."""
+def batches_in_flight(store: Store) -> dict[str, tuple[PersistedBatch, int]]:
+    """Per group, the batch persisted as in flight and how many events it carries (what
+    /status shows without a daemon)."""
     with store.reading() as conn:
         rows = conn.execute(
-            "SELECT group_id, message_id, first_seq, last_seq, sent_at FROM group_batches"
+            "SELECT b.group_id, b.message_id, b.first_seq, b.last_seq, b.sent_at,"
+            " (SELECT COUNT(*) FROM outbox o WHERE o.seq BETWEEN b.first_seq AND b.last_seq)"
+            " FROM group_batches b"
         ).fetchall()
-    return {group_id: PersistedBatch(*batch) for group_id, *batch in rows}
+    return {
+        group_id: (PersistedBatch(message_id, first_seq, last_seq, sent_at), count)
+        for group_id, message_id, first_seq, last_seq, sent_at, count in rows
+    }
 
 
 def queued_total(store: Store) -> int:

@@ -21,7 +21,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +36,7 @@ from nbwss import __version__, health, logs, outbox
 from nbwss.errors import ConfigError, NbwssError
 from nbwss.metrics import REGISTRY
 from nbwss.store import Store
+from nbwss.values import GroupStatus
 from nbwss.vault import make_private_dirs
 
 log = logs.get_logger("nbwss.status")
@@ -95,23 +96,17 @@ def parse_status_address(text: str) -> StatusAddress:
 
 
 class StatusSource(Protocol):
-    """The running daemon's live view, per server group (the supervisor implements it).
+    """The running daemon's live view, per server group (`daemon.LiveStatus`).
 
     `snapshot()` is called on the event loop for each /status request and must be cheap.
-    It returns `{group_id: fields}` where any of these fields may be given; they replace
-    what the store alone suggests:
-
-    - `connected` (bool), `endpoint` (host name or None), `url` (str or None),
-      `since` (epoch seconds of the last connect or disconnect, or None);
-    - `outstanding`: None, or `{"message_id": str, "first_seq": int, "last_seq": int,
-      "sent_at": epoch seconds, "sends": int, "stalled": bool}` for the NOTIFICATION
-      awaiting its ack;
-    - `delivery`: `"OK"`, or `"STALLED"` while the batch in flight has been sent
-      `notification.stallAfterSends` times without an ack;
-    - `last_ack` (epoch seconds or None), `last_error` (one line or None).
+    Each `GroupStatus` replaces what the store alone suggests for its group: whether it
+    is connected and to which endpoint, the NOTIFICATION awaiting its ack (and whether
+    it is stalled: `delivery` is `STALLED` while it has been sent
+    `notification.stallAfterSends` times without an ack), and (once one was committed
+    since start) the time of the last ack.
     """
 
-    def snapshot(self) -> dict[str, dict[str, Any]]: ...
+    def snapshot(self) -> Mapping[str, GroupStatus]: ...
 
 
 class PollerView(Protocol):
@@ -149,10 +144,11 @@ def store_snapshot(store: Store, now: float) -> dict[str, dict[str, Any]]:
             acked_seq=figures.acked_seq, last_ack=figures.cursor_moved_at,
             backlog=figures.backlog, oldest_unacked_age_s=_rounded(figures.oldest_unacked_age_s),
         )
-    for group_id, batch in outbox.batches_in_flight(store).items():
+    for group_id, (batch, count) in outbox.batches_in_flight(store).items():
         groups.setdefault(group_id, _empty_group())["outstanding"] = {
             "message_id": batch.message_id, "first_seq": batch.first_seq,
-            "last_seq": batch.last_seq, "sent_at": batch.sent_at,
+            "last_seq": batch.last_seq, "count": count, "sent_at": batch.sent_at,
+            "sends": None, "stalled": None,
         }
     return groups
 
@@ -180,11 +176,11 @@ def status_document(store: Store, now: float, started_at: float) -> dict[str, An
     return document
 
 
-def overlay_live(document: dict[str, Any], live: dict[str, dict[str, Any]], now: float) -> None:
+def overlay_live(document: dict[str, Any], live: Mapping[str, GroupStatus], now: float) -> None:
     """Replace the store's guesses with what the running daemon knows."""
     groups: dict[str, dict[str, Any]] = document["groups"]
-    for group_id, fields in live.items():
-        groups.setdefault(group_id, _empty_group()).update(fields)
+    for group_id, status in live.items():
+        groups.setdefault(group_id, _empty_group()).update(status.fields())
     document["groups"] = dict(sorted(groups.items()))
     document["live"] = True
     _fill_ages(document, now)

@@ -54,3 +54,56 @@ class EndpointRecord:
     connected: bool
     status_since: float | None
     last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutstandingStatus:
+    """The NOTIFICATION a group awaits the ack of, as `/status` shows it.
+
+    `sent_at` is when it was first written (epoch seconds; for a batch persisted before
+    a restart, the timeStamp it carries), None while it is not written yet; `sends`
+    counts completed writes (more than one: resent for want of an ack); `stalled` is set
+    once it was sent `notification.stallAfterSends` times without an ack.
+    """
+
+    message_id: str
+    first_seq: int
+    last_seq: int
+    count: int
+    sent_at: float | None
+    sends: int = 0
+    stalled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStatus:
+    """What the running daemon alone knows of one server group (the live part of
+    `/status`); the store's figures (backlog, cursor, endpoints) are read beside it.
+    `last_ack` is None when no ack was committed since the daemon started."""
+
+    group_id: str
+    connected: bool
+    endpoint: str | None
+    outstanding: OutstandingStatus | None
+    last_ack: float | None = None
+
+    def fields(self) -> dict[str, object]:
+        """The `/status` fields this view replaces (a `last_ack` of None keeps the store's)."""
+        outstanding = self.outstanding
+        fields: dict[str, object] = {
+            "connected": self.connected,
+            "endpoint": self.endpoint,
+            "outstanding": None if outstanding is None else {
+                "message_id": outstanding.message_id,
+                "first_seq": outstanding.first_seq,
+                "last_seq": outstanding.last_seq,
+                "count": outstanding.count,
+                "sent_at": outstanding.sent_at,
+                "sends": outstanding.sends,
+                "stalled": outstanding.stalled,
+            },
+            "delivery": "STALLED" if outstanding is not None and outstanding.stalled else "OK",
+        }
+        if self.last_ack is not None:
+            fields["last_ack"] = self.last_ack
+        return fields
