@@ -5,8 +5,9 @@
 
 Each group has one endpoint, all served on loopback by a `websockets` server in a child
 process (so its memory is not the daemon's): one port, one path per endpoint, a
-trustme certificate pinned in a real store. In this process, the daemon's `Supervisor`
-runs the connection process against that store. Reported: time from start to every
+trustme certificate pinned in a real store. In this process, the daemon as `nbwss run`
+builds it (`daemon.build_service`, without the status server) runs the connection
+process against that store. Reported: time from start to every
 group CONNECTED, and the growth of this process's VmRSS divided by N.
 Goal (issue 3): 1,000 groups in under 10 s and under 100 KiB per connection.
 """
@@ -32,10 +33,12 @@ if str(REPO) not in sys.path:
 from bench import limits  # noqa: E402
 from bench.tlsfiles import write_server_cert  # noqa: E402
 from nbwss import logs  # noqa: E402
+from nbwss.daemon import build_service  # noqa: E402
 from nbwss.endpoints import EndpointDetails  # noqa: E402
 from nbwss.properties import Settings  # noqa: E402
+from nbwss.sdnotify import Notifier  # noqa: E402
 from nbwss.store import Store  # noqa: E402
-from nbwss.supervisor import MAX_CONCURRENT_DIALS, Supervisor  # noqa: E402
+from nbwss.supervisor import MAX_CONCURRENT_DIALS  # noqa: E402
 from nbwss.trust import fingerprint  # noqa: E402
 
 BENCHMARK = True
@@ -89,22 +92,22 @@ async def connect_groups(store: Store, groups: int) -> tuple[float, float, int]:
 
     Returns wall seconds, this process's CPU seconds meanwhile, and its RSS growth (KiB).
     """
-    settings = Settings(connection_period_s=60.0, send_timeout_s=10.0)
-    supervisor = Supervisor(settings, store)
+    settings = Settings(store_path=store.path, connection_period_s=60.0, send_timeout_s=10.0)
+    service = build_service(settings, store, status=False, notifier=Notifier(None))
+    supervisor = service.supervisor
     before = rss_kib()
     cpu_before = cpu_s()
     started = time.perf_counter()
-    task = asyncio.create_task(supervisor.run())
+    task = asyncio.create_task(service.async_run(handle_signals=False))
     try:
         async with asyncio.timeout(120):
             await supervisor.wait_for(lambda: supervisor.connected_count == groups)
         took = time.perf_counter() - started
         cpu = cpu_s() - cpu_before
         grown = rss_kib() - before
-        await supervisor.close_all("benchmark over")
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        service.handle_exit()  # every connection closed with a close frame, then stopped
+        await asyncio.wait_for(task, 60)
     return took, cpu, grown
 
 

@@ -3,8 +3,8 @@
     .venv/bin/python -m bench delivery                 # every figure, default sizes
     .venv/bin/python bench/delivery.py --events 100000 --groups 100 --group-events 5000
 
-The daemon side is the real thing in this process: `Service` with the delivery wiring
-(`DeliveryWiring`: pumps, wake socket, janitor) over a real SQLite store, dialling
+The daemon side is the real thing in this process: the daemon as `nbwss run` builds it
+(`daemon.build_service`, without the status server) over a real SQLite store, dialling
 wss:// with pinned trustme certificates. The endpoint is a `websockets` server in a
 child process that answers CONNECT valid and acknowledges every NOTIFICATION at once;
 it stamps each arrival with CLOCK_MONOTONIC (shared by both processes) and checks that
@@ -44,12 +44,11 @@ if str(REPO) not in sys.path:
 from bench import limits  # noqa: E402
 from bench.tlsfiles import write_server_cert  # noqa: E402
 from nbwss import logs, outbox  # noqa: E402
+from nbwss.daemon import build_service  # noqa: E402
 from nbwss.endpoints import EndpointDetails  # noqa: E402
 from nbwss.notifications import encode_data  # noqa: E402
 from nbwss.properties import Settings  # noqa: E402
-from nbwss.pump import DeliveryWiring  # noqa: E402
 from nbwss.sdnotify import Notifier  # noqa: E402
-from nbwss.service import Service  # noqa: E402
 from nbwss.store import Store  # noqa: E402
 from nbwss.trust import fingerprint  # noqa: E402
 from nbwss.wake import send_wake  # noqa: E402
@@ -185,15 +184,11 @@ async def with_daemon(
         store_path=store.path, connection_period_s=5.0, notification_rate_s=5.0,
         send_timeout_s=10.0,
     )  # fmt: skip
-    wiring = DeliveryWiring(store, settings)
-    service = Service(
-        settings, store, delivery_for_group=wiring.pump, components=wiring.components,
-        notifier=Notifier(None),
-    )  # fmt: skip
+    service = build_service(settings, store, status=False, notifier=Notifier(None))
     task = asyncio.create_task(service.async_run(handle_signals=False))
     try:
         await arrivals.until(lambda: len(arrivals.connected) >= groups, seconds=120)
-        await asyncio.wait_for(wiring.listener.ready.wait(), 10)
+        await asyncio.wait_for(service.ready.wait(), 10)  # the wake socket is bound
         return await work(settings)
     finally:
         service.handle_exit()

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from nbwss import outbox
+from nbwss.daemon import build_service
 from nbwss.properties import Settings
-from nbwss.pump import DeliveryWiring
 from nbwss.sdnotify import Notifier
 from nbwss.service import Service
 from nbwss.store import Store
@@ -53,16 +53,11 @@ def settings_for(short_dir: Path, **values: Any) -> Settings:
 
 @asynccontextmanager
 async def daemon(settings: Settings, store: Store) -> AsyncIterator[Service]:
-    wiring = DeliveryWiring(store, settings)
-    service = Service(
-        settings, store, delivery_for_group=wiring.pump, components=wiring.components,
-        notifier=Notifier(None),
-    )  # fmt: skip
+    service = build_service(settings, store, status=False, notifier=Notifier(None))
     task = asyncio.create_task(service.async_run(handle_signals=False))
     try:
         async with asyncio.timeout(timeout(5)):
-            await service.ready.wait()
-            await wiring.listener.ready.wait()
+            await service.ready.wait()  # after the wake socket is bound
         yield service
     finally:
         service.handle_exit()

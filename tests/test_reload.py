@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from nbwss import logs, properties
+from nbwss.daemon import build_service
 from nbwss.errors import ConfigError
 from nbwss.properties import Applies, Settings
 from nbwss.sdnotify import Notifier
@@ -61,9 +62,9 @@ async def test_a_bad_file_keeps_the_old_settings_and_sends_no_ready(
         raise ConfigError("/etc/nbwss/nbwss.properties:4: keepAlive.scheduledRate='fast' "
                           "is not valid, expected a number of seconds > 0")
 
-    before = Settings(connection_period_s=30.0)
-    service = Service(before, short_store, reload_settings=broken,
-                      notifier=Notifier(notify_socket.getsockname()))
+    before = Settings(store_path=short_store.path, connection_period_s=30.0)
+    service = build_service(before, short_store, status=False, reload_settings=broken,
+                            notifier=Notifier(notify_socket.getsockname()))
     async with running(service):
         sent = await datagrams_after_reload(notify_socket, service)
     assert service.settings is before
@@ -80,12 +81,13 @@ async def test_a_good_file_is_applied_and_restart_keys_are_named(
     short_store: Store, notify_socket: socket.socket, log_lines: io.StringIO, tmp_path: Path
 ) -> None:
     config = tmp_path / "nbwss.properties"
-    config.write_text("connectionInfo.period=30\n")
-    service = Service(properties.load(config), short_store,
-                      reload_settings=lambda: properties.load(config),
-                      notifier=Notifier(notify_socket.getsockname()))
+    config.write_text(f"store.path={short_store.path}\nconnectionInfo.period=30\n")
+    service = build_service(properties.load(config), short_store, status=False,
+                            reload_settings=lambda: properties.load(config),
+                            notifier=Notifier(notify_socket.getsockname()))
     async with running(service):
         config.write_text(
+            f"store.path={short_store.path}\n"
             "connectionInfo.period=20\nkeepAlive.scheduledRate=7\n"
             "notification.maxBatch=10\ncommand.timeout=5\nnot.a.key=1\n"
         )

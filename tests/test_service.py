@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from nbwss.component import Component
+from nbwss.daemon import build_service
 from nbwss.properties import Settings
 from nbwss.sdnotify import Notifier, watchdog_interval_s
 from nbwss.service import Service
+from nbwss.status import fetch_status
 from nbwss.store import Store
 from tests.conftest import TlsMaterial, timeout
 from tests.peers import Peer, add_endpoint
@@ -66,7 +69,7 @@ def test_watchdog_interval_is_half_the_timeout_and_only_for_this_process() -> No
     assert watchdog_interval_s({}) is None
 
 
-class Recorder:
+class Recorder(Component):
     """A component: runs until cancelled, and says so."""
 
     def __init__(self) -> None:
@@ -104,9 +107,10 @@ async def test_service_starts_reports_to_systemd_and_stops_with_close_frames(
         store.set_enabled("ep2.test", False)
         store.set_status("ep2.test", True)  # left behind by a killed daemon
         component = Recorder()
-        service = Service(
-            Settings(connection_period_s=30.0), store, components=[component],
-            notifier=Notifier(notify_socket.getsockname()), watchdog_s=0.05,
+        service = build_service(
+            Settings(store_path=store.path, connection_period_s=30.0), store, status=False,
+            components=[component], notifier=Notifier(notify_socket.getsockname()),
+            watchdog_s=0.05,
         )
         async with running(service) as task:
             assert not store.endpoint("ep2.test").connected
@@ -129,8 +133,9 @@ async def test_a_second_stop_request_does_not_wait_for_a_hung_endpoint(
 ) -> None:
     async with Peer(tls.server_cert, answer_close=False) as peer:
         add_endpoint(store, peer, "ep1.test")
-        service = Service(
-            Settings(connection_period_s=30.0, send_timeout_s=30.0), store, notifier=Notifier(None)
+        service = build_service(
+            Settings(store_path=store.path, connection_period_s=30.0, send_timeout_s=30.0),
+            store, status=False, notifier=Notifier(None),
         )
         async with running(service) as task:
             await peer.wait_for(lambda: peer.connected)
@@ -144,10 +149,10 @@ async def test_a_second_stop_request_does_not_wait_for_a_hung_endpoint(
 
 
 async def test_reload_reads_properties_and_store_at_once(tls: TlsMaterial, store: Store) -> None:
-    reloaded = Settings(connection_period_s=30.0, keepalive_rate_s=7.0)
-    service = Service(
-        Settings(connection_period_s=30.0), store, reload_settings=lambda: reloaded,
-        notifier=Notifier(None),
+    reloaded = Settings(store_path=store.path, connection_period_s=30.0, keepalive_rate_s=7.0)
+    service = build_service(
+        Settings(store_path=store.path, connection_period_s=30.0), store, status=False,
+        reload_settings=lambda: reloaded, notifier=Notifier(None),
     )
     async with Peer(tls.server_cert) as peer, running(service):
         add_endpoint(store, peer, "ep1.test")
@@ -227,3 +232,65 @@ async def test_a_second_nbwss_run_on_the_same_state_refuses_and_touches_nothing(
             async with asyncio.timeout(timeout(10)):
                 await first.wait()
     assert first.returncode == 0
+
+
+def drained(sock: socket.socket) -> list[str]:
+    """Every datagram waiting on `sock`, without waiting for more."""
+    received = []
+    while True:
+        try:
+            received.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return received
+
+
+async def test_ready_is_sent_only_once_the_status_socket_answers(
+    store: Store, state_dir: Path, notify_socket: socket.socket
+) -> None:
+    settings = Settings(store_path=store.path, connection_period_s=30.0)
+    service = build_service(settings, store, notifier=Notifier(notify_socket.getsockname()))
+    status_path = settings.status_address
+    answered_at_ready: list[bool] = []
+
+    def ready_then_probe(text: str) -> bool:
+        if "READY=1" not in text:
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            answered_at_ready.append(probe.connect_ex(status_path) == 0)
+        return True
+
+    task = asyncio.create_task(service.async_run(handle_signals=False))
+    try:
+        await datagram_where(notify_socket, ready_then_probe)
+        assert answered_at_ready == [True]
+        assert (await fetch_status(status_path))["live"] is True
+    finally:
+        service.handle_exit()
+        async with asyncio.timeout(timeout(10)):
+            await task
+
+
+async def test_a_status_address_in_use_stops_nbwss_run_with_one_line_and_no_ready(
+    state_dir: Path, notify_socket: socket.socket
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        config = state_dir / "nbwss.properties"
+        config.write_text(
+            f"store.path={state_dir / 'nbwss.db'}\nstatus.listen=127.0.0.1:{port}\n"
+            "log.format=json\n"
+        )
+        env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname()}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nbwss", "-c", str(config), "run",
+            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(timeout(20)):
+            _, stderr = await process.communicate()
+    assert process.returncode == 1
+    errors = [line for line in stderr.decode().splitlines() if line.startswith("nbwss: error:")]
+    assert errors == [f"nbwss: error: cannot serve status at 127.0.0.1:{port}: "
+                      "Address already in use"], stderr.decode()
+    assert not any("READY=1" in text for text in drained(notify_socket))

@@ -11,18 +11,19 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from nbwss import logs
-from nbwss.delivery import Batch
+from nbwss.backoff import Backoff
+from nbwss.component import Component
 from nbwss.errors import NbwssError
 from nbwss.properties import Settings
 from nbwss.proxy import CommandProxy
 from nbwss.pump import DeliveryWiring, GroupPump
-from nbwss.service import Component, Service
+from nbwss.sdnotify import Notifier
+from nbwss.service import Service
 from nbwss.sources.poller import Poller
 from nbwss.status import StatusServer
 from nbwss.store import Store
@@ -34,57 +35,47 @@ log = logs.get_logger("nbwss.daemon")
 
 
 class LiveStatus:
-    """The daemon's live view for /status: connections from the supervisor, batches from
-    the pumps. Implements `nbwss.status.StatusSource`."""
+    """The daemon's live view for /status: connections from the supervisor, batches and
+    acks from the pumps. Implements `nbwss.status.StatusSource`."""
 
-    def __init__(self, store: Store, settings: Settings, wiring: DeliveryWiring) -> None:
-        self._store = store
-        self._settings = settings
+    def __init__(self, supervisor: Supervisor, wiring: DeliveryWiring) -> None:
+        self._supervisor = supervisor
         self._wiring = wiring
-        self._pumps: dict[str, GroupPump] = {}
-        self._last_ack: dict[str, float] = {}
-        self.supervisor: Supervisor | None = None
-
-    def pump(self, group_id: str) -> GroupPump:
-        """The `delivery_for_group` factory: a pump whose acks are remembered for status."""
-
-        def acked(_: Batch) -> None:
-            self._last_ack[group_id] = time.time()
-
-        pump = GroupPump(self._store, self._settings, group_id, self._wiring.waker,
-                         on_acked=acked)
-        self._pumps[group_id] = pump
-        return pump
 
     def snapshot(self) -> dict[str, GroupStatus]:
-        connected = self.supervisor.connected if self.supervisor else {}
-        groups = set(self._pumps) | set(connected)
-        return {group: self._group(group, connected.get(group)) for group in groups}
+        connected = self._supervisor.connected
+        pumps = self._wiring.pumps
+        return {
+            group: self._group(group, connected.get(group), pumps.get(group))
+            for group in set(pumps) | set(connected)
+        }
 
-    def _group(self, group_id: str, host: str | None) -> GroupStatus:
-        pump = self._pumps.get(group_id)
+    @staticmethod
+    def _group(group_id: str, host: str | None, pump: GroupPump | None) -> GroupStatus:
         delivery = pump.delivery if pump else None
         return GroupStatus(
             group_id=group_id,
             connected=host is not None,
             endpoint=host,
             outstanding=delivery.outstanding_status() if delivery else None,
-            last_ack=self._last_ack.get(group_id),
+            last_ack=pump.last_ack_at if pump else None,
         )
 
 
-class _ProxyComponent:
+class _ProxyComponent(Component):
     """Holds the proxy's connection pool open for the daemon's lifetime."""
 
     def __init__(self, proxy: CommandProxy) -> None:
         self._proxy = proxy
 
-    async def run(self) -> None:
+    async def start(self) -> None:
         await self._proxy.start()
-        try:
-            await asyncio.Event().wait()  # until cancelled at shutdown
-        finally:
-            await self._proxy.close()
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()  # until cancelled at shutdown
+
+    async def stop(self) -> None:
+        await self._proxy.close()
 
 
 @contextmanager
@@ -115,28 +106,40 @@ def build_service(
     *,
     reload_settings: Callable[[], Settings] | None = None,
     status: bool = True,
+    notifier: Notifier | None = None,
+    watchdog_s: float | None = None,
+    components: Sequence[Component] = (),
+    backoff: Callable[[float], Backoff] | None = None,
 ) -> Service:
-    """The daemon as `nbwss run` starts it. Raises `ConfigError` for a bad set-up (e.g. a
-    poller credential file missing) before anything connects."""
+    """The daemon as `nbwss run` starts it; tests and benchmarks start it here too.
+
+    `status=False` leaves out the status server (benchmarks, tests that run several
+    daemons); `notifier`, `watchdog_s` and `backoff` replace systemd's and the retry
+    schedule's defaults; `components` are added after the daemon's own. Raises
+    `ConfigError` for a bad set-up (e.g. a poller credential file missing) before
+    anything connects."""
     wiring = DeliveryWiring(store, settings)
-    live = LiveStatus(store, settings, wiring)
     proxy = CommandProxy(settings)
-    components: list[Component] = [*wiring.components, _ProxyComponent(proxy)]
+    supervisor = Supervisor(
+        settings, store, delivery_for_group=wiring.pump, command_handler=proxy, backoff=backoff
+    )
+    wiring.waker.on_endpoints_changed(supervisor.endpoints_changed)
+    own: list[Component] = [*wiring.components, _ProxyComponent(proxy)]
     poller = Poller(settings, store, waker=wiring.waker) if settings.poller_active else None
     if poller is not None:
-        components.append(poller)
+        own.append(poller)
     if status:
-        components.append(StatusServer(settings.status_address, store, source=live,
-                                       max_backlog_age_s=settings.status_max_backlog_age_s,
-                                       poller=poller))
+        own.append(StatusServer(settings.status_address, store,
+                                source=LiveStatus(supervisor, wiring),
+                                max_backlog_age_s=settings.status_max_backlog_age_s,
+                                poller=poller))
     service = Service(
         settings,
         store,
-        delivery_for_group=live.pump,
-        command_handler=proxy,
-        components=components,
+        supervisor,
+        components=[*own, *components],
         reload_settings=reload_settings,
+        notifier=notifier,
+        watchdog_s=watchdog_s,
     )
-    live.supervisor = service.supervisor
-    wiring.waker.on_endpoints_changed(service.supervisor.endpoints_changed)
     return service

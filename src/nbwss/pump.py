@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from nbwss import logs, messages, metrics, outbox
+from nbwss.component import Component
 from nbwss.delivery import Batch, GroupDelivery, Send, Verdict
 from nbwss.link import Link
 from nbwss.messages import Message
@@ -43,7 +44,8 @@ class GroupPump:
         new_id: Callable[[], str] = messages.new_id,
         on_acked: Callable[[Batch], None] | None = None,
     ) -> None:
-        """`on_acked` is called with each batch once its acknowledgement is committed."""
+        """`on_acked` is called with each batch once its acknowledgement is committed
+        (after `last_ack_at` is set)."""
         self.group_id = group_id
         self._store = store
         self._settings = settings
@@ -51,6 +53,7 @@ class GroupPump:
         self._clock = clock
         self._new_id = new_id
         self._on_acked = on_acked
+        self.last_ack_at: float | None = None  # when an ack was last committed, if ever
         self._delivery: GroupDelivery | None = None
         self._kick = asyncio.Event()
         self._host: str | None = None
@@ -178,6 +181,7 @@ class GroupPump:
         )
         delivery.committed(now)
         metrics.NOTIFICATIONS_ACKED.labels(self.group_id).inc(batch.count)
+        self.last_ack_at = now
         self._log(log.info, "notification.acked", link, batch, purged=purged)
         if self._on_acked is not None:
             self._on_acked(batch)
@@ -205,7 +209,7 @@ class GroupPump:
         )
 
 
-class OutboxJanitor:
+class OutboxJanitor(Component):
     """Daemon component: applies `notification.retentionDays` and purges what all acked.
 
     Acknowledgements purge as they commit; this sweep catches the rest (a group deleted,
@@ -240,10 +244,11 @@ class OutboxJanitor:
 
 
 class DeliveryWiring:
-    """Everything delivery adds to the daemon, made once from the store and settings.
+    """Everything delivery adds to the daemon, made once from the store and settings,
+    and the one registry of the groups' pumps (the supervisor asks `pump(group)` for
+    each connection; `/status` reads `pumps`).
 
-    `Service(..., delivery_for_group=wiring.pump, components=wiring.components)`; the
-    REST poller gets `wiring.waker` so its commits wake the pumps too.
+    The REST poller gets `waker` so its commits wake the pumps too.
     """
 
     def __init__(self, store: Store, settings: Settings) -> None:
@@ -252,9 +257,20 @@ class DeliveryWiring:
         self.janitor = OutboxJanitor(store, settings)
         self._store = store
         self._settings = settings
+        self._pumps: dict[str, GroupPump] = {}
 
     def pump(self, group_id: str) -> GroupPump:
-        return GroupPump(self._store, self._settings, group_id, self.waker)
+        """The group's pump, made on first use: it outlives each connection."""
+        pump = self._pumps.get(group_id)
+        if pump is None:
+            pump = self._pumps[group_id] = GroupPump(
+                self._store, self._settings, group_id, self.waker
+            )
+        return pump
+
+    @property
+    def pumps(self) -> Mapping[str, GroupPump]:
+        return self._pumps
 
     @property
     def components(self) -> tuple[WakeListener, OutboxJanitor]:

@@ -2,7 +2,9 @@
 
 Every task (the connection process, the systemd watchdog and status, and the components
 the daemon is built with: wake listener, REST poller, status server) is started in
-`async_run`, owned by one TaskGroup, and cancelled and awaited there. Signal handlers
+`async_run`, owned by one TaskGroup, and cancelled and awaited there. Components bind
+in `start()` before READY=1 (`nbwss.component`); the supervisor is built by
+`daemon.build_service` and handed in. Signal handlers
 only set flags: SIGTERM/SIGINT ask for a graceful stop (every connection gets a normal
 close frame, then what is left is cancelled after a grace period); a second one forces
 it; SIGHUP re-reads the properties and runs the connection process at once.
@@ -14,11 +16,11 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable, Sequence
-from typing import Final, Protocol
+from typing import Final
 
 from nbwss import logs, properties
+from nbwss.component import Component
 from nbwss.errors import NbwssError
-from nbwss.link import CommandHandler, GroupDelivery
 from nbwss.properties import Applies, Settings
 from nbwss.sdnotify import Notifier, watchdog_interval_s
 from nbwss.store import Store
@@ -30,12 +32,6 @@ log = logs.get_logger("nbwss.service")
 SHUTDOWN_GRACE_S: Final = 5.0
 
 
-class Component(Protocol):
-    """A long-running part of the daemon; `run` works until cancelled."""
-
-    async def run(self) -> None: ...
-
-
 class Service:
     """`nbwss run`: the connection process plus the components, with a clean stop."""
 
@@ -43,9 +39,8 @@ class Service:
         self,
         settings: Settings,
         store: Store,
+        supervisor: Supervisor,
         *,
-        delivery_for_group: Callable[[str], GroupDelivery] | None = None,
-        command_handler: CommandHandler | None = None,
         components: Sequence[Component] = (),
         reload_settings: Callable[[], Settings] | None = None,
         notifier: Notifier | None = None,
@@ -53,9 +48,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.supervisor = Supervisor(
-            settings, store, delivery_for_group=delivery_for_group, command_handler=command_handler
-        )
+        self.supervisor = supervisor
         self.components = tuple(components)
         self._reload_settings = reload_settings
         self.notifier = notifier or Notifier.from_env()
@@ -84,33 +77,47 @@ class Service:
     # -- life cycle -----------------------------------------------------------------------
 
     async def async_run(self, handle_signals: bool = True) -> None:
-        """Run until asked to stop; returns after every connection was closed."""
+        """Run until asked to stop; returns after every connection was closed.
+
+        Every component's `start()` (binding its socket) returns before READY=1 is sent,
+        so `nbwss status` right after `systemctl start` finds the status socket, and a
+        bind error stops the start with no READY."""
         await self.startup()
         loop = asyncio.get_running_loop()
-        if handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.handle_exit, sig)
-            loop.add_signal_handler(signal.SIGHUP, self.handle_reload)
+        asked: list[Component] = []
         try:
-            async with asyncio.TaskGroup() as tasks:
-                started = [tasks.create_task(self.supervisor.run())]
-                started += [tasks.create_task(component.run()) for component in self.components]
-                if self.notifier.enabled:
-                    started.append(tasks.create_task(self._report_status()))
-                    if self._watchdog_s:
-                        started.append(tasks.create_task(self._watchdog(self._watchdog_s)))
-                self.ready.set()
-                self.notifier.send("READY=1", "STATUS=connecting")
-                log.info("service.started", components=len(self.components))
-                await self.main_loop()
-                await self.shutdown()
-                for task in started:
-                    task.cancel()
+            for component in self.components:
+                asked.append(component)  # stopped below even if its start fails half way
+                await component.start()
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, self.handle_exit, sig)
+                loop.add_signal_handler(signal.SIGHUP, self.handle_reload)
+            await self._serve()
         finally:
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
+            for component in reversed(asked):
+                await component.stop()
         log.info("service.stopped")
+
+    async def _serve(self) -> None:
+        """The main loop, with every task in one TaskGroup; READY once they are created."""
+        async with asyncio.TaskGroup() as tasks:
+            started = [tasks.create_task(self.supervisor.run())]
+            started += [tasks.create_task(component.run()) for component in self.components]
+            if self.notifier.enabled:
+                started.append(tasks.create_task(self._report_status()))
+                if self._watchdog_s:
+                    started.append(tasks.create_task(self._watchdog(self._watchdog_s)))
+            self.ready.set()
+            self.notifier.send("READY=1", "STATUS=connecting")
+            log.info("service.started", components=len(self.components))
+            await self.main_loop()
+            await self.shutdown()
+            for task in started:
+                task.cancel()
 
     async def startup(self) -> None:
         # Whatever a killed daemon left in the store, nothing is connected yet.

@@ -33,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from nbwss import __version__, health, logs, outbox
+from nbwss.component import Component
 from nbwss.errors import ConfigError, NbwssError
 from nbwss.metrics import REGISTRY
 from nbwss.store import Store
@@ -228,7 +229,7 @@ def render_metrics(store_registry: CollectorRegistry) -> bytes:
 # -- the server --------------------------------------------------------------------------
 
 
-class StatusServer:
+class StatusServer(Component):
     """A component of the daemon: `run()` serves until cancelled, then removes its socket."""
 
     def __init__(
@@ -249,37 +250,56 @@ class StatusServer:
         self._store_registry.register(StoreCollector(store))
         self._started_at = time.time()
         self.ready = asyncio.Event()  # set once the address accepts connections
+        self._runner: web.AppRunner | None = None
+        self._unix_inode: int | None = None
 
-    async def run(self) -> None:
+    async def start(self) -> None:
+        """Bind the address and serve; a `ConfigError` names it when it cannot be had."""
         app = web.Application()
         app.router.add_get("/status", self._status)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/healthz", self._healthz)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        self._runner = runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=1.0
+        )
         await runner.setup()
-        unix_inode: int | None = None
+        if isinstance(self.address, UnixAddress):
+            listener, self._unix_inode = bind_private_unix_socket(self.address.path)
+            site: web.BaseSite = web.SockSite(runner, listener)
+        else:
+            site = web.TCPSite(runner, self.address.host, self.address.port)
         try:
-            if isinstance(self.address, UnixAddress):
-                listener, unix_inode = bind_private_unix_socket(self.address.path)
-                site: web.BaseSite = web.SockSite(runner, listener)
-            else:
-                site = web.TCPSite(runner, self.address.host, self.address.port)
-            try:
-                await site.start()
-            except OSError as exc:
-                reason = exc.strerror or str(exc)
-                raise ConfigError(f"cannot serve status at {self.address}: {reason}") from None
-            if isinstance(self.address, TcpAddress) and self.address.port == 0:
-                self.address = TcpAddress(self.address.host, runner.addresses[0][1])
-            log.info("status.listening", address=str(self.address))
-            self.ready.set()
+            await site.start()
+        except OSError as exc:
+            # aiohttp rewraps the bind error; its errno says it in the system's words.
+            reason = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)
+            raise ConfigError(f"cannot serve status at {self.address}: {reason}") from None
+        if isinstance(self.address, TcpAddress) and self.address.port == 0:
+            self.address = TcpAddress(self.address.host, runner.addresses[0][1])
+        log.info("status.listening", address=str(self.address))
+        self.ready.set()
+
+    async def run(self) -> None:
+        """Serve until cancelled (started here, and stopped, when the service did not)."""
+        owned = self._runner is None
+        try:
+            if owned:
+                await self.start()
             await asyncio.Event().wait()  # until cancelled
         finally:
-            self.ready.clear()
+            if owned:
+                await self.stop()
+
+    async def stop(self) -> None:
+        """Close the server and remove its socket (unless another process put its own)."""
+        runner, self._runner = self._runner, None
+        self.ready.clear()
+        if runner is not None:
             await runner.cleanup()
-            if isinstance(self.address, UnixAddress) and unix_inode is not None:
-                _remove_if_ours(self.address.path, unix_inode)
+        inode, self._unix_inode = self._unix_inode, None
+        if isinstance(self.address, UnixAddress) and inode is not None:
+            _remove_if_ours(self.address.path, inode)
 
     async def _document(self) -> dict[str, Any]:
         document = await asyncio.to_thread(

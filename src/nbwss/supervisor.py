@@ -181,7 +181,6 @@ class Supervisor:
         self._live: dict[str, LiveConnection] = {}  # by host name
         self._dialling: set[str] = set()  # host names being dialled (up to CONNECT's answer)
         self._last_host: dict[str, str] = {}  # by group: the host it was last connected to
-        self._deliveries: dict[str, GroupDelivery] = {}
         self._contexts: dict[str, ssl.SSLContext] = {}  # by certificate fingerprint
         self._dial_slots = asyncio.Semaphore(MAX_CONCURRENT_DIALS)
         self.runs = 0
@@ -436,9 +435,8 @@ class Supervisor:
         return context
 
     def _delivery(self, group_id: str) -> GroupDelivery | None:
-        """The group's notification pump, made once: it outlives each connection."""
+        """The group's notification pump (the factory keeps one per group: it outlives
+        each connection)."""
         if self._delivery_for_group is None:
             return None
-        if group_id not in self._deliveries:
-            self._deliveries[group_id] = self._delivery_for_group(group_id)
-        return self._deliveries[group_id]
+        return self._delivery_for_group(group_id)

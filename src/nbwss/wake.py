@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nbwss import logs
+from nbwss.component import Component
 from nbwss.errors import NbwssError
 
 if TYPE_CHECKING:
@@ -110,8 +111,8 @@ def bind_wake_socket(path: Path) -> socket.socket:
     return sock
 
 
-class WakeListener:
-    """Daemon component: listens on the wake socket until cancelled, then removes it."""
+class WakeListener(Component):
+    """Daemon component: listens on the wake socket until stopped, then removes it."""
 
     def __init__(self, path: Path, waker: Waker) -> None:
         import asyncio
@@ -119,14 +120,17 @@ class WakeListener:
         self.path = path
         self.waker = waker
         self.ready = asyncio.Event()
+        self._socket: socket.socket | None = None
+        self._started = False
 
-    async def run(self) -> None:
-        """Listen until cancelled; when the socket cannot be had, log it and return.
+    async def start(self) -> None:
+        """Bind the socket; when it cannot be had, log it and go on without it.
 
         Not fatal: the pumps still find new rows by polling the database, only later.
         """
         import asyncio
 
+        self._started = True
         try:
             sock = bind_wake_socket(self.path)
         except NbwssError as exc:
@@ -137,17 +141,43 @@ class WakeListener:
                 fallback="database poll every notification.scheduledRate",
             )
             return
-        loop = asyncio.get_running_loop()
         try:
-            loop.add_reader(sock.fileno(), self._receive, sock)
-            log.info("wake.listening", path=str(self.path))
-            self.ready.set()
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._receive, sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._socket = sock
+        log.info("wake.listening", path=str(self.path))
+        self.ready.set()
+
+    async def run(self) -> None:
+        """Listen until cancelled (started here when the service did not); return at
+        once when the socket could not be had."""
+        import asyncio
+
+        owned = not self._started
+        if owned:
+            await self.start()
+        if self._socket is None:
+            return
+        try:
             await asyncio.Future()  # until cancelled
         finally:
-            loop.remove_reader(sock.fileno())
-            sock.close()
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            if owned:
+                await self.stop()
+
+    async def stop(self) -> None:
+        import asyncio
+
+        sock, self._socket = self._socket, None
+        self._started = False
+        if sock is None:
+            return
+        self.ready.clear()
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
 
     def _receive(self, sock: socket.socket) -> None:
         """Read every datagram queued; wake the pumps and the connection process once each."""

@@ -25,6 +25,7 @@ import aiohttp
 
 from nbwss import logs, pollerstore
 from nbwss.backoff import Backoff
+from nbwss.component import Component
 from nbwss.errors import ConfigError
 from nbwss.metrics import POLLER_SET_ASIDE, POLLER_UP
 from nbwss.properties import Settings
@@ -88,7 +89,7 @@ class PollCounts:
     images: int = 0
 
 
-class Poller:
+class Poller(Component):
     """The poller component: `run()` polls until cancelled; never raises on API faults.
 
     A configuration error met at run time (the login asks for multi-factor
