@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from nbwss.delivery import (
     Batch,
+    DeliveryMachine,
     EventRange,
-    GroupDelivery,
     Phase,
     Send,
     Stall,
@@ -50,12 +50,12 @@ def events(*objects: str, start: int = 1) -> list[OutboxEvent]:
     ]
 
 
-def machine(**overrides: Any) -> GroupDelivery:
+def machine(**overrides: Any) -> DeliveryMachine:
     values: dict[str, Any] = {
         "group_id": "G1", "max_batch": 500, "max_bytes": 1 << 20, "rate_s": RATE, "acked_seq": 0,
     }  # fmt: skip
     values.update(overrides)
-    return GroupDelivery(**values)
+    return DeliveryMachine(**values)
 
 
 def ack(batch: Batch, payload: Any = None) -> Message:
@@ -68,10 +68,20 @@ def elements(batch: Batch) -> list[dict[str, Any]]:
     return payload
 
 
-def started(delivery: GroupDelivery, evs: list[OutboxEvent], now: float = T0) -> Batch:
-    batch = delivery.take(evs, now, f"ID-{evs[0].seq}")
+def started(delivery: DeliveryMachine, evs: list[OutboxEvent], now: float = T0) -> Batch:
+    """Read and, as the pump does, persist: the batch is then due."""
+    batch = delivery.events_read(evs, now, f"ID-{evs[0].seq}")
     assert batch is not None
+    if delivery.to_persist is not None:
+        delivery.persist_done(delivery.to_persist.message_id)
     return batch
+
+
+def committed(delivery: DeliveryMachine, now: float) -> Batch:
+    """Commit the acknowledged batch's transaction, as the pump does; the batch."""
+    commit = delivery.ack_commit(now)
+    delivery.commit_done(commit, now)
+    return commit.acknowledged
 
 
 # -- batching and grouping -------------------------------------------------------------------
@@ -118,7 +128,7 @@ def test_the_guides_examples_d_and_e_make_one_message() -> None:
 
 def test_batch_is_capped_by_max_batch() -> None:
     delivery = machine(max_batch=3)
-    assert delivery.wanted() == EventRange(0, 3)
+    assert delivery.events_wanted() == EventRange(0, 3)
     batch = started(delivery, events(*["JOB"] * 5))
     assert (batch.first_seq, batch.last_seq, batch.count) == (1, 3, 3)
 
@@ -165,90 +175,116 @@ def test_unicode_data_counts_in_bytes() -> None:
 def test_first_send_is_immediate_and_nothing_new_while_outstanding() -> None:
     delivery = machine()
     batch = started(delivery, events("JOB"))
-    assert delivery.poll(T0) == Send(batch, resend=False)
-    assert delivery.wanted() is None  # not even read ahead until the write is done
-    delivery.sent(batch.id, T0)
-    assert delivery.poll(T0 + RATE - 0.001) is None
+    assert delivery.write_due(T0) == Send(batch, resend=False)
+    assert delivery.events_wanted() is None  # not even read ahead until the write is done
+    delivery.write_done(batch.id, T0)
+    assert delivery.write_due(T0 + RATE - 0.001) is None
     assert delivery.deadline() == T0 + RATE
     # The next batch is read ahead, but it is not sent while this one is outstanding.
-    assert delivery.wanted() == EventRange(1, 500, ahead=True)
-    following = delivery.take(events("JOB", start=2), T0, "NEXT")
+    assert delivery.events_wanted() == EventRange(1, 500, ahead=True)
+    following = delivery.events_read(events("JOB", start=2), T0, "NEXT")
     assert following is not None
     assert delivery.prepared is following
-    assert delivery.poll(T0 + RATE) == Send(batch, resend=True)
-    assert delivery.wanted() is None
+    assert delivery.write_due(T0 + RATE) == Send(batch, resend=True)
+    assert delivery.events_wanted() is None
     with pytest.raises(RuntimeError):
-        delivery.take(events("JOB", start=3), T0, "OTHER")
+        delivery.events_read(events("JOB", start=3), T0, "OTHER")
+
+
+def test_a_new_batch_is_not_due_until_its_row_is_persisted() -> None:
+    delivery = machine()
+    batch = delivery.events_read(events("JOB"), T0, "ID-1")
+    assert batch is not None
+    assert delivery.to_persist == PersistedBatch("ID-1", 1, 1, T0)
+    assert delivery.write_due(T0) is None  # a restart must find its id first
+    delivery.persist_done("ID-1")
+    assert delivery.to_persist is None
+    assert delivery.write_due(T0) == Send(batch, resend=False)
+
+
+def test_the_row_committed_with_an_ack_is_the_message_sent_next() -> None:
+    delivery = machine(max_batch=1)
+    batch = started(delivery, events("JOB"))
+    delivery.write_done(batch.id, T0)
+    delivery.events_read(events("IMAGE", start=2), T0 + 1, "NEXT")
+    assert delivery.response_received(ack(batch)) is Verdict.ACKNOWLEDGED
+    commit = delivery.ack_commit(T0 + 40)
+    delivery.commit_done(commit, T0 + 40)
+    send = delivery.write_due(T0 + 40)
+    assert send is not None
+    assert commit.next_row is not None
+    assert send.batch.persisted() == commit.next_row  # one timeStamp rewrite, one place
+    assert commit.next_row.sent_at == T0 + 40
 
 
 def test_ack_with_same_id_and_empty_payload_advances_after_commit() -> None:
     delivery = machine()
     batch = started(delivery, events("JOB", "IMAGE"))
-    delivery.sent(batch.id, T0)
-    assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
+    delivery.write_done(batch.id, T0)
+    assert delivery.response_received(ack(batch)) is Verdict.ACKNOWLEDGED
     assert delivery.awaiting_commit is batch
-    assert delivery.poll(T0 + 100) is None  # acknowledged: never resent
-    assert delivery.committed(T0) is batch
+    assert delivery.write_due(T0 + 100) is None  # acknowledged: never resent
+    assert committed(delivery, T0) is batch
     assert delivery.acked_seq == 2
     assert delivery.outstanding is None
-    assert delivery.wanted() == EventRange(2, 500)
+    assert delivery.events_wanted() == EventRange(2, 500)
 
 
 def test_prepared_batch_goes_out_once_the_ack_is_committed() -> None:
     delivery = machine(max_batch=2)
     evs = events("JOB", "JOB", "IMAGE", "IMAGE", "JOB")
     batch = started(delivery, evs[:2])
-    delivery.sent(batch.id, T0)
-    assert delivery.wanted() == EventRange(2, 2, ahead=True)
-    following = delivery.take(evs[2:4], T0 + 1, "NEXT")
+    delivery.write_done(batch.id, T0)
+    assert delivery.events_wanted() == EventRange(2, 2, ahead=True)
+    following = delivery.events_read(evs[2:4], T0 + 1, "NEXT")
     assert following is not None
-    assert delivery.on_response(ack(following)) is Verdict.WRONG_ID  # not in flight yet
-    assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
+    assert delivery.response_received(ack(following)) is Verdict.WRONG_ID  # not in flight yet
+    assert delivery.response_received(ack(batch)) is Verdict.ACKNOWLEDGED
     later = T0 + 3 * RATE  # the ack came after resends: the prepared batch waited
-    assert delivery.committed(later) is batch
+    assert committed(delivery, later) is batch
     assert delivery.prepared is None
     started_now = delivery.outstanding
     assert started_now is not None
-    assert delivery.poll(later) == Send(started_now, resend=False)
+    assert delivery.write_due(later) == Send(started_now, resend=False)
     assert (started_now.id, started_now.first_seq, started_now.last_seq) == ("NEXT", 3, 4)
     assert started_now.message.payload == following.message.payload
     assert started_now.message.time_stamp == int(later)  # stamped when it goes out
-    assert following.persisted(int(later)) == PersistedBatch("NEXT", 3, 4, later)
+    assert started_now.persisted() == PersistedBatch("NEXT", 3, 4, later)
 
 
 def test_read_ahead_finds_nothing_then_something() -> None:
     delivery = machine()
     batch = started(delivery, events("JOB"))
-    delivery.sent(batch.id, T0)
-    assert delivery.take([], T0, "X") is None
-    assert delivery.wanted() == EventRange(1, 500, ahead=True)
+    delivery.write_done(batch.id, T0)
+    assert delivery.events_read([], T0, "X") is None
+    assert delivery.events_wanted() == EventRange(1, 500, ahead=True)
     with pytest.raises(ValueError, match="follow"):
-        delivery.take(events("JOB"), T0, "X")
+        delivery.events_read(events("JOB"), T0, "X")
 
 
 def test_no_ack_resends_same_message_after_rate() -> None:
     delivery = machine()
     batch = started(delivery, events("JOB", "JOB"))
-    delivery.sent(batch.id, T0 + 0.5)
-    assert delivery.poll(T0 + 0.5 + RATE - 0.01) is None
-    again = delivery.poll(T0 + 0.5 + RATE)
+    delivery.write_done(batch.id, T0 + 0.5)
+    assert delivery.write_due(T0 + 0.5 + RATE - 0.01) is None
+    again = delivery.write_due(T0 + 0.5 + RATE)
     assert again is not None
     assert again.resend
     assert again.batch.message is batch.message  # same id, same timeStamp, same bytes
-    delivery.sent(batch.id, T0 + 0.5 + RATE)
+    delivery.write_done(batch.id, T0 + 0.5 + RATE)
     assert delivery.deadline() == T0 + 0.5 + 2 * RATE
 
 
 def test_send_timeout_counts_as_not_sent_and_retries_after_rate() -> None:
     delivery = machine()
     batch = started(delivery, events("JOB"))
-    delivery.send_failed(batch.id, T0 + 2)
+    delivery.write_timed_out(batch.id, T0 + 2)
     assert delivery.phase is Phase.PENDING
-    assert delivery.poll(T0 + 2 + RATE - 0.01) is None
-    retry = delivery.poll(T0 + 2 + RATE)
+    assert delivery.write_due(T0 + 2 + RATE - 0.01) is None
+    retry = delivery.write_due(T0 + 2 + RATE)
     assert retry == Send(batch, resend=False)  # never written, so a first send
     # The endpoint may answer a write we gave up on; the id is ours, so it counts.
-    assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
+    assert delivery.response_received(ack(batch)) is Verdict.ACKNOWLEDGED
 
 
 def test_status_says_sent_at_only_once_written_and_counts_the_writes() -> None:
@@ -256,15 +292,15 @@ def test_status_says_sent_at_only_once_written_and_counts_the_writes() -> None:
     batch = started(delivery, events("JOB", "IMAGE"))
     pending = delivery.outstanding_status()
     assert pending == OutstandingStatus(batch.id, 1, 2, count=2, sent_at=None, sends=0)
-    delivery.send_failed(batch.id, T0 + 1)  # a write that timed out was not a send
+    delivery.write_timed_out(batch.id, T0 + 1)  # a write that timed out was not a send
     assert delivery.outstanding_status() == pending
-    delivery.sent(batch.id, T0 + 2 + RATE)
-    delivery.sent(batch.id, T0 + 2 + 2 * RATE)  # resent: the first write's time stays
+    delivery.write_done(batch.id, T0 + 2 + RATE)
+    delivery.write_done(batch.id, T0 + 2 + 2 * RATE)  # resent: the first write's time stays
     status = delivery.outstanding_status()
     assert status is not None
     assert (status.sent_at, status.sends) == (T0 + 2 + RATE, 2)
-    assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
-    delivery.committed(T0 + 10)
+    assert delivery.response_received(ack(batch)) is Verdict.ACKNOWLEDGED
+    committed(delivery, T0 + 10)
     assert delivery.outstanding_status() is None
 
 
@@ -279,18 +315,18 @@ def test_a_restored_batch_shows_its_persisted_time_stamp_as_sent_at() -> None:
 def test_wrong_id_does_not_acknowledge() -> None:
     delivery = machine()
     batch = started(delivery, events("JOB"))
-    delivery.sent(batch.id, T0)
+    delivery.write_done(batch.id, T0)
     other = Message("NOT-IT", MessageType.NOTIFICATION, SubType.RESPONSE, int(T0), [])
-    assert delivery.on_response(other) is Verdict.WRONG_ID
+    assert delivery.response_received(other) is Verdict.WRONG_ID
     assert delivery.awaiting_commit is None
-    assert delivery.poll(T0 + RATE) == Send(batch, resend=True)
+    assert delivery.write_due(T0 + RATE) == Send(batch, resend=True)
 
 
 def test_non_empty_payload_does_not_acknowledge() -> None:
     delivery = machine()
     batch = started(delivery, events("JOB"))
-    delivery.sent(batch.id, T0)
-    assert delivery.on_response(ack(batch, payload=[{"error": 1}])) is Verdict.NOT_EMPTY
+    delivery.write_done(batch.id, T0)
+    assert delivery.response_received(ack(batch, payload=[{"error": 1}])) is Verdict.NOT_EMPTY
     assert delivery.awaiting_commit is None
     assert delivery.phase is Phase.SENT
 
@@ -298,60 +334,60 @@ def test_non_empty_payload_does_not_acknowledge() -> None:
 def test_request_with_our_id_is_not_an_ack() -> None:
     delivery = machine()
     batch = started(delivery, events("JOB"))
-    assert delivery.on_response(batch.message) is Verdict.NOT_A_RESPONSE
+    assert delivery.response_received(batch.message) is Verdict.NOT_A_RESPONSE
     command = Message(batch.id, MessageType.COMMAND, SubType.RESPONSE, int(T0), {})
-    assert delivery.on_response(command) is Verdict.NOT_A_RESPONSE
+    assert delivery.response_received(command) is Verdict.NOT_A_RESPONSE
 
 
 def test_second_ack_of_a_resent_batch_is_a_duplicate() -> None:
     delivery = machine()
     batch = started(delivery, events("JOB"))
-    delivery.sent(batch.id, T0)
-    assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
-    assert delivery.on_response(ack(batch)) is Verdict.DUPLICATE
-    delivery.committed(T0)
-    assert delivery.on_response(ack(batch)) is Verdict.DUPLICATE
+    delivery.write_done(batch.id, T0)
+    assert delivery.response_received(ack(batch)) is Verdict.ACKNOWLEDGED
+    assert delivery.response_received(ack(batch)) is Verdict.DUPLICATE
+    committed(delivery, T0)
+    assert delivery.response_received(ack(batch)) is Verdict.DUPLICATE
     with pytest.raises(RuntimeError):
-        delivery.committed(T0)
+        committed(delivery, T0)
 
 
 def test_ack_racing_the_end_of_the_write_is_kept() -> None:
     delivery = machine()
     batch = started(delivery, events("JOB"))
-    assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
-    delivery.sent(batch.id, T0)  # the write's completion is seen after the ack
+    assert delivery.response_received(ack(batch)) is Verdict.ACKNOWLEDGED
+    delivery.write_done(batch.id, T0)  # the write's completion is seen after the ack
     assert delivery.awaiting_commit is batch
-    delivery.send_failed(batch.id, T0)
+    delivery.write_timed_out(batch.id, T0)
     assert delivery.awaiting_commit is batch
 
 
 def test_stale_write_results_are_ignored() -> None:
     delivery = machine()
     batch = started(delivery, events("JOB"))
-    delivery.sent("SOMETHING-ELSE", T0)
-    delivery.send_failed("SOMETHING-ELSE", T0)
-    assert delivery.poll(T0) == Send(batch, resend=False)
+    delivery.write_done("SOMETHING-ELSE", T0)
+    delivery.write_timed_out("SOMETHING-ELSE", T0)
+    assert delivery.write_due(T0) == Send(batch, resend=False)
 
 
 def test_new_connection_sends_the_outstanding_batch_at_once() -> None:
     delivery = machine()
     batch = started(delivery, events("JOB"))
-    delivery.sent(batch.id, T0)
-    delivery.connected(T0 + 1)
-    assert delivery.poll(T0 + 1) == Send(batch, resend=True)
+    delivery.write_done(batch.id, T0)
+    delivery.connection_opened(T0 + 1)
+    assert delivery.write_due(T0 + 1) == Send(batch, resend=True)
 
 
 # -- a batch the endpoint never acknowledges ---------------------------------------------------
 
 
-def resend_times(delivery: GroupDelivery, batch: Batch, times: int, now: float) -> list[Any]:
+def resend_times(delivery: DeliveryMachine, batch: Batch, times: int, now: float) -> list[Any]:
     """Write `batch` `times` times, each when due; what each `sent` reported."""
     reports = []
     for _ in range(times):
-        send = delivery.poll(now)
+        send = delivery.write_due(now)
         assert send is not None
         assert send.batch is batch
-        reports.append(delivery.sent(batch.id, now))
+        reports.append(delivery.write_done(batch.id, now))
         now += RATE
     return reports
 
@@ -361,17 +397,17 @@ def test_a_batch_sent_n_times_without_an_ack_stalls_once() -> None:
     batch = started(delivery, events("JOB", "JOB"))
     assert resend_times(delivery, batch, 6, T0) == [None, None, Stall(batch, 3), None, None, None]
     assert (delivery.stalled, delivery.sends) == (True, 6)
-    assert delivery.poll(T0 + 6 * RATE) == Send(batch, resend=True)  # sending goes on
+    assert delivery.write_due(T0 + 6 * RATE) == Send(batch, resend=True)  # sending goes on
 
 
 def test_a_send_that_timed_out_is_not_counted() -> None:
     delivery = machine(stall_after=2)
     batch = started(delivery, events("JOB"))
-    delivery.send_failed(batch.id, T0)
-    delivery.send_failed(batch.id, T0 + RATE)
+    delivery.write_timed_out(batch.id, T0)
+    delivery.write_timed_out(batch.id, T0 + RATE)
     assert (delivery.sends, delivery.stalled) == (0, False)
-    assert delivery.sent(batch.id, T0 + 2 * RATE) is None
-    assert delivery.sent(batch.id, T0 + 3 * RATE) == Stall(batch, 2)
+    assert delivery.write_done(batch.id, T0 + 2 * RATE) is None
+    assert delivery.write_done(batch.id, T0 + 3 * RATE) == Stall(batch, 2)
 
 
 def test_the_ack_clears_the_stall_and_the_next_batch_counts_from_zero() -> None:
@@ -379,9 +415,9 @@ def test_the_ack_clears_the_stall_and_the_next_batch_counts_from_zero() -> None:
     batch = started(delivery, events("JOB"))
     resend_times(delivery, batch, 2, T0)
     assert delivery.stalled
-    assert delivery.on_response(ack(batch)) is Verdict.ACKNOWLEDGED
+    assert delivery.response_received(ack(batch)) is Verdict.ACKNOWLEDGED
     assert not delivery.stalled
-    delivery.committed(T0 + 10)
+    committed(delivery, T0 + 10)
     following = started(delivery, events("JOB", start=2), now=T0 + 10)
     assert (delivery.sends, delivery.stalled) == (0, False)
     assert resend_times(delivery, following, 2, T0 + 10) == [None, Stall(following, 2)]
@@ -395,24 +431,24 @@ def test_a_reconnect_keeps_the_count_of_the_same_batch_but_not_of_another() -> N
     resend_times(before, batch, 2, T0)
     reloaded = machine(stall_after=3, restored=batch.persisted())
     reloaded.carry_over(before)
-    again = reloaded.take(events("JOB"), T0 + 60, "NEW-ID")
+    again = reloaded.events_read(events("JOB"), T0 + 60, "NEW-ID")
     assert again is not None
     assert again.id == batch.id
     assert reloaded.sends == 2
-    assert reloaded.sent(batch.id, T0 + 60) == Stall(again, 3)
+    assert reloaded.write_done(batch.id, T0 + 60) == Stall(again, 3)
 
     other = machine(stall_after=3, restored=PersistedBatch("OTHER", 1, 1, T0))
     other.carry_over(before)
-    assert other.take(events("JOB"), T0, "X") is not None
+    assert other.events_read(events("JOB"), T0, "X") is not None
     assert other.sends == 0
 
 
 def test_idle_group_has_no_deadline() -> None:
     delivery = machine(acked_seq=7)
-    assert delivery.poll(T0) is None
+    assert delivery.write_due(T0) is None
     assert delivery.deadline() is None
-    assert delivery.take([], T0, "X") is None
-    assert delivery.wanted() == EventRange(7, 500)
+    assert delivery.events_read([], T0, "X") is None
+    assert delivery.events_wanted() == EventRange(7, 500)
 
 
 # -- restart from the cursor -----------------------------------------------------------------
@@ -427,16 +463,16 @@ def test_restart_resends_the_persisted_batch_with_its_id_and_bytes() -> None:
 
     # Restarted with other caps: the batch must still be the same message.
     after = machine(max_batch=1, restored=persisted)
-    assert after.wanted() == EventRange(0, 3, 3)
-    rebuilt = after.take(evs[:3], T0 + 60, "NEW-ID")
+    assert after.events_wanted() == EventRange(0, 3, 3)
+    rebuilt = after.events_read(evs[:3], T0 + 60, "NEW-ID")
     assert rebuilt is not None
     assert encode(rebuilt.message) == encode(original.message)
     assert rebuilt.size_bytes == original.size_bytes
-    assert after.poll(T0 + 60) == Send(rebuilt, resend=True)
-    after.sent(rebuilt.id, T0 + 60)
-    assert after.on_response(ack(original)) is Verdict.ACKNOWLEDGED
-    after.committed(T0)
-    assert after.wanted() == EventRange(3, 1)
+    assert after.write_due(T0 + 60) == Send(rebuilt, resend=True)
+    after.write_done(rebuilt.id, T0 + 60)
+    assert after.response_received(ack(original)) is Verdict.ACKNOWLEDGED
+    committed(after, T0)
+    assert after.events_wanted() == EventRange(3, 1)
 
 
 def test_a_batch_persisted_before_the_grouping_rule_goes_again_as_it_was() -> None:
@@ -450,7 +486,7 @@ def test_a_batch_persisted_before_the_grouping_rule_goes_again_as_it_was() -> No
         id="OLD-ID",
     )
     after = machine(restored=PersistedBatch("OLD-ID", 1, 3, T0))
-    rebuilt = after.take(evs, T0 + 60, "NEW-ID")
+    rebuilt = after.events_read(evs, T0 + 60, "NEW-ID")
     assert rebuilt is not None
     assert encode(rebuilt.message) == encode(first_sent)
     assert rebuilt.size_bytes == len(encode(first_sent).encode("utf-8"))
@@ -459,8 +495,8 @@ def test_a_batch_persisted_before_the_grouping_rule_goes_again_as_it_was() -> No
 
 def test_restart_with_the_persisted_events_gone_starts_afresh() -> None:
     delivery = machine(restored=PersistedBatch("OLD", 1, 3, T0))
-    assert delivery.take([], T0, "X") is None
-    assert delivery.wanted() == EventRange(0, 500)
+    assert delivery.events_read([], T0, "X") is None
+    assert delivery.events_wanted() == EventRange(0, 500)
 
 
 def test_message_round_trips_through_the_codec() -> None:
@@ -561,38 +597,41 @@ def test_whatever_happens_delivery_is_in_order_without_loss(
     acknowledged: set[str] = set()
     now = T0
     ids = (f"ID-{n}" for n in itertools.count())
+    row: PersistedBatch | None = None  # the group_batches row, as the pump writes it
 
     for step, queued in [*steps, *[("ack", [])] * (3 * len(outbox_rows) + 60)]:
-        wanted = delivery.wanted()
+        wanted = delivery.events_wanted()
         if wanted is not None:
             rows = [e for e in outbox_rows if e.seq > wanted.after_seq][: wanted.limit]
             if wanted.up_to_seq is not None:
                 rows = [e for e in rows if e.seq <= wanted.up_to_seq]
-            delivery.take(rows, now, next(ids))
-        send = delivery.poll(now)
+            delivery.events_read(rows, now, next(ids))
+        if delivery.to_persist is not None:
+            row = delivery.to_persist
+            delivery.persist_done(row.message_id)
+        send = delivery.write_due(now)
         if send is not None:
             received.append(send.batch.message)
-            delivery.sent(send.batch.id, now)
+            delivery.write_done(send.batch.id, now)
         if step == "ack" and received:
-            if delivery.on_response(response_to(received[-1], [], now)) is Verdict.ACKNOWLEDGED:
-                acknowledged.add(delivery.committed(now).id)
+            answer = response_to(received[-1], [], now)
+            if delivery.response_received(answer) is Verdict.ACKNOWLEDGED:
+                commit = delivery.ack_commit(now)
+                row = commit.next_row  # the cursor moves and the next batch's row, at once
+                delivery.commit_done(commit, now)
+                acknowledged.add(commit.acknowledged.id)
         elif step == "wrong" and received:
-            delivery.on_response(response_to(received[-1], [{"refused": True}], now))
+            delivery.response_received(response_to(received[-1], [{"refused": True}], now))
         elif step == "timeout" and delivery.outstanding is not None:
-            delivery.send_failed(delivery.outstanding.id, now)
+            delivery.write_timed_out(delivery.outstanding.id, now)
         elif step == "wait":
             now += RATE
         elif step == "reconnect":
-            delivery.connected(now)
+            delivery.connection_opened(now)
         elif step == "queue":
             outbox_rows += events(*queued, start=len(outbox_rows) + 1)
         elif step == "restart":  # the process dies: only the cursor and the batch row remain
-            in_flight = delivery.outstanding
-            delivery = machine(
-                max_batch=max_batch,
-                acked_seq=delivery.acked_seq,
-                restored=in_flight.persisted() if in_flight is not None else None,
-            )
+            delivery = machine(max_batch=max_batch, acked_seq=delivery.acked_seq, restored=row)
         # ("lose": the response never comes.) Never two requests unacknowledged at once:
         assert len({m.id for m in received} - acknowledged) <= 1
 

@@ -31,9 +31,12 @@ class TestLink:
 
     __test__ = False
 
-    def __init__(self, host_name: str = "ep1", *, ack: bool = True) -> None:
+    def __init__(
+        self, host_name: str = "ep1", *, ack: bool = True, settings: Settings | None = None
+    ) -> None:
         self.group_id = GROUP
         self.host_name = host_name
+        self.settings = settings or link_settings()
         self.ack = ack
         self.pump: GroupPump | None = None
         self.sent: list[Message] = []
@@ -50,9 +53,10 @@ class TestLink:
         if self.fail_next is not None:
             error, self.fail_next = self.fail_next, None
             raise error
-        if self.hang_next:
+        if self.hang_next:  # a write that never completes: the link's deadline ends it
             self.hang_next -= 1
-            await asyncio.Event().wait()  # a write that never completes
+            async with asyncio.timeout(self.settings.send_timeout_s):
+                await asyncio.Event().wait()
         self.sent.append(message)
         self._changed.set()
         if self.ack and self.pump is not None:
@@ -106,7 +110,7 @@ def put(store: Store, *job_ids: int) -> None:
         outbox.enqueue(conn, [("JOB", job(j)) for j in job_ids], 0)
 
 
-def settings(**values: Any) -> Settings:
+def link_settings(**values: Any) -> Settings:
     defaults: dict[str, Any] = {"notification_rate_s": 60.0, "send_timeout_s": 2.0}
     return Settings(**(defaults | values))
 
@@ -151,10 +155,8 @@ async def test_delivers_in_order_in_batches_and_advances_the_cursor(
     store: Store, running: Any
 ) -> None:
     put(store, *range(1, 8))
-    link = TestLink()
-    pump = GroupPump(
-        store, settings(notification_max_batch=3), GROUP, Waker(), on_acked=link.note_acked
-    )
+    link = TestLink(settings=link_settings(notification_max_batch=3))
+    pump = GroupPump(store, GROUP, Waker(), on_acked=link.note_acked)
     acked_before = acked_metric()
     running(pump, link)
     await link.wait_for(lambda: len(link.sent) == 3)
@@ -169,8 +171,8 @@ async def test_delivers_in_order_in_batches_and_advances_the_cursor(
 
 async def test_a_wake_sends_new_events_at_once(store: Store, running: Any) -> None:
     waker = Waker()
-    link = TestLink()
-    pump = GroupPump(store, settings(notification_rate_s=60.0), GROUP, waker)
+    link = TestLink(settings=link_settings(notification_rate_s=60.0))
+    pump = GroupPump(store, GROUP, waker)
     running(pump, link)
     put(store, 1)
     waker.wake()
@@ -182,8 +184,8 @@ async def test_a_wake_sends_new_events_at_once(store: Store, running: Any) -> No
 
 async def test_without_a_wake_the_outbox_is_polled_every_rate(store: Store, running: Any) -> None:
     put(store, 1)
-    link = TestLink()
-    pump = GroupPump(store, settings(notification_rate_s=0.2), GROUP, Waker())
+    link = TestLink(settings=link_settings(notification_rate_s=0.2))
+    pump = GroupPump(store, GROUP, Waker())
     running(pump, link)
     await link.wait_for(lambda: link.job_ids() == [1])
     put(store, 2)  # and no wake-up: only the fallback poll can find it
@@ -195,10 +197,9 @@ async def test_withheld_ack_resends_the_same_message_and_nothing_new(
 ) -> None:
     put(store, 1, 2)
     waker = Waker()
-    link = TestLink(ack=False)
-    pump = GroupPump(
-        store, settings(notification_rate_s=0.2, notification_max_batch=1), GROUP, waker
-    )
+    link = TestLink(ack=False, settings=link_settings(notification_rate_s=0.2,
+                                                     notification_max_batch=1))
+    pump = GroupPump(store, GROUP, waker)
     running(pump, link)
     await link.wait_for(lambda: len(link.sent) == 3)
     first, *again = link.sent
@@ -211,9 +212,9 @@ async def test_withheld_ack_resends_the_same_message_and_nothing_new(
 
 async def test_a_write_past_the_send_timeout_counts_as_not_sent(store: Store, running: Any) -> None:
     put(store, 1)
-    link = TestLink()
+    link = TestLink(settings=link_settings(notification_rate_s=0.2, send_timeout_s=0.05))
     link.hang_next = 1
-    pump = GroupPump(store, settings(notification_rate_s=0.2, send_timeout_s=0.05), GROUP, Waker())
+    pump = GroupPump(store, GROUP, Waker())
     with capture_logs() as logged:
         running(pump, link)
         await link.wait_for(lambda: link.job_ids() == [1])
@@ -226,7 +227,7 @@ async def test_wrong_id_and_non_empty_payload_do_not_acknowledge(
 ) -> None:
     put(store, 1)
     link = TestLink(ack=False)
-    pump = GroupPump(store, settings(), GROUP, Waker())
+    pump = GroupPump(store, GROUP, Waker())
     running(pump, link)
     await link.wait_for(lambda: len(link.sent) == 1)
     request = link.sent[0]
@@ -243,12 +244,12 @@ async def test_wrong_id_and_non_empty_payload_do_not_acknowledge(
 
 async def test_failover_resends_the_outstanding_batch_first(store: Store, running: Any) -> None:
     put(store, 1, 2)
-    pump = GroupPump(store, settings(notification_max_batch=1), GROUP, Waker())
-    first = TestLink("ep1", ack=False)
+    pump = GroupPump(store, GROUP, Waker())
+    first = TestLink("ep1", ack=False, settings=link_settings(notification_max_batch=1))
     run = running(pump, first)
     await first.wait_for(lambda: len(first.sent) == 1)
     await run.stop()  # the connection to priority 1 is gone
-    second = TestLink("ep2")
+    second = TestLink("ep2", settings=link_settings(notification_max_batch=1))
     running(pump, second)
     await second.wait_for(lambda: len(second.sent) == 2)
     assert second.sent[0].id == first.sent[0].id
@@ -259,8 +260,8 @@ async def test_restart_resends_the_persisted_batch_with_its_id(tmp_path: Path) -
     before = Store(tmp_path / "db", tmp_path / "key")
     add_group(before)
     put(before, 1, 2, 3)
-    link = TestLink(ack=False)
-    pump = GroupPump(before, settings(notification_max_batch=2), GROUP, Waker())
+    link = TestLink(ack=False, settings=link_settings(notification_max_batch=2))
+    pump = GroupPump(before, GROUP, Waker())
     run = Running(pump, link)
     await link.wait_for(lambda: len(link.sent) == 1)
     await run.stop()
@@ -268,8 +269,8 @@ async def test_restart_resends_the_persisted_batch_with_its_id(tmp_path: Path) -
 
     after = Store(tmp_path / "db", tmp_path / "key")
     try:
-        again = TestLink()
-        run = Running(GroupPump(after, settings(notification_max_batch=2), GROUP, Waker()), again)
+        again = TestLink(settings=link_settings(notification_max_batch=2))
+        run = Running(GroupPump(after, GROUP, Waker()), again)
         with capture_logs() as logged:
             await again.wait_for(lambda: len(again.sent) == 2)
         await run.stop()
@@ -287,14 +288,14 @@ async def test_a_lost_connection_ends_run_with_its_error(store: Store) -> None:
     put(store, 1)
     link = TestLink()
     link.fail_next = ConnectionError("gone")
-    pump = GroupPump(store, settings(), GROUP, Waker())
+    pump = GroupPump(store, GROUP, Waker())
     link.pump = pump
     with pytest.raises(ConnectionError):
         await asyncio.wait_for(pump.run(link), timeout(5))
 
 
 async def test_response_before_any_run_is_ignored(store: Store) -> None:
-    pump = GroupPump(store, settings(), GROUP, Waker())
+    pump = GroupPump(store, GROUP, Waker())
     with capture_logs() as logged:
         pump.on_response(Message("X", MessageType.NOTIFICATION, SubType.RESPONSE, 0, []))
     assert [e["event"] for e in logged] == ["notification.unexpected_response"]
@@ -304,7 +305,7 @@ def test_janitor_applies_retention(store: Store) -> None:
     with store.transaction() as conn:
         outbox.enqueue(conn, [("JOB", job(1))], 0.0)
     janitor = OutboxJanitor(
-        store, settings(notification_retention_days=1), clock=lambda: 2 * 86_400
+        store, link_settings(notification_retention_days=1), clock=lambda: 2 * 86_400
     )
     with capture_logs() as logged:
         expired = janitor.sweep()
@@ -385,7 +386,7 @@ async def test_a_wake_path_that_is_not_a_socket_is_left_alone(short_dir: Path) -
 
 async def test_a_group_added_again_starts_from_its_new_cursor(store: Store) -> None:
     put(store, 1)
-    pump = GroupPump(store, settings(), GROUP, Waker())
+    pump = GroupPump(store, GROUP, Waker())
     first = TestLink()
     run = Running(pump, first)
     await first.wait_for(lambda: first.job_ids() == [1])
@@ -401,3 +402,20 @@ async def test_a_group_added_again_starts_from_its_new_cursor(store: Store) -> N
     finally:
         await run.stop()
     assert again.job_ids() == [3]
+
+
+async def test_a_new_connection_brings_its_settings_to_the_pump(
+    store: Store, running: Any
+) -> None:
+    """A reload reaches the pump with the next connection, as it reaches the session."""
+    put(store, 1)
+    pump = GroupPump(store, GROUP, Waker())
+    first = TestLink(ack=False, settings=link_settings(notification_rate_s=60.0))
+    run = running(pump, first)
+    await first.wait_for(lambda: len(first.sent) == 1)
+    await run.stop()
+    reloaded = TestLink("ep2", ack=False, settings=link_settings(notification_rate_s=0.05))
+    running(pump, reloaded)
+    await reloaded.wait_for(lambda: len(reloaded.sent) == 3)  # resent each 0.05 s, not 60 s
+    assert pump.delivery is not None
+    assert pump.delivery.rate_s == 0.05

@@ -97,9 +97,8 @@ async def test_a_good_file_is_applied_and_restart_keys_are_named(
     assert "READY=1\nSTATUS=reloaded" in sent
     by_name = {event["event"]: event for event in events(log_lines)}
     assert by_name["service.reloaded"]["applied"] == [
-        "connectionInfo.period", "keepAlive.scheduledRate"]
-    assert by_name["service.reload_needs_restart"]["keys"] == [
-        "notification.maxBatch", "command.timeout"]
+        "connectionInfo.period", "keepAlive.scheduledRate", "notification.maxBatch"]
+    assert by_name["service.reload_needs_restart"]["keys"] == ["command.timeout"]
     assert "unknown key 'not.a.key'" in by_name["config.unknown_key"]["detail"]
 
 
@@ -108,7 +107,9 @@ def test_every_key_says_when_a_reload_applies_it() -> None:
     assert now == {"connectionInfo.period", "log.level", "log.format"}
     old, new = Settings(), Settings(log_level="debug", notification_rate_s=1.0)
     assert properties.changed_keys(old, new, Applies.NOW) == ["log.level"]
-    assert properties.changed_keys(old, new, Applies.RESTART) == ["notification.scheduledRate"]
+    assert properties.changed_keys(old, new, Applies.NEW_CONNECTIONS) == [
+        "notification.scheduledRate"]
+    assert properties.changed_keys(old, new, Applies.RESTART) == []
 
 
 ROOT = Path(__file__).resolve().parent.parent

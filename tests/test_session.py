@@ -17,12 +17,13 @@ from nbwss import messages
 from nbwss import session as session_module
 from nbwss.errors import ConnectError, TrustError
 from nbwss.link import Link
-from nbwss.messages import Message, MessageType
+from nbwss.messages import Message, MessageType, SubType
 from nbwss.properties import Settings
 from nbwss.proxy import CommandProxy
 from nbwss.session import Session, Target, connect, trim_tls_read_buffer
 from nbwss.trust import pinned_context
 from tests.conftest import TlsMaterial, timeout
+from tests.faultproxy import FaultProxy
 from tests.peers import Ack, ConnectAnswer, Peer
 
 UUID_UPPER = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$")
@@ -385,3 +386,31 @@ async def test_a_time_stamp_in_milliseconds_is_warned_about_once_per_connection(
     assert [(e["time_stamp"], e["log_level"]) for e in warned] == [(1444806222000, "warning")]
     await running.session.close("done")
     await running.ended()
+
+
+async def test_a_write_past_the_send_timeout_raises_timeout_not_connection_error(
+    http: aiohttp.ClientSession, peer: Peer
+) -> None:
+    """`Link.send`'s contract: past `notification.sendTimeout` a `TimeoutError` (the
+    pump counts the batch as not sent and the connection stays), not `ConnectionError`
+    (which would close it as lost)."""
+    async with FaultProxy("127.0.0.1", peer.port) as proxy:
+        through = Target("GROUP1", "ep1.test", f"wss://127.0.0.1:{proxy.port}{peer.path}",
+                         TOKEN, peer.certificate_der)
+        settings = Settings(send_timeout_s=0.2, connect_response_timeout_s=5.0,
+                            keepalive_rate_s=30.0)
+        session = await connect(http, through, settings, pinned_context(peer.certificate_der))
+        try:
+            proxy.stall_all()  # nothing more gets through: the socket's buffers fill up
+            big = Message("BIG", MessageType.NOTIFICATION, SubType.REQUEST, 0, ["x" * (1 << 20)])
+
+            async def fill_the_buffers() -> None:
+                for _ in range(256):
+                    await session.send(big)
+
+            async with asyncio.timeout(timeout(10)):  # expiring: CancelledError inside
+                with pytest.raises(TimeoutError):
+                    await fill_the_buffers()
+        finally:
+            proxy.resume_all()
+            await session.abort()

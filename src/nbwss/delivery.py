@@ -77,11 +77,9 @@ class Batch:
     def id(self) -> str:
         return self.message.id
 
-    def persisted(self, time_stamp: int | None = None) -> PersistedBatch:
-        """The row that lets a restart rebuild this very message (`time_stamp`: the one
-        it will carry when sent, if not yet its own)."""
-        stamp = self.message.time_stamp if time_stamp is None else time_stamp
-        return PersistedBatch(self.id, self.first_seq, self.last_seq, stamp)
+    def persisted(self) -> PersistedBatch:
+        """The row that lets a restart rebuild this very message (id, range, timeStamp)."""
+        return PersistedBatch(self.id, self.first_seq, self.last_seq, self.message.time_stamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +98,24 @@ class EventRange:
     limit: int
     up_to_seq: int | None = None
     ahead: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AckCommit:
+    """The transaction an acknowledgement needs: move the cursor to `last_seq` and, in
+    the same transaction, persist `next_row` (the batch read ahead, re-stamped: it goes
+    next). Made once by `ack_commit()`, so the message persisted is the one sent."""
+
+    acknowledged: Batch
+    next_batch: Batch | None
+
+    @property
+    def last_seq(self) -> int:
+        return self.acknowledged.last_seq
+
+    @property
+    def next_row(self) -> PersistedBatch | None:
+        return None if self.next_batch is None else self.next_batch.persisted()
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,8 +229,15 @@ def _batch(
 
 
 @dataclass
-class GroupDelivery:
-    """What one group has acknowledged, has in flight, and must do next."""
+class DeliveryMachine:
+    """What one group has acknowledged, has in flight, and must do next.
+
+    The driver (`pump.GroupPump`) asks in one order, each step guarded here: commit an
+    acknowledgement (`ack_commit` -> `commit_done`), read (`events_wanted` ->
+    `events_read`), persist a new batch (`to_persist` -> `persist_done`), write
+    (`write_due` -> `write_done` / `write_timed_out`), then wait until `deadline()`.
+    A batch is never due for writing before it is persisted.
+    """
 
     group_id: str
     max_batch: int
@@ -228,13 +251,14 @@ class GroupDelivery:
     due_at: float = 0.0
     written_before: bool = False
     first_sent_at: float | None = None  # the first completed write of `outstanding`
+    to_persist: PersistedBatch | None = None  # a new batch's row, to commit before its write
     last_acked_id: str | None = field(default=None, repr=False)
     stall_after: int = 12
     sends: int = 0  # completed writes of the batch in flight
     stalled: bool = False  # `sends` reached `stall_after` without an ack
     _carried: tuple[str, int, bool] | None = field(default=None, repr=False)
 
-    def carry_over(self, previous: GroupDelivery | None) -> None:
+    def carry_over(self, previous: DeliveryMachine | None) -> None:
         """Keep the send count of the batch `previous` had in flight, if this one was
         loaded to resend that very batch (a reconnect reloads from the database): an
         endpoint that drops the connection on a batch it refuses must stall it too."""
@@ -243,7 +267,7 @@ class GroupDelivery:
         if previous.outstanding.id == self.restored.message_id:
             self._carried = (previous.outstanding.id, previous.sends, previous.stalled)
 
-    def wanted(self) -> EventRange | None:
+    def events_wanted(self) -> EventRange | None:
         """The events to read next, or None when nothing is to be read now.
 
         While a batch is on the wire, the next one is read ahead (`ahead`): it is built
@@ -259,10 +283,13 @@ class GroupDelivery:
             return EventRange(self.outstanding.last_seq, self.max_batch, ahead=True)
         return None
 
-    def take(self, events: Sequence[OutboxEvent], now: float, message_id: str) -> Batch | None:
-        """Build the batch from `events` (as read for `wanted()`); None if there are none.
+    def events_read(
+        self, events: Sequence[OutboxEvent], now: float, message_id: str
+    ) -> Batch | None:
+        """Build the batch from `events` (as read for `events_wanted()`); None if there
+        are none.
 
-        With nothing in flight, the batch starts (persist it, then send). Read ahead,
+        With nothing in flight, the batch starts (`to_persist`, then write). Read ahead,
         it waits in `prepared` for the ack of the one in flight. A restored batch keeps
         its persisted id and timeStamp and every event of its range, whatever the caps
         are now: it must be the same message as before.
@@ -286,6 +313,8 @@ class GroupDelivery:
         if restored is not None:
             # It may have reached the endpoint before the restart, at its timeStamp.
             self.written_before, self.first_sent_at = True, restored.sent_at
+        else:
+            self.to_persist = batch.persisted()  # so a restart resends it with this id
         carried, self._carried = self._carried, None
         if carried is not None and carried[0] == batch.id:
             _, self.sends, self.stalled = carried
@@ -313,21 +342,28 @@ class GroupDelivery:
         self.written_before, self.first_sent_at = False, None
         self.sends, self.stalled = 0, False
 
-    def poll(self, now: float) -> Send | None:
-        """The write to make now, if any."""
+    def persist_done(self, message_id: str) -> None:
+        """The row of `to_persist` is committed: the batch may be written."""
+        if self.to_persist is not None and self.to_persist.message_id == message_id:
+            self.to_persist = None
+
+    def write_due(self, now: float) -> Send | None:
+        """The write to make now, if any (none before the batch is persisted)."""
         if self.outstanding is None or self.phase not in (Phase.PENDING, Phase.SENT):
+            return None
+        if self.to_persist is not None:
             return None
         if now < self.due_at:
             return None
         return Send(self.outstanding, resend=self.written_before)
 
     def deadline(self) -> float | None:
-        """When `poll` will next have something to say (None: only an event can change it)."""
+        """When `write_due` will next have something to say (None: only an event can)."""
         if self.outstanding is None or self.phase is Phase.ACKED:
             return None
         return self.due_at
 
-    def sent(self, batch_id: str, now: float) -> Stall | None:
+    def write_done(self, batch_id: str, now: float) -> Stall | None:
         """The write of `batch_id` completed at `now`: wait `rate_s` for its ack. Returns
         the `Stall` when this write is the `stall_after`-th without an ack (once per
         batch)."""
@@ -345,20 +381,20 @@ class GroupDelivery:
         self.stalled = True
         return Stall(self.outstanding, self.sends)
 
-    def send_failed(self, batch_id: str, now: float) -> None:
+    def write_timed_out(self, batch_id: str, now: float) -> None:
         """The write did not complete in time: it counts as not sent; try after `rate_s`."""
         if self.outstanding is None or self.outstanding.id != batch_id:
             return
         if self.phase is not Phase.ACKED:
             self.phase, self.due_at = Phase.PENDING, now + self.rate_s
 
-    def connected(self, now: float) -> None:
+    def connection_opened(self, now: float) -> None:
         """A new connection: the batch in flight goes again at once (the old one may be lost)."""
         if self.outstanding is not None and self.phase is not Phase.ACKED:
             self.due_at = now
 
-    def on_response(self, response: Message) -> Verdict:
-        """Judge a response; only `ACKNOWLEDGED` ends the batch (then commit, `committed`)."""
+    def response_received(self, response: Message) -> Verdict:
+        """Judge a response; only `ACKNOWLEDGED` ends the batch (then `ack_commit`)."""
         if (
             response.type is not MessageType.NOTIFICATION
             or response.sub_type is not SubType.RESPONSE
@@ -394,22 +430,29 @@ class GroupDelivery:
         """The acknowledged batch whose cursor move is still to be committed."""
         return self.outstanding if self.phase is Phase.ACKED else None
 
-    def committed(self, now: float) -> Batch:
-        """The cursor move of the acknowledged batch is durable: the next batch may start.
+    def ack_commit(self, now: float) -> AckCommit:
+        """The transaction the acknowledged batch needs (see `AckCommit`).
 
-        A prepared batch becomes the one in flight, due at once, its timeStamp set to
-        `now` (it may have waited through resends); the caller has persisted it in the
-        same transaction as the cursor move.
+        A prepared batch goes next, its timeStamp set to `now` here and only here (it
+        may have waited through resends): the row persisted and the message written are
+        one and the same.
         """
         batch = self.awaiting_commit
         if batch is None:
             raise RuntimeError("no acknowledged batch to commit")
-        self.acked_seq = max(self.acked_seq, batch.last_seq)
-        self.last_acked_id = batch.id
-        self.outstanding, self.phase, self.written_before = None, Phase.IDLE, False
-        self.sends = 0
-        prepared, self.prepared = self.prepared, None
+        prepared = self.prepared
         if prepared is not None:
             message = dataclasses.replace(prepared.message, time_stamp=int(now))
-            self._start(dataclasses.replace(prepared, message=message), now)
-        return batch
+            prepared = dataclasses.replace(prepared, message=message)
+        return AckCommit(batch, prepared)
+
+    def commit_done(self, commit: AckCommit, now: float) -> None:
+        """The transaction of `commit` is durable: the next batch is in flight, due now."""
+        if self.awaiting_commit is not commit.acknowledged:
+            raise RuntimeError("that acknowledgement is not the one awaiting its commit")
+        self.acked_seq = max(self.acked_seq, commit.last_seq)
+        self.last_acked_id = commit.acknowledged.id
+        self.outstanding, self.phase, self.written_before = None, Phase.IDLE, False
+        self.prepared, self.sends = None, 0
+        if commit.next_batch is not None:
+            self._start(commit.next_batch, now)

@@ -7,9 +7,12 @@ plain object that has these methods.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from nbwss.messages import Message
+
+if TYPE_CHECKING:
+    from nbwss.properties import Settings
 
 
 class Link(Protocol):
@@ -22,8 +25,17 @@ class Link(Protocol):
     def host_name(self) -> str: ...
 
     async def send(self, message: Message) -> None:
-        """Send one message; raises `TimeoutError` past `notification.sendTimeout`,
-        `ConnectionError` when the connection is gone."""
+        """Send one message; raises `TimeoutError` past `notification.sendTimeout` (the
+        link owns that deadline), `ConnectionError` when the connection is gone."""
+
+
+class DeliveryLink(Link, Protocol):
+    """The connection as the notification pump sees it."""
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the connection was made with: the pump uses these, so a reload
+        reaches the session and the pump together, with the next connection."""
 
 
 class CommandLink(Link, Protocol):
@@ -40,10 +52,10 @@ class CommandHandler(Protocol):
     async def __call__(self, request: Message, link: CommandLink) -> Message: ...
 
 
-class GroupDelivery(Protocol):
+class NotificationPump(Protocol):
     """The notification pump of one server group; it outlives each connection."""
 
-    async def run(self, link: Link) -> None:
+    async def run(self, link: DeliveryLink) -> None:
         """Deliver over `link` until cancelled (the connection closed) or it fails."""
 
     def on_response(self, response: Message) -> None:

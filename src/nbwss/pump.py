@@ -1,10 +1,10 @@
 """The asyncio side of delivery: one `GroupPump` per server group, and the outbox janitor.
 
-A pump implements `nbwss.link.GroupDelivery`. It outlives connections: the session
+A pump implements `nbwss.link.NotificationPump`. It outlives connections: the session
 calls `run(link)` for each live connection of the group and cancels it when the
 connection ends; the next `run` (reconnect or failover) resumes from the state the last
 one left, so the unacknowledged batch goes first. All decisions are in
-`delivery.GroupDelivery`; this module reads and writes the outbox (in worker threads,
+`delivery.DeliveryMachine`; this module reads and writes the outbox (in worker threads,
 so a busy database never stalls the event loop), writes frames and waits, on an event
 set by a response or a wake-up, never in a sleep loop.
 """
@@ -18,14 +18,14 @@ from collections.abc import Callable, Mapping
 
 from nbwss import logs, messages, metrics, outbox
 from nbwss.component import Component
-from nbwss.delivery import Batch, GroupDelivery, Send, Verdict
-from nbwss.link import Link
+from nbwss.delivery import Batch, DeliveryMachine, Send, Verdict
+from nbwss.link import DeliveryLink, Link
 from nbwss.messages import Message
 from nbwss.properties import Settings
 from nbwss.store import Store
 from nbwss.wake import WakeListener, Waker
 
-log = logs.get_logger("nbwss.delivery")
+log = logs.get_logger("nbwss.pump")
 
 Clock = Callable[[], float]
 
@@ -36,7 +36,6 @@ class GroupPump:
     def __init__(
         self,
         store: Store,
-        settings: Settings,
         group_id: str,
         waker: Waker,
         *,
@@ -45,30 +44,30 @@ class GroupPump:
         on_acked: Callable[[Batch], None] | None = None,
     ) -> None:
         """`on_acked` is called with each batch once its acknowledgement is committed
-        (after `last_ack_at` is set)."""
+        (after `last_ack_at` is set). The settings are the connection's (`link.settings`):
+        a reload reaches the pump with the next connection, as it reaches the session."""
         self.group_id = group_id
         self._store = store
-        self._settings = settings
         self._waker = waker
         self._clock = clock
         self._new_id = new_id
         self._on_acked = on_acked
         self.last_ack_at: float | None = None  # when an ack was last committed, if ever
-        self._delivery: GroupDelivery | None = None
+        self._machine: DeliveryMachine | None = None
         self._kick = asyncio.Event()
         self._host: str | None = None
 
     @property
-    def delivery(self) -> GroupDelivery | None:
+    def delivery(self) -> DeliveryMachine | None:
         """The state machine, once the first `run` has loaded it (for status and tests)."""
-        return self._delivery
+        return self._machine
 
     def on_response(self, response: Message) -> None:
-        delivery = self._delivery
-        if delivery is None:
+        machine = self._machine
+        if machine is None:
             log.warning("notification.unexpected_response", group=self.group_id, id=response.id)
             return
-        verdict = delivery.on_response(response)
+        verdict = machine.response_received(response)
         if verdict is Verdict.ACKNOWLEDGED:
             self._kick.set()
         elif verdict is Verdict.DUPLICATE:
@@ -84,29 +83,34 @@ class GroupPump:
                 reason=str(verdict),
             )
 
-    async def run(self, link: Link) -> None:
+    async def run(self, link: DeliveryLink) -> None:
         self._host = link.host_name
         self._waker.register(self._kick)
+        settings = link.settings
         try:
-            if self._delivery is None or self._delivery.awaiting_commit is None:
+            if self._machine is None or self._machine.awaiting_commit is None:
                 # Each connection starts from what the database says (the batch in flight
                 # is persisted, so it comes back as the same message): a group deleted
                 # and added again meanwhile starts at its new cursor, not the old one.
-                previous, self._delivery = self._delivery, await self._load()
-                self._delivery.carry_over(previous)
-            self._delivery.connected(self._clock())
+                previous, self._machine = self._machine, await self._load(settings)
+                self._machine.carry_over(previous)
+            else:  # an ack to commit first: the machine goes on, with this connection's caps
+                self._machine.max_batch = settings.notification_max_batch
+                self._machine.max_bytes = settings.message_max_bytes
+                self._machine.rate_s = settings.notification_rate_s
+                self._machine.stall_after = settings.notification_stall_after_sends
+            self._machine.connection_opened(self._clock())
             while True:
-                await self._step(self._delivery, link)
+                await self._step(self._machine, link)
         finally:
             self._waker.unregister(self._kick)
             self._host = None
 
-    async def _load(self) -> GroupDelivery:
+    async def _load(self, settings: Settings) -> DeliveryMachine:
         position = await asyncio.to_thread(
             outbox.load_position, self._store, self.group_id, self._clock()
         )
-        settings = self._settings
-        return GroupDelivery(
+        return DeliveryMachine(
             group_id=self.group_id,
             max_batch=settings.notification_max_batch,
             max_bytes=settings.message_max_bytes,
@@ -116,29 +120,29 @@ class GroupPump:
             restored=position.outstanding,
         )
 
-    async def _step(self, delivery: GroupDelivery, link: Link) -> None:
+    async def _step(self, machine: DeliveryMachine, link: Link) -> None:
+        """One round in the machine's order: commit, read, persist, write, or wait."""
         # Cleared before the outbox is read, so a wake-up from here on is not missed.
         self._kick.clear()
-        if delivery.awaiting_commit is not None:
-            await self._commit(delivery, link)
-        wanted = delivery.wanted()
+        if machine.awaiting_commit is not None:
+            await self._commit(machine, link)
+        wanted = machine.events_wanted()
         if wanted is not None:
             events = await asyncio.to_thread(
                 outbox.read_events, self._store, wanted.after_seq, wanted.limit, wanted.up_to_seq
             )
-            batch = delivery.take(events, self._clock(), self._new_id())
-            if batch is not None and batch is delivery.outstanding:
-                # Persisted before its first write, so a restart resends it with this id.
-                await asyncio.to_thread(
-                    outbox.persist_batch, self._store, self.group_id, batch.persisted()
-                )
-        send = delivery.poll(self._clock())
+            machine.events_read(events, self._clock(), self._new_id())
+        row = machine.to_persist
+        if row is not None:
+            await asyncio.to_thread(outbox.persist_batch, self._store, self.group_id, row)
+            machine.persist_done(row.message_id)
+        send = machine.write_due(self._clock())
         if send is not None:
-            await self._send(delivery, link, send)
+            await self._send(machine, link, send)
             return  # read the next batch ahead before waiting for this one's ack
-        await self._wait(delivery.deadline())
+        await self._wait(machine.deadline(), machine.rate_s)
 
-    async def _send(self, delivery: GroupDelivery, link: Link, send: Send) -> None:
+    async def _send(self, machine: DeliveryMachine, link: Link, send: Send) -> None:
         batch = send.batch
         if batch.oversized:
             log.warning(
@@ -147,17 +151,16 @@ class GroupPump:
                 host=link.host_name,
                 id=batch.id,
                 size_bytes=batch.size_bytes,
-                max_bytes=self._settings.message_max_bytes,
+                max_bytes=machine.max_bytes,
                 first_seq=batch.first_seq,
             )
         try:
-            async with asyncio.timeout(self._settings.send_timeout_s):
-                await link.send(batch.message)
+            await link.send(batch.message)  # the link owns the deadline (sendTimeout)
         except TimeoutError:
-            delivery.send_failed(batch.id, self._clock())
+            machine.write_timed_out(batch.id, self._clock())
             self._log(log.warning, "notification.send_timeout", link, batch)
             return
-        stall = delivery.sent(batch.id, self._clock())
+        stall = machine.write_done(batch.id, self._clock())
         counter = metrics.NOTIFICATIONS_RESENT if send.resend else metrics.NOTIFICATIONS_SENT
         counter.labels(self.group_id).inc(batch.count)
         event = "notification.resent" if send.resend else "notification.sent"
@@ -166,30 +169,23 @@ class GroupPump:
             metrics.BATCHES_STALLED.labels(self.group_id).inc()
             self._log(log.error, "notification.stalled", link, batch, sends=stall.sends)
 
-    async def _commit(self, delivery: GroupDelivery, link: Link) -> None:
-        batch = delivery.awaiting_commit
-        assert batch is not None
+    async def _commit(self, machine: DeliveryMachine, link: Link) -> None:
         now = self._clock()
-        prepared = delivery.prepared
+        commit = machine.ack_commit(now)
         purged = await asyncio.to_thread(
-            outbox.acknowledge,
-            self._store,
-            self.group_id,
-            batch.last_seq,
-            now,
-            prepared.persisted(int(now)) if prepared is not None else None,
+            outbox.acknowledge, self._store, self.group_id, commit.last_seq, now, commit.next_row
         )
-        delivery.committed(now)
+        machine.commit_done(commit, now)
+        batch = commit.acknowledged
         metrics.NOTIFICATIONS_ACKED.labels(self.group_id).inc(batch.count)
         self.last_ack_at = now
         self._log(log.info, "notification.acked", link, batch, purged=purged)
         if self._on_acked is not None:
             self._on_acked(batch)
 
-    async def _wait(self, deadline: float | None) -> None:
+    async def _wait(self, deadline: float | None, rate_s: float) -> None:
         """Until a response or wake-up, the deadline, or the fallback poll of the outbox."""
-        rate = self._settings.notification_rate_s
-        delay = rate if deadline is None else min(rate, max(0.0, deadline - self._clock()))
+        delay = rate_s if deadline is None else min(rate_s, max(0.0, deadline - self._clock()))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._kick.wait()
@@ -263,9 +259,7 @@ class DeliveryWiring:
         """The group's pump, made on first use: it outlives each connection."""
         pump = self._pumps.get(group_id)
         if pump is None:
-            pump = self._pumps[group_id] = GroupPump(
-                self._store, self._settings, group_id, self.waker
-            )
+            pump = self._pumps[group_id] = GroupPump(self._store, group_id, self.waker)
         return pump
 
     @property

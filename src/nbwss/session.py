@@ -38,7 +38,7 @@ from nbwss.errors import (
     unable_to_connect,
 )
 from nbwss.guard import loggable_method_and_uri
-from nbwss.link import CommandHandler, GroupDelivery
+from nbwss.link import CommandHandler, NotificationPump
 from nbwss.logs import get_logger
 from nbwss.messages import Message, MessageType, SubType
 from nbwss.metrics import COMMANDS, DECODE_ERRORS, HANDSHAKES, PONG_MISSES
@@ -99,7 +99,7 @@ async def connect(
     settings: Settings,
     ssl_context: ssl.SSLContext,
     *,
-    delivery: GroupDelivery | None = None,
+    delivery: NotificationPump | None = None,
     command_handler: CommandHandler | None = None,
     clock: Callable[[], float] = time.time,
     dial_slots: asyncio.Semaphore | None = None,
@@ -193,7 +193,7 @@ class Session:
         ws: aiohttp.ClientWebSocketResponse,
         target: Target,
         settings: Settings,
-        delivery: GroupDelivery | None,
+        delivery: NotificationPump | None,
         command_handler: CommandHandler | None,
         clock: Callable[[], float],
     ) -> None:
@@ -223,13 +223,21 @@ class Session:
     def host_name(self) -> str:
         return self.target.host_name
 
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
     async def send(self, message: Message) -> None:
+        """Write one frame within `notification.sendTimeout` (the one owner of that
+        deadline): `TimeoutError` past it, `ConnectionError` when the connection failed."""
         if self._reason is not None or self._ws.closed:
             raise ConnectionError(f"connection to {self.host_name} is closed")
         text = messages.encode(message)
         try:
             async with asyncio.timeout(self._settings.send_timeout_s):
                 await self._ws.send_str(text)
+        except TimeoutError:
+            raise  # an OSError too, but not a lost connection: the caller decides
         except (aiohttp.ClientError, OSError) as exc:
             raise ConnectionError(f"connection to {self.host_name} failed: {exc}") from exc
 
@@ -506,7 +514,7 @@ class Session:
             except (aiohttp.ClientError, OSError):
                 return  # the reader sees the connection end
 
-    async def _deliver(self, delivery: GroupDelivery) -> None:
+    async def _deliver(self, delivery: NotificationPump) -> None:
         try:
             await delivery.run(self)
         except (ConnectionError, TimeoutError) as exc:

@@ -37,7 +37,7 @@ import aiohttp
 
 from nbwss.backoff import Backoff
 from nbwss.errors import NbwssError, NotFoundError, TokenRefusedError
-from nbwss.link import CommandHandler, GroupDelivery
+from nbwss.link import CommandHandler, NotificationPump
 from nbwss.logs import get_logger, register_secret
 from nbwss.metrics import CONNECTED, FAILOVERS
 from nbwss.outbound import Proxy, load_policy
@@ -151,7 +151,7 @@ class Supervisor:
         settings: Settings,
         store: Store,
         *,
-        delivery_for_group: Callable[[str], GroupDelivery] | None = None,
+        delivery_for_group: Callable[[str], NotificationPump] | None = None,
         command_handler: CommandHandler | None = None,
         rng: random.Random | None = None,
         backoff: Callable[[float], Backoff] | None = None,
@@ -434,7 +434,7 @@ class Supervisor:
             context = self._contexts[record.fingerprint] = pinned_context(record.certificate_der)
         return context
 
-    def _delivery(self, group_id: str) -> GroupDelivery | None:
+    def _delivery(self, group_id: str) -> NotificationPump | None:
         """The group's notification pump (the factory keeps one per group: it outlives
         each connection)."""
         if self._delivery_for_group is None:
