@@ -21,6 +21,7 @@ PURE_MODULES = (
     "nbwss.messages",
     "nbwss.notifications",
     "nbwss.delivery",
+    "nbwss.protocol",
     "nbwss.backoff",
     "nbwss.health",
     "nbwss.sources.mapping",

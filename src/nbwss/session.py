@@ -23,16 +23,14 @@ import ssl
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import aiohttp
 
 from nbwss import messages
 from nbwss.errors import (
     MSG_CERT_MISMATCH,
-    CommandDecodeError,
     ConnectError,
-    DecodeError,
     TokenRefusedError,
     TrustError,
     unable_to_connect,
@@ -40,11 +38,30 @@ from nbwss.errors import (
 from nbwss.guard import loggable_method_and_uri
 from nbwss.link import CommandHandler, NotificationPump
 from nbwss.logs import get_logger
-from nbwss.messages import Message, MessageType, SubType
+from nbwss.messages import Message
 from nbwss.metrics import COMMANDS, DECODE_ERRORS, HANDSHAKES, PONG_MISSES
 from nbwss.neterrors import describe
 from nbwss.outbound import Proxy, request_options
 from nbwss.properties import Settings
+from nbwss.protocol import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
+    Action,
+    AnswerMalformedCommand,
+    CarryOutCommand,
+    Close,
+    Counter,
+    DeliverResponse,
+    GroupConnection,
+    HandshakeFailed,
+    Opened,
+    Report,
+    SendPing,
+    SendPong,
+    State,
+    WriteFrame,
+)
 from nbwss.trust import check_peer
 
 log = get_logger("nbwss.session")
@@ -55,12 +72,8 @@ DIAL_TIMEOUT_S: Final = 10.0
 # with 1009. Below that, an oversized frame follows `exception.ignoreDecoder` like any
 # other undecodable one.
 HARD_SIZE_FACTOR: Final = 2
-CLOSE_NORMAL: Final = 1000
-CLOSE_GOING_AWAY: Final = 1001
-CLOSE_PROTOCOL_ERROR: Final = 1002
-CLOSE_UNSUPPORTED_DATA: Final = 1003
-CLOSE_POLICY: Final = 1008
-CLOSE_INTERNAL_ERROR: Final = 1011
+_ENDINGS: Final = frozenset({aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE,
+                              aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED})
 _MAX_REASON_BYTES: Final = 123  # RFC 6455: a close reason fits in a control frame
 TLS_READ_BUFFER_BYTES: Final = 16 * 1024
 
@@ -207,10 +220,8 @@ class Session:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._close_task: asyncio.Task[bool] | None = None
         self._reason: str | None = None
-        self._awaiting_pong = False
-        self._warned_milliseconds = False
+        self._core = GroupConnection(settings, target.token)  # the connection's rules
         self._commands: dict[int, _Command] = {}  # by id() of the request being answered
-        self.pong_misses = 0
         self.ended = asyncio.Event()
 
     # -- Link ------------------------------------------------------------------------------
@@ -244,74 +255,50 @@ class Session:
     # -- handshake -------------------------------------------------------------------------
 
     async def handshake(self) -> None:
-        """Send CONNECT and require a `valid: true` answer with its id in time.
-
-        The write has `notification.sendTimeout`; the answer has its own deadline,
-        `connect.responseTimeout` (the guide sets none: an app may check the token with
-        its own backend first). The caller dials nothing else for the group meanwhile.
-        """
-        request = messages.connect_request(self.target.token, self._clock())
-        await self._send_connect(request)
-        response = await self._await_connect_answer()
-        if response.id != request.id:
-            await self._refuse("error", "CONNECT response has another id", CLOSE_PROTOCOL_ERROR)
+        """Send CONNECT and require a `valid: true` answer with its id in time (the rules
+        are `GroupConnection`'s); the caller dials nothing else for the group meanwhile."""
+        [write] = self._core.start(self._clock())
+        assert isinstance(write, WriteFrame)
         try:
-            valid = messages.connect_valid(response)
-        except DecodeError as exc:
-            await self._refuse("error", f"malformed CONNECT response: {exc}", CLOSE_PROTOCOL_ERROR)
-        if not valid:
-            await self._refuse("invalid", "the endpoint refused the token", CLOSE_POLICY)
-        _count_handshake(self.target, "valid")
-
-    async def _send_connect(self, request: Message) -> None:
-        limit_s = self._settings.send_timeout_s
-        try:
-            async with asyncio.timeout(limit_s):
-                await self._ws.send_str(messages.encode(request))
+            await self.send(write.message)
         except TimeoutError:
-            why = f"CONNECT not sent in {limit_s * 1000:g} ms"
-            await self._refuse("timeout", why, CLOSE_NORMAL)
-        except (aiohttp.ClientError, OSError) as exc:
-            await self._refuse("error", f"connection lost during CONNECT: {exc}", CLOSE_NORMAL)
+            await self._settle_handshake(self._core.write_timed_out(self._clock()))
+        except ConnectionError as exc:
+            await self._settle_handshake(self._core.connection_lost(str(exc)))
+        self._core.connect_written(self._clock())
+        while self._core.state is State.CONNECTING:
+            await self._settle_handshake(await self._handshake_event())
 
-    async def _await_connect_answer(self) -> Message:
-        limit_s = self._settings.connect_response_timeout_s
+    async def _handshake_event(self) -> list[Action]:
+        """The next thing that happens while CONNECT's answer is awaited."""
+        deadline = self._core.next_deadline()
+        delay = None if deadline is None else max(0.0, deadline - self._clock())
         try:
-            async with asyncio.timeout(limit_s):
-                return await self._connect_response()
+            async with asyncio.timeout(delay):
+                frame = await self._ws.receive()
         except TimeoutError:
-            why = f"no CONNECT response in {limit_s:g} s (connect.responseTimeout)"
-            await self._refuse("timeout", why, CLOSE_NORMAL)
+            return self._core.tick(self._clock())
         except (aiohttp.ClientError, OSError) as exc:
-            await self._refuse("error", f"connection lost during CONNECT: {exc}", CLOSE_NORMAL)
-        except DecodeError as exc:
-            await self._refuse("error", f"malformed CONNECT response: {exc}", CLOSE_PROTOCOL_ERROR)
+            return self._core.connection_lost(str(exc))
+        if frame.type is aiohttp.WSMsgType.PING:
+            actions = self._core.ping_received(frame.data)
+            await self._carry_out_all(actions, None)
+            return []
+        return self._on_frame(frame)
 
-    async def _connect_response(self) -> Message:
-        while True:
-            frame = await self._ws.receive()
-            if frame.type is aiohttp.WSMsgType.PING:
-                await self._ws.pong(frame.data)
-            elif frame.type is aiohttp.WSMsgType.PONG:
-                continue
-            elif frame.type is aiohttp.WSMsgType.TEXT:
-                response = messages.decode(frame.data, self._settings.message_max_bytes)
-                if response.type is not MessageType.CONNECT or response.is_request:
-                    raise DecodeError(f"expected a CONNECT RESPONSE, got {response.type} "
-                                      f"{response.sub_type}")
-                return response
-            elif frame.type is aiohttp.WSMsgType.BINARY:
-                raise DecodeError("a binary frame is not a message")
-            else:
-                raise ConnectionError(f"the endpoint closed the connection ({frame.type.name})")
-
-    async def _refuse(self, result: str, reason: str, code: int) -> NoReturn:
-        """Count, close and raise: the supervisor goes on to the next endpoint."""
-        _count_handshake(self.target, result)
-        self._reason = reason
-        await self._close_now(code, reason)
-        # Logs and /status name the host beside the reason.
-        raise TokenRefusedError(reason) if result == "invalid" else ConnectError(reason)
+    async def _settle_handshake(self, actions: list[Action]) -> None:
+        """Count and raise on a failed handshake; the supervisor goes on to the next
+        endpoint. An open connection is counted valid."""
+        for action in actions:
+            if isinstance(action, Opened):
+                _count_handshake(self.target, "valid")
+            elif isinstance(action, HandshakeFailed):
+                _count_handshake(self.target, action.result)
+                self._reason = action.reason
+                await self._close_now(action.code, action.reason)
+                # Logs and /status name the host beside the reason.
+                error = TokenRefusedError if action.token_refused else ConnectError
+                raise error(action.reason)
 
     async def abort(self) -> None:
         """Close after a failed handshake (no-op if already closed)."""
@@ -323,11 +310,15 @@ class Session:
 
     # -- the live connection ---------------------------------------------------------------
 
+    @property
+    def pong_misses(self) -> int:
+        return self._core.pong_misses
+
     async def run(self) -> str:
         """Serve the connection until it ends; return why it ended."""
         try:
             async with asyncio.TaskGroup() as group:
-                helpers = [group.create_task(self._keepalive())]
+                helpers = [group.create_task(self._keepalive(group))]
                 if self._delivery is not None:
                     helpers.append(group.create_task(self._deliver(self._delivery)))
                 await self._read(group)
@@ -357,84 +348,89 @@ class Session:
         """Start closing (normal close frame by default) without waiting; idempotent."""
         if self._close_task is not None or self._reason is not None:
             return
-        self._reason = reason
-        self._log.info("connection.closing", reason=reason, code=code)
+        for action in self._core.close(code, reason):
+            if isinstance(action, Close):
+                self._start_closing(action)
+
+    def _start_closing(self, close: Close) -> None:
+        if self._close_task is not None or self._reason is not None:
+            return
+        self._reason = close.reason
+        self._log.info("connection.closing", reason=close.reason, code=close.code)
         self._close_task = asyncio.ensure_future(
-            self._ws.close(code=code, message=_reason_bytes(reason))
+            self._ws.close(code=close.code, message=_reason_bytes(close.reason))
         )
 
     async def _read(self, group: asyncio.TaskGroup) -> None:
-        kinds = aiohttp.WSMsgType
+        """The only caller of `receive()`: every frame goes to the core, its actions out."""
         while True:
             frame = await self._ws.receive()
-            if frame.type is kinds.TEXT:
-                self._on_text(frame.data, group)
-            elif frame.type is kinds.BINARY:
-                self._on_bad_frame("a binary frame is not a message", CLOSE_UNSUPPORTED_DATA)
-            elif frame.type is kinds.PING:
-                await self._pong(frame.data)
-            elif frame.type is kinds.PONG:
-                self._awaiting_pong = False
-                self.pong_misses = 0
-            elif frame.type is kinds.ERROR:
-                self._reason = self._reason or f"protocol error: {frame.data}"
-                return
-            else:  # CLOSE, CLOSING, CLOSED
-                code = self._ws.close_code
-                self._reason = self._reason or f"closed by the endpoint (code {code})"
+            await self._carry_out_all(self._on_frame(frame), group)
+            if frame.type in _ENDINGS:
                 return
 
-    async def _pong(self, data: bytes) -> None:
-        # A failed pong needs no handling: the reader sees the connection end next.
-        with contextlib.suppress(aiohttp.ClientError, OSError):
-            await self._ws.pong(data)
+    def _on_frame(self, frame: aiohttp.WSMessage) -> list[Action]:
+        """One frame as an event for the core."""
+        kinds = aiohttp.WSMsgType
+        now = self._clock()
+        if frame.type is kinds.TEXT:
+            return self._core.text_received(frame.data, now)
+        if frame.type is kinds.BINARY:
+            return self._core.binary_received(now)
+        if frame.type is kinds.PING:
+            return self._core.ping_received(frame.data)
+        if frame.type is kinds.PONG:
+            return self._core.pong_received()
+        if frame.type is kinds.ERROR:
+            why = f"protocol error: {frame.data}"
+        elif self._core.state is State.CONNECTING:
+            why = f"the endpoint closed the connection ({frame.type.name})"
+        else:  # CLOSE, CLOSING, CLOSED
+            why = f"closed by the endpoint (code {self._ws.close_code})"
+        if self._core.state is not State.CONNECTING:
+            self._reason = self._reason or why
+        return self._core.connection_lost(why)
 
-    def _on_text(self, text: str, group: asyncio.TaskGroup) -> None:
-        try:
-            message = messages.decode(text, self._settings.message_max_bytes)
-        except CommandDecodeError as exc:
-            self._start(group, self._answer_malformed(exc))
-            return
-        except DecodeError as exc:
-            self._on_bad_frame(str(exc), CLOSE_PROTOCOL_ERROR)
-            return
-        self._check_time_stamp(message)
-        if message.type is MessageType.COMMAND and message.is_request:
-            self._start(group, self._answer_command(message))
-        elif message.type is MessageType.NOTIFICATION and not message.is_request:
+    async def _carry_out_all(
+        self, actions: list[Action], group: asyncio.TaskGroup | None
+    ) -> None:
+        for action in actions:
+            await self._carry_out_action(action, group)
+
+    async def _carry_out_action(self, action: Action, group: asyncio.TaskGroup | None) -> None:
+        if isinstance(action, Report):
+            self._report(action)
+        elif isinstance(action, SendPong):
+            # A failed pong needs no handling: the reader sees the connection end next.
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                await self._ws.pong(action.data)
+        elif isinstance(action, Close):
+            self._start_closing(action)
+        elif isinstance(action, DeliverResponse):
             if self._delivery is not None:
-                self._delivery.on_response(message)
+                self._delivery.on_response(action.response)
             else:
-                self._log.warning("response.unmatched", id=message.id, type=str(message.type))
-        elif message.sub_type is SubType.RESPONSE:
-            self._log.warning("response.unmatched", id=message.id, type=str(message.type))
-        else:
-            self._log.warning("request.unexpected", id=message.id, type=str(message.type))
+                self._log.warning("response.unmatched", id=action.response.id,
+                                  type=str(action.response.type))
+        elif group is not None and isinstance(action, CarryOutCommand):
+            self._start(group, self._answer_command(action.request))
+        elif group is not None and isinstance(action, AnswerMalformedCommand):
+            self._start(group, self._answer_malformed(action))
+
+    def _report(self, report: Report) -> None:
+        log_method = self._log.warning if report.level == "warning" else self._log.info
+        log_method(report.event, **report.fields)
+        if report.counter is Counter.DECODE_ERRORS:
+            DECODE_ERRORS.labels(group=self.group_id, host=self.host_name).inc()
+        elif report.counter is Counter.PONG_MISSES:
+            PONG_MISSES.labels(group=self.group_id, host=self.host_name).inc()
+        elif report.counter is Counter.COMMANDS_400:
+            COMMANDS.labels(status="400").inc()
 
     def _start(self, group: asyncio.TaskGroup, answer: Coroutine[Any, Any, None]) -> None:
         task = group.create_task(answer)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _check_time_stamp(self, message: Message) -> None:
-        """Warn once per connection about a timeStamp in milliseconds (the guide: seconds)."""
-        if self._warned_milliseconds or not messages.in_milliseconds(message.time_stamp):
-            return
-        self._warned_milliseconds = True
-        self._log.warning(
-            "message.timestamp_milliseconds",
-            id=message.id,
-            type=str(message.type),
-            time_stamp=message.time_stamp,
-        )
-
-    def _on_bad_frame(self, why: str, code: int) -> None:
-        DECODE_ERRORS.labels(group=self.group_id, host=self.host_name).inc()
-        if self._settings.ignore_decoder:
-            self._log.warning("frame.ignored", reason=why)
-            return
-        self._log.warning("frame.rejected", reason=why)
-        self.request_close(f"undecodable frame: {why}", code)
 
     # -- COMMAND requests ----------------------------------------------------------------
 
@@ -465,16 +461,12 @@ class Session:
             reason = "the daemon failed to carry out the COMMAND"
             return messages.command_error(request, 500, reason, self._clock())
 
-    async def _answer_malformed(self, error: CommandDecodeError) -> None:
-        """A COMMAND request readable only as far as its id and type: 400, with the reason
-        (every request has exactly one response; the connection stays up)."""
-        reason = str(error)
-        COMMANDS.labels(status="400").inc()
-        self._log.warning("command.done", id=error.message_id, status=400, reason=reason)
-        response = messages.command_error_to(error.message_id, 400, reason, self._clock())
-        command = _Command(error.message_id, "", "")
+    async def _answer_malformed(self, malformed: AnswerMalformedCommand) -> None:
+        """A COMMAND request readable only as far as its id and type: its 400 (every
+        request has exactly one response; the connection stays up)."""
+        command = _Command(malformed.request_id, "", "")
         try:
-            await self._send_answer(command, response)
+            await self._send_answer(command, malformed.response)
         except asyncio.CancelledError:
             self._unanswered(command, self._reason or "the connection ended")
             raise
@@ -496,23 +488,22 @@ class Session:
             reason=reason,
         )
 
-    async def _keepalive(self) -> None:
-        """Ping every `keepAlive.scheduledRate`; close after exactly N missed pongs."""
-        allowed = self._settings.max_pong_misses
+    async def _keepalive(self, group: asyncio.TaskGroup) -> None:
+        """Wake at the core's next deadline and carry out what its `tick` decides: a
+        ping, or the close after exactly `keepAlive.maxPongMissAllowed` missed pongs."""
         while True:
-            await asyncio.sleep(self._settings.keepalive_rate_s)
-            if self._awaiting_pong:
-                self.pong_misses += 1
-                PONG_MISSES.labels(group=self.group_id, host=self.host_name).inc()
-                self._log.info("keepalive.pong_missed", misses=self.pong_misses, allowed=allowed)
-                if self.pong_misses >= allowed:
-                    self.request_close(f"no pong for {allowed} pings", CLOSE_GOING_AWAY)
-                    return
-            self._awaiting_pong = True
-            try:
-                await self._ws.ping(b"nbwss")
-            except (aiohttp.ClientError, OSError):
-                return  # the reader sees the connection end
+            deadline = self._core.next_deadline()
+            if deadline is None:
+                return
+            await asyncio.sleep(max(0.0, deadline - self._clock()))
+            for action in self._core.tick(self._clock()):
+                if not isinstance(action, SendPing):
+                    await self._carry_out_action(action, group)
+                    continue
+                try:
+                    await self._ws.ping(action.data)
+                except (aiohttp.ClientError, OSError):
+                    return  # the reader sees the connection end
 
     async def _deliver(self, delivery: NotificationPump) -> None:
         try:
