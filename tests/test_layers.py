@@ -25,6 +25,8 @@ PURE_MODULES = (
     "nbwss.backoff",
     "nbwss.health",
     "nbwss.sources.mapping",
+    "nbwss.sources.setaside",
+    "nbwss.sources.apiversion",
 )
 IO_MODULES = ("asyncio", "socket", "ssl", "sqlite3", "aiohttp")
 SOURCE = Path(nbwss.__file__).parent

@@ -13,7 +13,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -579,10 +579,6 @@ def load(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
     except UnicodeDecodeError:
         text = raw.decode("latin-1")  # what Java 8 reads; Java 9+ reads UTF-8, as we do first
     return resolve_paths(settings_from_text(text, source=path), env)
-
-
-def settings_fields() -> set[str]:
-    return {f.name for f in fields(Settings)}
 
 
 def changed_keys(old: Settings, new: Settings, applies: Applies) -> list[str]:
