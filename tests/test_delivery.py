@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nbwss.delivery import (
+    AckCommit,
     Batch,
     DeliveryMachine,
     EventRange,
@@ -18,6 +20,7 @@ from nbwss.delivery import (
     Send,
     Stall,
     Verdict,
+    WaitUntil,
     build_batch,
 )
 from nbwss.messages import Message, MessageType, SubType, decode, encode, request, response_to
@@ -647,3 +650,115 @@ def test_whatever_happens_delivery_is_in_order_without_loss(
         order += seqs_in(message)
     assert order == [e.seq for e in outbox_rows]  # in order, nothing lost or skipped
     assert delivery.acked_seq == len(outbox_rows)
+
+
+class Database:
+    """The outbox, the cursor and the batch row, as the pump's transactions leave them."""
+
+    def __init__(self, rows: list[OutboxEvent]) -> None:
+        self.rows = rows
+        self.acked_seq = 0
+        self.batch_row: PersistedBatch | None = None
+
+    def read(self, wanted: EventRange) -> list[OutboxEvent]:
+        ceiling = wanted.up_to_seq if wanted.up_to_seq is not None else 1 << 62
+        return [e for e in self.rows if wanted.after_seq < e.seq <= ceiling][: wanted.limit]
+
+
+def run_steps(
+    delivery: DeliveryMachine, db: Database, now: float, ids: Iterator[str],
+    written: list[Message], *, write_fails: bool = False,
+) -> None:
+    """What the pump does until the machine says wait: each step carried out and reported."""
+    for _ in range(20):
+        step = delivery.next_step(now)
+        if isinstance(step, AckCommit):
+            db.acked_seq, db.batch_row = step.last_seq, step.next_row  # one transaction
+            delivery.commit_done(step, now)
+        elif isinstance(step, EventRange):
+            delivery.events_read(db.read(step), now, next(ids))
+        elif isinstance(step, PersistedBatch):
+            db.batch_row = step
+            delivery.persist_done(step.message_id)
+        elif isinstance(step, Send):
+            assert db.batch_row == step.batch.persisted()  # never written before its row
+            if write_fails:
+                delivery.write_timed_out(step.batch.id, now)
+            else:
+                written.append(step.batch.message)
+                delivery.write_done(step.batch.id, now)
+        else:
+            assert isinstance(step, WaitUntil)
+            return
+    raise AssertionError("the machine never asked to wait")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    initial=st.lists(OBJECTS, min_size=1, max_size=12),
+    steps=st.lists(st.tuples(STEPS, st.lists(OBJECTS, min_size=1, max_size=4)), max_size=80),
+    max_batch=st.integers(1, 5),
+)
+def test_driven_by_next_step_alone_delivery_survives_restarts_and_failovers(
+    initial: list[str], steps: list[tuple[str, list[str]]], max_batch: int
+) -> None:
+    """The pump's whole protocol is `next_step` and the outcome of each step: over any
+    sequence of acks, losses, refusals, timeouts, failovers and restarts (rebuilt from
+    the database alone), every event arrives in order, a resend is the same bytes, and
+    the row persisted is the message written."""
+    db = Database(events(*initial))
+    delivery = machine(max_batch=max_batch)
+    written: list[Message] = []
+    now = T0
+    ids = (f"ID-{n}" for n in itertools.count())
+    total = len(initial) + sum(len(queued) for step, queued in steps if step == "queue")
+    # Then time passes and acks come, until everything is delivered.
+    settle: list[tuple[str, list[str]]] = [("wait", []), ("ack", [])] * (2 * total + 10)
+    for step, queued in [*steps, *settle]:
+        run_steps(delivery, db, now, ids, written, write_fails=step == "timeout")
+        if step == "ack" and written:
+            delivery.response_received(response_to(written[-1], [], now))
+        elif step == "wrong" and written:
+            delivery.response_received(response_to(written[-1], [{"refused": True}], now))
+        elif step == "wait":
+            now += RATE
+        elif step == "reconnect":  # failover: the same machine over a new connection
+            delivery.connection_opened(now)
+        elif step == "queue":
+            db.rows += events(*queued, start=len(db.rows) + 1)
+        elif step == "restart":
+            row = db.batch_row  # as `outbox.load_position` reads it back
+            restored = row if row is not None and row.last_seq > db.acked_seq else None
+            delivery = machine(max_batch=max_batch, acked_seq=db.acked_seq, restored=restored)
+        delivery.waited()
+    first_copy: dict[str, str] = {}
+    order: list[int] = []
+    for message in written:
+        if message.id in first_copy:
+            assert encode(message) == first_copy[message.id]
+            continue
+        first_copy[message.id] = encode(message)
+        order += seqs_in(message)
+    assert order == [e.seq for e in db.rows]
+    assert db.acked_seq == len(db.rows)
+
+
+def test_next_step_commits_then_reads_then_persists_then_writes_then_waits() -> None:
+    delivery = machine()
+    assert delivery.next_step(T0) == EventRange(0, 500)
+    batch = delivery.events_read(events("JOB"), T0, "ID-1")
+    assert batch is not None
+    assert delivery.next_step(T0) == PersistedBatch("ID-1", 1, 1, T0)
+    delivery.persist_done("ID-1")
+    assert delivery.next_step(T0) == Send(batch, resend=False)
+    delivery.write_done("ID-1", T0)
+    assert delivery.next_step(T0) == EventRange(1, 500, ahead=True)  # read ahead at once
+    delivery.events_read([], T0, "ID-2")
+    assert delivery.next_step(T0) == WaitUntil(T0 + RATE)  # read once between two waits
+    delivery.waited()
+    assert delivery.next_step(T0 + 1) == EventRange(1, 500, ahead=True)
+    delivery.events_read([], T0 + 1, "ID-3")
+    delivery.response_received(ack(batch))
+    step = delivery.next_step(T0 + 2)
+    assert isinstance(step, AckCommit)
+    assert step.acknowledged is batch

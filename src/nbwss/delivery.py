@@ -126,6 +126,18 @@ class Send:
     resend: bool
 
 
+@dataclass(frozen=True, slots=True)
+class WaitUntil:
+    """Nothing to do until `deadline` (None: only an event), a response or a wake-up."""
+
+    deadline: float | None
+
+
+# What `DeliveryMachine.next_step` asks of its driver: commit the ack's transaction, read
+# these events, persist this batch's row, write this message, or wait.
+DeliveryStep = AckCommit | EventRange | PersistedBatch | Send | WaitUntil
+
+
 class Verdict(enum.StrEnum):
     """What a response did to the batch in flight; only ACKNOWLEDGED ends it."""
 
@@ -232,11 +244,13 @@ def _batch(
 class DeliveryMachine:
     """What one group has acknowledged, has in flight, and must do next.
 
-    The driver (`pump.GroupPump`) asks in one order, each step guarded here: commit an
-    acknowledgement (`ack_commit` -> `commit_done`), read (`events_wanted` ->
-    `events_read`), persist a new batch (`to_persist` -> `persist_done`), write
-    (`write_due` -> `write_done` / `write_timed_out`), then wait until `deadline()`.
-    A batch is never due for writing before it is persisted.
+    The driver (`pump.GroupPump`) asks `next_step(now)` and carries out the one step it
+    answers, then reports the outcome: an `AckCommit` (-> `commit_done`), an
+    `EventRange` to read (-> `events_read`), a `PersistedBatch` row (-> `persist_done`),
+    a `Send` (-> `write_done` / `write_timed_out`), or `WaitUntil` (-> `waited` once a
+    response, a wake-up or the deadline ended the wait). The order is the machine's:
+    a batch is never written before its row is committed, and the outbox is read once
+    between two waits or writes.
     """
 
     group_id: str
@@ -252,6 +266,7 @@ class DeliveryMachine:
     written_before: bool = False
     first_sent_at: float | None = None  # the first completed write of `outstanding`
     to_persist: PersistedBatch | None = None  # a new batch's row, to commit before its write
+    read_since_wait: bool = False  # the outbox was read since the last wait or write
     last_acked_id: str | None = field(default=None, repr=False)
     stall_after: int = 12
     sends: int = 0  # completed writes of the batch in flight
@@ -266,6 +281,25 @@ class DeliveryMachine:
             return
         if previous.outstanding.id == self.restored.message_id:
             self._carried = (previous.outstanding.id, previous.sends, previous.stalled)
+
+    def next_step(self, now: float) -> DeliveryStep:
+        """The one thing to do next (see the class docstring)."""
+        if self.awaiting_commit is not None:
+            return self.ack_commit(now)
+        wanted = None if self.read_since_wait else self.events_wanted()
+        if wanted is not None:
+            return wanted
+        if self.to_persist is not None:
+            return self.to_persist
+        send = self.write_due(now)
+        if send is not None:
+            return send
+        return WaitUntil(self.deadline())
+
+    def waited(self) -> None:
+        """A wait ended (a response, a wake-up, the deadline or the fallback poll): the
+        outbox may have new events."""
+        self.read_since_wait = False
 
     def events_wanted(self) -> EventRange | None:
         """The events to read next, or None when nothing is to be read now.
@@ -294,6 +328,7 @@ class DeliveryMachine:
         its persisted id and timeStamp and every event of its range, whatever the caps
         are now: it must be the same message as before.
         """
+        self.read_since_wait = True
         if self.outstanding is not None:
             return self._prepare(events, now, message_id)
         restored, self.restored = self.restored, None
@@ -369,6 +404,7 @@ class DeliveryMachine:
         batch)."""
         if self.outstanding is None or self.outstanding.id != batch_id:
             return None
+        self.read_since_wait = False  # read the next batch ahead now
         self.written_before = True
         if self.first_sent_at is None:
             self.first_sent_at = now
@@ -385,6 +421,7 @@ class DeliveryMachine:
         """The write did not complete in time: it counts as not sent; try after `rate_s`."""
         if self.outstanding is None or self.outstanding.id != batch_id:
             return
+        self.read_since_wait = False
         if self.phase is not Phase.ACKED:
             self.phase, self.due_at = Phase.PENDING, now + self.rate_s
 

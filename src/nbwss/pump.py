@@ -18,11 +18,12 @@ from collections.abc import Callable, Mapping
 
 from nbwss import logs, messages, metrics, outbox
 from nbwss.component import Component
-from nbwss.delivery import Batch, DeliveryMachine, Send, Verdict
+from nbwss.delivery import AckCommit, Batch, DeliveryMachine, EventRange, Send, Verdict
 from nbwss.link import DeliveryLink, Link
 from nbwss.messages import Message
 from nbwss.properties import Settings
 from nbwss.store import Store
+from nbwss.values import PersistedBatch
 from nbwss.wake import WakeListener, Waker
 
 log = logs.get_logger("nbwss.pump")
@@ -121,26 +122,26 @@ class GroupPump:
         )
 
     async def _step(self, machine: DeliveryMachine, link: Link) -> None:
-        """One round in the machine's order: commit, read, persist, write, or wait."""
-        # Cleared before the outbox is read, so a wake-up from here on is not missed.
-        self._kick.clear()
-        if machine.awaiting_commit is not None:
-            await self._commit(machine, link)
-        wanted = machine.events_wanted()
-        if wanted is not None:
+        """Carry out the one step the machine asks for, and tell it how it went."""
+        step = machine.next_step(self._clock())
+        if isinstance(step, AckCommit):
+            await self._commit(machine, link, step)
+        elif isinstance(step, EventRange):
+            # Cleared before the outbox is read, so a wake-up from here on is not missed.
+            self._kick.clear()
             events = await asyncio.to_thread(
-                outbox.read_events, self._store, wanted.after_seq, wanted.limit, wanted.up_to_seq
+                outbox.read_events, self._store, step.after_seq, step.limit, step.up_to_seq
             )
             machine.events_read(events, self._clock(), self._new_id())
-        row = machine.to_persist
-        if row is not None:
-            await asyncio.to_thread(outbox.persist_batch, self._store, self.group_id, row)
-            machine.persist_done(row.message_id)
-        send = machine.write_due(self._clock())
-        if send is not None:
-            await self._send(machine, link, send)
-            return  # read the next batch ahead before waiting for this one's ack
-        await self._wait(machine.deadline(), machine.rate_s)
+        elif isinstance(step, PersistedBatch):
+            # Before its first write, so a restart resends it with this id.
+            await asyncio.to_thread(outbox.persist_batch, self._store, self.group_id, step)
+            machine.persist_done(step.message_id)
+        elif isinstance(step, Send):
+            await self._send(machine, link, step)
+        else:
+            await self._wait(step.deadline, machine.rate_s)
+            machine.waited()
 
     async def _send(self, machine: DeliveryMachine, link: Link, send: Send) -> None:
         batch = send.batch
@@ -169,9 +170,8 @@ class GroupPump:
             metrics.BATCHES_STALLED.labels(self.group_id).inc()
             self._log(log.error, "notification.stalled", link, batch, sends=stall.sends)
 
-    async def _commit(self, machine: DeliveryMachine, link: Link) -> None:
+    async def _commit(self, machine: DeliveryMachine, link: Link, commit: AckCommit) -> None:
         now = self._clock()
-        commit = machine.ack_commit(now)
         purged = await asyncio.to_thread(
             outbox.acknowledge, self._store, self.group_id, commit.last_seq, now, commit.next_row
         )
