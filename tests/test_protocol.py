@@ -154,6 +154,10 @@ def test_an_undecodable_frame_closes_by_default() -> None:
     assert close.code == 1002
     assert close.reason.startswith("undecodable frame: ")
     assert closes(connection.binary_received(T0)) == []  # one close, one reason
+    ack = Message("M1", MessageType.NOTIFICATION, SubType.RESPONSE, int(T0), [])
+    assert connection.text_received(text(ack), T0) == [DeliverResponse(ack)]  # still counts
+    connection.connection_lost("closed by the endpoint (code 1002)")
+    assert connection.text_received(text(ack), T0) == []
 
 
 def test_with_ignore_decoder_bad_frames_are_counted_and_skipped() -> None:
@@ -264,15 +268,18 @@ def test_whatever_happens_there_is_one_close_and_the_pong_rule_holds(
             actions = connection.close(1000, "asked")
         else:
             actions = connection.connection_lost("gone")
-        if closed or (connection.state is State.CLOSED and kind == "lost"):
+        if closed:
             assert closes(actions) == []
+            assert not any(isinstance(action, SendPing) for action in actions)
         pings_unanswered += sum(isinstance(action, SendPing) for action in actions)
         closed += closes(actions)
         assert len(closed) <= 1  # one close frame, one reason
-        assert connection.pong_misses < allowed or connection.state is State.CLOSED
-        if connection.state is State.CLOSED:
+        ending = connection.state in (State.CLOSING, State.CLOSED)
+        assert connection.pong_misses < allowed or ending
+        if ending:
             assert connection.next_deadline() is None
-            assert not any(isinstance(a, (SendPing, CarryOutCommand)) for a in actions[1:])
+        if connection.state is State.CLOSED:
+            assert not any(isinstance(action, CarryOutCommand) for action in actions)
     if closed and closed[0].code == 1001:
         assert closed[0].reason == f"no pong for {allowed} pings"
         assert pings_unanswered == allowed  # exactly N pings in a row went unanswered

@@ -28,8 +28,9 @@ The rules it keeps:
   about once per connection.
 - Keepalive: a ping every `keepAlive.scheduledRate`; a pong clears the count; after
   exactly `keepAlive.maxPongMissAllowed` pings in a row without one, close 1001.
-- One close: the first close decided is the one; everything after it is ignored, so
-  there is one close frame and one reason.
+- One close: the first close decided is the one, so there is one close frame and one
+  reason. Until the transport ends, frames still arrive and count (an ack on its way
+  is not lost); no ping is sent and no second close decided.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ PING_DATA: Final = b"nbwss"
 class State(enum.StrEnum):
     CONNECTING = "connecting"  # CONNECT written or being written, its answer awaited
     OPEN = "open"
-    CLOSED = "closed"  # a close was decided (or the handshake failed)
+    CLOSING = "closing"  # a close was decided: frames still count until the transport ends
+    CLOSED = "closed"  # the transport ended (or the handshake failed)
 
 
 # -- actions ---------------------------------------------------------------------------------
@@ -216,8 +218,7 @@ class GroupConnection:
         """The transport ended (closed by the endpoint, reset, protocol error)."""
         if self.state is State.CONNECTING:
             return self._fail("error", f"connection lost during CONNECT: {why}", CLOSE_NORMAL)
-        if self.state is State.OPEN:
-            self.state, self.close_reason = State.CLOSED, why
+        self.state, self.close_reason = State.CLOSED, self.close_reason or why
         return []
 
     def _connect_answer(self, text: str, now: float) -> list[Action]:
@@ -250,7 +251,7 @@ class GroupConnection:
         if self.state is State.CONNECTING:
             return self._connect_answer(text, now)
         if self.state is State.CLOSED:
-            return []
+            return []  # OPEN or CLOSING: what arrives still counts
         try:
             message = messages.decode(text, self._max_bytes)
         except CommandDecodeError as exc:
@@ -345,9 +346,9 @@ class GroupConnection:
 
     def close(self, code: int, reason: str) -> list[Action]:
         """Decide to close (the first decision stands; later ones are no-ops)."""
-        if self.state is State.CLOSED:
+        if self.state in (State.CLOSING, State.CLOSED):
             return []
-        self.state, self.close_reason = State.CLOSED, reason
+        self.state, self.close_reason = State.CLOSING, reason
         return [Close(code, reason)]
 
     def status(self) -> ConnectionStatus:
