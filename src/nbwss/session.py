@@ -1,10 +1,14 @@
-"""One live connection to an endpoint: dial, CONNECT, reader, keepalive, close.
+"""One live connection to an endpoint: the asyncio driver of its `GroupConnection`.
 
+The rules of the connection (CONNECT and its deadline, decoding and the decoder
+policy, dispatch, pong misses, one close) are `nbwss.protocol.GroupConnection`'s: this
+module dials, feeds it frames and the time, and carries out the actions it answers.
 `connect()` dials over pinned TLS and completes the CONNECT handshake (spec section 3)
 or raises; the `Session` it returns is the group's `Link` until `run()` returns. `run()`
 owns three jobs in one TaskGroup: the reader (the only caller of `receive()`), the
-keepalive, and the group's notification pump; COMMAND requests run in their own tasks
-so a slow REST call never stalls the reader. Every COMMAND request gets one answer (a
+keepalive timer, and the group's notification pump; COMMAND requests run in their own
+tasks so a slow REST call never stalls the reader. `send()` owns the write deadline
+(`notification.sendTimeout`). Every COMMAND request gets one answer (a
 400 when only its id and type could be read); one whose answer is lost with the
 connection is logged `command.unanswered`, saying whether its REST call had started.
 Every way the connection ends goes through `request_close`, so there is one close frame
