@@ -762,3 +762,18 @@ def test_next_step_commits_then_reads_then_persists_then_writes_then_waits() -> 
     step = delivery.next_step(T0 + 2)
     assert isinstance(step, AckCommit)
     assert step.acknowledged is batch
+
+
+def test_after_a_commit_the_events_past_the_cursor_are_read_at_once() -> None:
+    """The read ahead found nothing, then the ack came before any wait: the events
+    queued meanwhile are read now, not after `rate_s`."""
+    delivery = machine()
+    batch = started(delivery, events("JOB"))
+    delivery.write_done(batch.id, T0)
+    assert delivery.next_step(T0) == EventRange(1, 500, ahead=True)
+    delivery.events_read([], T0, "ID-2")
+    delivery.response_received(ack(batch))
+    commit = delivery.next_step(T0)
+    assert isinstance(commit, AckCommit)
+    delivery.commit_done(commit, T0)
+    assert delivery.next_step(T0) == EventRange(1, 500)

@@ -419,3 +419,22 @@ async def test_a_new_connection_brings_its_settings_to_the_pump(
     await reloaded.wait_for(lambda: len(reloaded.sent) == 3)  # resent each 0.05 s, not 60 s
     assert pump.delivery is not None
     assert pump.delivery.rate_s == 0.05
+
+
+async def test_a_wake_up_while_the_next_batch_waits_for_an_ack_is_consumed(
+    store: Store, running: Any
+) -> None:
+    """Nothing to read (the next batch is prepared), nothing due: a wake-up must end one
+    wait, not every wait after it (a busy loop that starved the reader of the ack)."""
+    put(store, 1, 2)
+    waker = Waker()
+    link = TestLink(ack=False, settings=link_settings(notification_max_batch=1))
+    pump = GroupPump(store, GROUP, waker)
+    running(pump, link)
+    await link.wait_for(lambda: len(link.sent) == 1)  # batch 2 is read ahead now
+    waker.wake()  # e.g. `nbwss notify` queued more, while the ack is awaited
+    # The endpoint's ack comes a little later: a pump spinning on the wake-up would
+    # never let this timer (or the reader) run.
+    ack = notification_response(link.sent[0], 0)
+    asyncio.get_running_loop().call_later(0.05, pump.on_response, ack)
+    await link.wait_for(lambda: link.job_ids() == [1, 2])

@@ -491,5 +491,6 @@ class DeliveryMachine:
         self.last_acked_id = commit.acknowledged.id
         self.outstanding, self.phase, self.written_before = None, Phase.IDLE, False
         self.prepared, self.sends = None, 0
+        self.read_since_wait = False  # the cursor moved: what follows it is read next
         if commit.next_batch is not None:
             self._start(commit.next_batch, now)

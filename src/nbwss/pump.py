@@ -189,6 +189,8 @@ class GroupPump:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._kick.wait()
+        # Consumed: a kick left set would end every later wait at once, without yielding.
+        self._kick.clear()
 
     def _log(
         self, method: Callable[..., object], event: str, link: Link, batch: Batch, **extra: object
