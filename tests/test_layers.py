@@ -18,6 +18,7 @@ import nbwss
 # The sans-I/O core: protocol rules, codecs and decisions, fed values and the time.
 PURE_MODULES = (
     "nbwss.values",
+    "nbwss.strictjson",
     "nbwss.messages",
     "nbwss.notifications",
     "nbwss.delivery",
