@@ -26,7 +26,7 @@ DETAILS_KEYS = ("token", "priority", "groupId", "hostName", "url")
 json_scalars: st.SearchStrategy[JsonValue] = st.one_of(
     st.none(),
     st.booleans(),
-    st.integers(),
+    st.integers(-(2**63), 2**63 - 1),  # what the strict codec accepts: a Java long
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=20),
 )
