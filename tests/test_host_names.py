@@ -67,18 +67,27 @@ def test_a_group_id_with_terminal_tricks_is_refused(group: str) -> None:
     assert "'groupId' holds a control character" in refusal(groupId=group)
 
 
+# With another fault too (scheme, port): the credentials are refused first, never echoed.
 @pytest.mark.parametrize("url", ["wss://user:s3cret@ep1.test/cfs", "wss://s3cret@ep1.test/",
-                                 "wss://:s3cret@ep1.test:14146/"])
+                                 "wss://:s3cret@ep1.test:14146/", "ws://admin:s3cret@h/",
+                                 "wss://admin:s3cret@h:99999/", "wss://admin:s3cret@[::1/",
+                                 "admin:s3cret@h/cfs"])
 def test_a_url_with_credentials_is_refused_without_echoing_them(url: str) -> None:
     message = refusal(url=url)
     assert message.startswith(f"{MSG_INCORRECT_URL}: the url holds a user name or password")
     assert "s3cret" not in message
 
 
-def test_a_details_url_with_credentials_is_refused_without_echoing_them() -> None:
+@pytest.mark.parametrize("url", ["https://admin:s3cret@cloud.test/details.json",
+                                 "http://admin:s3cret@h/", "https://admin:s3cret@h:x/"])
+def test_a_details_url_with_credentials_is_refused_without_echoing_them(url: str) -> None:
     with pytest.raises(DetailsError, match="holds a user name or password") as caught:
-        check_details_url("https://admin:s3cret@cloud.test/details.json")
+        check_details_url(url)
     assert "s3cret" not in str(caught.value)
+
+
+def test_an_at_sign_in_the_path_or_query_is_not_taken_for_credentials() -> None:
+    assert check_details_url("https://cloud.test/a@b?c=d@e") == "https://cloud.test/a@b?c=d@e"
 
 
 # -- case-blind lookups ----------------------------------------------------------------------

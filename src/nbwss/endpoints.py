@@ -77,6 +77,11 @@ class EndpointDetails:
 
 def check_wss_url(url: str) -> str:
     """A `wss://` URL with a host (and a valid port, if any); the guide's messages otherwise."""
+    if _has_userinfo(url):  # first, and not echoed: it may hold a password
+        raise DetailsError(
+            f"{MSG_INCORRECT_URL}: the url holds a user name or password (user:pass@); "
+            "the endpoint's token is what authenticates"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -84,11 +89,6 @@ def check_wss_url(url: str) -> str:
         raise DetailsError(f"{MSG_INCORRECT_URL}: {url!r} is malformed") from None
     if parts.scheme.lower() != "wss":
         raise DetailsError(f"{MSG_ONLY_WSS}: url is {url!r}")
-    if "@" in parts.netloc:  # not echoed: it may hold a password
-        raise DetailsError(
-            f"{MSG_INCORRECT_URL}: the url holds a user name or password (user:pass@); "
-            "the endpoint's token is what authenticates"
-        )
     if not parts.hostname or any(c.isspace() for c in url):
         raise DetailsError(f"{MSG_INCORRECT_URL}: {url!r} has no host")
     if port == 0:
@@ -201,6 +201,11 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 def check_details_url(url: str) -> str:
     """An `https://` URL with a host; the guide's "Invalid command parameter" otherwise."""
     url = url.strip()
+    if _has_userinfo(url):  # first, and not echoed: it may hold a password
+        raise DetailsError(
+            f"{MSG_INVALID_PARAMETER}: {MSG_INCORRECT_URL}: the URL holds a user name or "
+            "password (user:pass@)"
+        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -211,12 +216,16 @@ def check_details_url(url: str) -> str:
             f"{MSG_INVALID_PARAMETER}: {MSG_INCORRECT_URL}: {url!r} is not an https:// URL "
             "with a host"
         )
-    if "@" in parts.netloc:  # not echoed: it may hold a password
-        raise DetailsError(
-            f"{MSG_INVALID_PARAMETER}: {MSG_INCORRECT_URL}: the URL holds a user name or "
-            "password (user:pass@)"
-        )
     return url
+
+
+def _has_userinfo(url: str) -> bool:
+    """Whether the URL's authority holds `user[:password]@`. Decided on the raw text, before
+    any parsing that could fail (a bad port, another scheme) and echo the URL whole."""
+    rest = url.split("//", 1)[1] if "//" in url else url
+    for end in "/?#":
+        rest = rest.split(end, 1)[0]
+    return "@" in rest
 
 
 def _is_transient(exc: BaseException) -> bool:
