@@ -146,3 +146,51 @@ def test_a_failed_endpoint_write_keeps_the_guides_truststore_message(state_dir: 
         assert store.endpoints() == []  # the transaction was rolled back
     finally:
         store.close()
+
+
+def _orphans_fail_at_commit(store: Store) -> None:
+    """A deferred foreign key: an orphan row is refused at COMMIT, not at the INSERT (what
+    a COMMIT that fails on busy or I/O looks like to the code around it)."""
+    store.conn.execute("PRAGMA foreign_keys = ON")
+    with store.transaction() as conn:
+        conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        conn.execute(
+            "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id)"
+            " DEFERRABLE INITIALLY DEFERRED)"
+        )
+
+
+def test_a_commit_that_fails_is_rolled_back_and_the_store_stays_usable(
+    state_dir: Path,
+) -> None:
+    store = Store(state_dir / "nbwss.db", state_dir / "nbwss.key")
+    _orphans_fail_at_commit(store)
+    with (
+        pytest.raises(StoreError, match="FOREIGN KEY constraint failed"),
+        store.transaction() as conn,
+    ):
+        conn.execute("INSERT INTO child VALUES (7)")
+    assert not store.conn.in_transaction
+    with store.transaction() as conn:  # the next transaction begins as usual
+        conn.execute("INSERT INTO parent VALUES (7)")
+    assert store.conn.execute("SELECT COUNT(*) FROM child").fetchone() == (0,)
+    store.close()
+
+
+def test_a_chunk_whose_commit_fails_is_not_counted_as_queued(state_dir: Path) -> None:
+    from nbwss import outbox
+
+    store = Store(state_dir / "nbwss.db", state_dir / "nbwss.key")
+    _orphans_fail_at_commit(store)
+    with store.transaction() as conn:
+        conn.execute(
+            "CREATE TRIGGER orphan_after_3 AFTER INSERT ON outbox WHEN NEW.seq > 3"
+            " BEGIN INSERT INTO child VALUES (NEW.seq); END"
+        )
+    rows = [("JOB", json.dumps(job(n))) for n in range(5)]
+    with pytest.raises(StoreError) as caught:
+        outbox.queue_chunked(store, rows, lambda: 1.0, chunk_size=3)
+    assert str(caught.value).endswith(
+        "; notifications 1-3 were queued (seq 1-3), 4-5 were not"
+    ), caught.value
+    store.close()

@@ -157,7 +157,7 @@ def _commit_chunks(
     for start in range(0, count, chunk_size):
         try:
             with store.transaction() as conn:
-                copied, last_seq = copy(conn, start, min(start + chunk_size, count))
+                written = copy(conn, start, min(start + chunk_size, count))
         except StoreError as exc:
             if not start:
                 raise
@@ -166,6 +166,7 @@ def _commit_chunks(
                 f"{exc}; notifications 1-{start} were queued (seq {first_seq}-{last_seq}), "
                 f"{start + 1}-{count} were not"
             ) from None
+        copied, last_seq = written  # committed: only now does it count as queued
         if not first_seq:
             first_seq = last_seq - copied + 1
         if after_commit is not None:

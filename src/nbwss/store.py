@@ -239,11 +239,14 @@ class Store:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
+                self.conn.execute("COMMIT")
             except BaseException:
-                with suppress(sqlite3.Error):  # a damaged file may refuse this too
-                    self.conn.execute("ROLLBACK")
+                # A COMMIT that fails (busy, I/O, a deferred constraint) may leave the
+                # transaction open: every later BEGIN on this connection would then fail.
+                if self.conn.in_transaction:
+                    with suppress(sqlite3.Error):  # a damaged file may refuse this too
+                        self.conn.execute("ROLLBACK")
                 raise
-            self.conn.execute("COMMIT")
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
