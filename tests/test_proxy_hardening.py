@@ -8,6 +8,7 @@ cookies, forwarded headers, a gzip bomb, bodies that JSON escaping inflates.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import tracemalloc
 import zlib
@@ -271,6 +272,11 @@ async def test_a_gzip_answer_within_the_cap_is_inflated_for_the_app(tls: TlsMate
         pytest.param(b"not gzip at all", "gzip", "corrupt", id="corrupt"),
         pytest.param(gzip_of_zeros(1024 * 1024)[:-100], "gzip", "ends early", id="truncated"),
         pytest.param(b"\x1b\x00", "br", "'br' is not supported", id="unknown-coding"),
+        # Two gzip members: the second was dropped and the first handed over as the body.
+        pytest.param(gzip.compress(b"A" * 10) + gzip.compress(b"B" * 10), "gzip",
+                     "data after the end", id="two-members"),
+        pytest.param(gzip.compress(b"A" * 10) + b"\x00" * 200_000, "gzip",
+                     "data after the end", id="trailing-chunks"),
     ],
 )
 async def test_a_body_that_cannot_be_decoded_answers_502(

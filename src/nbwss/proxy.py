@@ -373,6 +373,9 @@ def _inflated(
     passed): a bomb stops at the cap instead of inflating whole."""
     if inflate is None:
         return [chunk]
+    trailing = _UnreadableBody("data after the end of the compressed stream (a second member?)")
+    if inflate.eof and chunk:
+        raise trailing
     pieces: list[bytes] = []
     pending = chunk
     try:
@@ -387,4 +390,6 @@ def _inflated(
                 break
     except zlib.error as exc:
         raise _UnreadableBody(f"the compressed body is corrupt ({exc})") from None
+    if inflate.eof and inflate.unused_data:
+        raise trailing
     return pieces
