@@ -294,3 +294,37 @@ async def test_a_status_address_in_use_stops_nbwss_run_with_one_line_and_no_read
     assert errors == [f"nbwss: error: cannot serve status at 127.0.0.1:{port}: "
                       "Address already in use"], stderr.decode()
     assert not any("READY=1" in text for text in drained(notify_socket))
+
+
+class FailingStop(Recorder):
+    """A component whose `stop()` raises (a socket file that cannot be removed, say)."""
+
+    async def stop(self) -> None:
+        raise OSError("cannot remove the socket file")
+
+
+class StopRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped = False
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_a_component_whose_stop_raises_does_not_keep_the_others_from_stopping(
+    store: Store,
+) -> None:
+    first, failing = StopRecorder(), FailingStop()
+    service = build_service(
+        Settings(store_path=store.path, connection_period_s=30.0), store, status=False,
+        components=[first, failing], notifier=Notifier(None),
+    )
+    task = asyncio.create_task(service.async_run(handle_signals=False))
+    async with asyncio.timeout(timeout(5)):
+        await service.ready.wait()
+    service.handle_exit()
+    with pytest.raises(OSError, match="cannot remove the socket file"):
+        async with asyncio.timeout(timeout(10)):
+            await task
+    assert first.stopped  # started first, stopped last: after the one that raised

@@ -13,6 +13,7 @@ it; SIGHUP re-reads the properties and runs the connection process at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -84,22 +85,19 @@ class Service:
         bind error stops the start with no READY."""
         await self.startup()
         loop = asyncio.get_running_loop()
-        asked: list[Component] = []
-        try:
+        # Every component asked to start is stopped, in reverse, even if its start fails
+        # half way or another's stop raises (its socket file must not stay behind).
+        async with contextlib.AsyncExitStack() as stopping:
             for component in self.components:
-                asked.append(component)  # stopped below even if its start fails half way
+                stopping.push_async_callback(component.stop)
                 await component.start()
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self.handle_exit, sig)
                 loop.add_signal_handler(signal.SIGHUP, self.handle_reload)
-            await self._serve()
-        finally:
-            if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                    loop.remove_signal_handler(sig)
-            for component in reversed(asked):
-                await component.stop()
+                    stopping.callback(loop.remove_signal_handler, sig)
+            await self._serve()
         log.info("service.stopped")
 
     async def _serve(self) -> None:
