@@ -262,3 +262,25 @@ def test_queue_stream_refused_mid_stream_queues_nothing_and_leaves_no_spool(
     assert [json.loads(e.data)["jobId"] for e in outbox.read_events(store, 0, 10)] == [2]
     with store.reading() as conn:
         assert conn.execute("SELECT name FROM temp.sqlite_master").fetchall() == []
+
+
+def test_a_known_group_loads_its_position_without_the_write_lock(tmp_path: Path) -> None:
+    """A reconnect only reads: it must not queue behind a writer (the intake, 999 others)."""
+    store = Store(tmp_path / "nbwss.db", tmp_path / "nbwss.key")
+    writer = sqlite3.connect(tmp_path / "nbwss.db", isolation_level=None)
+    try:
+        add_group(store, "G1")
+        put(store, 1, 2, 3)
+        outbox.persist_batch(store, "G1", PersistedBatch("ID-A", 1, 2, T0))
+        store.conn.execute("PRAGMA busy_timeout = 0")  # a wait for the lock fails at once
+        writer.execute("BEGIN IMMEDIATE")
+        assert outbox.load_position(store, "G1", T0) == GroupPosition(
+            0, PersistedBatch("ID-A", 1, 2, T0)
+        )
+        writer.execute("ROLLBACK")
+        outbox.acknowledge(store, "G1", 2, T0)
+        writer.execute("BEGIN IMMEDIATE")
+        assert outbox.load_position(store, "G1", T0) == GroupPosition(2, None)
+    finally:
+        writer.close()
+        store.close()
