@@ -24,6 +24,7 @@ PURE_MODULES = (
     "nbwss.delivery",
     "nbwss.protocol",
     "nbwss.backoff",
+    "nbwss.failover",
     "nbwss.health",
     "nbwss.sources.mapping",
     "nbwss.sources.setaside",

@@ -14,16 +14,19 @@ import pytest
 from structlog.testing import capture_logs
 
 from nbwss.backoff import Backoff
-from nbwss.properties import Settings
-from nbwss.store import Store
-from nbwss.supervisor import (
-    Supervisor,
+from nbwss.failover import (
+    STABLE_AFTER_S,
+    Round,
     connection_order,
     group_signature,
     identity_of,
     plan,
+    retry_delay,
     token_digest,
 )
+from nbwss.properties import Settings
+from nbwss.store import Store
+from nbwss.supervisor import Supervisor
 from nbwss.values import EndpointRecord
 from tests.conftest import TlsMaterial, timeout
 from tests.peers import ConnectAnswer, Peer, add_endpoint
@@ -103,6 +106,20 @@ def test_backoff_grows_with_jitter_up_to_the_cap_and_resets() -> None:
     assert len(set(delays)) == len(delays)  # jittered
     backoff.reset()
     assert backoff.next_delay() <= 0.1
+
+
+def test_a_stable_connection_retries_at_once_and_a_short_one_backs_off() -> None:
+    backoff = Backoff(cap_s=10.0, first_s=0.1, refused_first_s=2.0, rng=random.Random(5))
+    first = retry_delay(Round(None), backoff)
+    assert first is not None
+    assert 0.05 <= first <= 0.1
+    assert retry_delay(Round(STABLE_AFTER_S - 0.01), backoff) is not None  # a flap grows it
+    assert backoff.failures == 2
+    assert retry_delay(Round(STABLE_AFTER_S), backoff) is None  # held: at once, from scratch
+    assert backoff.failures == 0
+    refused = retry_delay(Round(None, refused=True), backoff)
+    assert refused is not None
+    assert 1.0 <= refused <= 2.0
 
 
 # -- with real endpoints -------------------------------------------------------------------

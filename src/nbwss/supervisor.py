@@ -1,7 +1,7 @@
 """The connection process (spec section 4): which endpoint each server group uses.
 
 Every `connectionInfo.period` (and at start, on `wake()` and on `endpoints_changed()`),
-the supervisor reads the endpoints and applies `plan()`, a pure decision: which live
+the supervisor reads the endpoints and applies `failover.plan()`, a pure decision: which live
 connections to close (endpoint deleted, disabled, or re-added with other details) and,
 per group, the enabled endpoints in the order to try them (lowest priority number
 first, ties by host name).
@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import random
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -37,6 +36,16 @@ import aiohttp
 
 from nbwss.backoff import Backoff
 from nbwss.errors import NbwssError, NotFoundError, TokenRefusedError
+from nbwss.failover import (
+    Identity,
+    Round,
+    Signature,
+    group_signature,
+    identity_of,
+    plan,
+    retry_delay,
+    token_digest,
+)
 from nbwss.link import CommandHandler, NotificationPump
 from nbwss.logs import get_logger, register_secret
 from nbwss.metrics import CONNECTED, FAILOVERS
@@ -49,92 +58,8 @@ from nbwss.values import EndpointRecord
 
 log = get_logger("nbwss.supervisor")
 
-# A connection that lived this long was not flapping: when it drops, the group retries
-# at once and backs off from the start again. Shorter ones keep the backoff growing, so
-# an endpoint that accepts CONNECT and then drops at once is not hammered.
-STABLE_AFTER_S: Final = 1.0
 # TLS handshakes are CPU-bound; a thousand groups dial in waves rather than all at once.
 MAX_CONCURRENT_DIALS: Final = 64
-
-Signature = tuple[tuple[str, str, int, str, float], ...]
-
-
-# -- the pure decision ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """What a live connection was made with; any change means the endpoint was re-added."""
-
-    url: str
-    group_id: str
-    fingerprint: str
-    token_digest: str
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def identity_of(record: EndpointRecord, digest: str) -> Identity:
-    return Identity(record.url, record.group_id, record.fingerprint, digest)
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What one run of the connection process decided."""
-
-    close: Mapping[str, str]  # host name -> reason
-    groups: Mapping[str, tuple[EndpointRecord, ...]]  # group -> enabled endpoints, in order
-
-
-def connection_order(records: Iterable[EndpointRecord]) -> dict[str, tuple[EndpointRecord, ...]]:
-    """Per group, its enabled endpoints: lowest priority number first, ties by host name."""
-    groups: dict[str, list[EndpointRecord]] = {}
-    for record in sorted(records, key=lambda r: (r.group_id, r.priority, r.host_name)):
-        if record.enabled:
-            groups.setdefault(record.group_id, []).append(record)
-    return {group: tuple(endpoints) for group, endpoints in groups.items()}
-
-
-def plan(
-    records: Sequence[EndpointRecord],
-    live: Mapping[str, Identity],
-    token_digests: Mapping[str, str],
-) -> Plan:
-    """Decide one run: `live` maps each connected host to what it was connected with;
-    `token_digests` holds the stored token's digest of each live host still present."""
-    by_host = {record.host_name: record for record in records}
-    close: dict[str, str] = {}
-    for host, identity in live.items():
-        record = by_host.get(host)
-        if record is None:
-            close[host] = "endpoint deleted"
-        elif not record.enabled:
-            close[host] = "endpoint disabled"
-        elif identity_of(record, token_digests.get(host, "")) != identity:
-            close[host] = "endpoint re-added with new details"
-    return Plan(close=close, groups=connection_order(records))
-
-
-def group_signature(endpoints: Sequence[EndpointRecord]) -> Signature:
-    """What a group's list of endpoints was configured with: a change (an endpoint added,
-    re-added, enabled or moved) is worth trying the list at once; a status is not."""
-    return tuple(
-        (r.host_name, r.url, r.priority, r.fingerprint, r.updated_at) for r in endpoints
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Round:
-    """How one try of a group's list went: how long the connection lived (None: no
-    endpoint connected), and whether an endpoint refused the token."""
-
-    lived_s: float | None
-    refused: bool = False
-
-
-# -- the I/O -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,10 +238,9 @@ class Supervisor:
                 if not endpoints:
                     return
                 tried = await self._connect_and_serve(http, group_id, endpoints)
-                if tried.lived_s is not None and tried.lived_s >= STABLE_AFTER_S:
-                    backoff.reset()
+                delay = retry_delay(tried, backoff)
+                if delay is None:
                     continue  # a connection dropped: try the list again at once
-                delay = backoff.next_delay(refused=tried.refused)
                 log.debug("group.retry", group=group_id, delay_s=round(delay, 3))
                 await self._pause(group_id, delay)
         finally:
