@@ -30,7 +30,7 @@ from nbwss.metrics import REGISTRY
 from nbwss.properties import PROPERTIES, Settings, load
 from nbwss.reference.__main__ import build_parser as build_reference_parser
 from nbwss.standin.__main__ import build_parser as build_standin_parser
-from nbwss.status import StoreCollector
+from nbwss.status import StoreCollector, group_families
 from nbwss.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -256,7 +256,7 @@ def exported_metrics(tmp_path: Path) -> tuple[set[str], set[str]]:
     """(every series name the daemon can export, the family names) from the real registries."""
     store = Store(tmp_path / "nbwss.db", tmp_path / "nbwss.key")
     try:
-        families = [*REGISTRY.collect(), *StoreCollector(store).collect()]
+        families = [*REGISTRY.collect(), *StoreCollector(store).collect(), *group_families({})]
     finally:
         store.close()
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),

@@ -26,6 +26,7 @@ PURE_MODULES = (
     "nbwss.backoff",
     "nbwss.failover",
     "nbwss.health",
+    "nbwss.statusview",
     "nbwss.sources.mapping",
     "nbwss.sources.setaside",
     "nbwss.sources.apiversion",

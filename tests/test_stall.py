@@ -20,6 +20,7 @@ from nbwss.commands.status import group_row
 from nbwss.daemon import build_service
 from nbwss.health import failing_groups
 from nbwss.metrics import REGISTRY
+from nbwss.statusview import group_views
 from nbwss.store import Store
 from nbwss.wake import send_wake
 from tests.conftest import TlsMaterial
@@ -101,7 +102,8 @@ def test_status_shows_a_stalled_group_and_check_names_it() -> None:
                    "stalled": True, "age_s": 2.0}
     group = {"connected": True, "endpoint": "ep1", "delivery": "STALLED", "backlog": 6,
              "outstanding": outstanding, "endpoints": [{"enabled": True}]}
-    assert group_row(GROUP, group, time.time())[4] == "0CEAB6C2 (2.0s) STALLED after 12 sends"
+    (view,) = group_views({"groups": {GROUP: group}})
+    assert group_row(view, time.time())[4] == "0CEAB6C2 (2.0s) STALLED after 12 sends"
     assert failing_groups({"groups": {GROUP: group}}, 600.0) == [
         "GROUP1: delivery STALLED: message 0CEAB6C2-0BBF (seq 4-9) sent 12 times without an ack"
     ]

@@ -256,10 +256,38 @@ async def test_live_view_overrides_the_store(state_dir: Path, store: Store) -> N
 # -- /metrics ------------------------------------------------------------------------------
 
 
+async def test_metrics_agree_with_the_live_status(state_dir: Path, store: Store) -> None:
+    """One source: /metrics reads the document /status serves, live view included; an
+    endpoint never connected is a 0 series, so `max by (group)` alerts on such a group."""
+    live = LiveView()
+    live.groups["G1"] = GroupStatus("G1", False, None, None)
+    server = StatusServer(str(state_dir / "m.sock"), store, live)
+    task = await serving(server)
+    try:
+        down = await scrape(server)
+        live.groups["G1"] = GroupStatus("G1", True, "cloud-b.example", None, last_ack=1234.5)
+        up = await scrape(server)
+        document = await fetch_status(str(state_dir / "m.sock"))
+    finally:
+        await stop(task)
+    a = ("nbwss_connected", (("group", "G1"), ("host", "cloud-a.example")))
+    b = ("nbwss_connected", (("group", "G1"), ("host", "cloud-b.example")))
+    assert (down[a], down[b]) == (0, 0)
+    assert (up[a], up[b]) == (0, 1)
+    assert document["groups"]["G1"]["endpoint"] == "cloud-b.example"
+    assert up[("nbwss_last_ack_timestamp_seconds", (("group", "G1"),))] == 1234.5
+
+
+async def test_a_disabled_endpoint_has_no_connected_series(
+    unix_server: StatusServer, store: Store
+) -> None:
+    store.set_enabled("cloud-b.example", False)
+    series = {labels for name, labels in await scrape(unix_server) if name == "nbwss_connected"}
+    assert series == {(("group", "G1"), ("host", "cloud-a.example"))}
+
+
 async def test_metrics_names_are_present(unix_server: StatusServer) -> None:
     families = {name for name, _ in await scrape(unix_server)}
-    metrics.CONNECTED.labels(group="G1", host="cloud-a.example").set(1)
-    families |= {name for name, _ in await scrape(unix_server)}
     for name in ("nbwss_notifications_queued_total", "nbwss_backlog",
                  "nbwss_oldest_unacked_age_seconds", "nbwss_connected",
                  "nbwss_command_duration_seconds_count"):

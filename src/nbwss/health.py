@@ -10,39 +10,43 @@ command and the daemon judge the same figures.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from nbwss.statusview import OutstandingView, group_views
 
-def failing_groups(document: dict[str, Any], max_backlog_age_s: float) -> list[str]:
+
+def failing_groups(document: Mapping[str, Any], max_backlog_age_s: float) -> list[str]:
     """One line per enabled group that breaks the rule, saying why; empty when healthy."""
     lines = []
-    for group_id, group in sorted(document.get("groups", {}).items()):
-        if not any(endpoint.get("enabled") for endpoint in group.get("endpoints", ())):
+    for group in group_views(document):
+        if not group.enabled:
             continue
         reasons = []
-        if not group.get("connected"):
-            last_error = group.get("last_error")
+        if not group.connected:
+            last_error = group.last_error
             reasons.append("DISCONNECTED" + (f" (last error: {last_error})" if last_error else ""))
-        age = group.get("oldest_unacked_age_s")
+        age = group.oldest_unacked_age_s
         if age is not None and age >= max_backlog_age_s:
             reasons.append(
-                f"{group.get('backlog')} notification(s) unacknowledged, the oldest for "
+                f"{group.backlog} notification(s) unacknowledged, the oldest for "
                 f"{age:.0f} s (status.maxBacklogAge is {max_backlog_age_s:g} s)"
             )
-        outstanding = group.get("outstanding") or {}
-        if group.get("delivery") == "STALLED":
-            reasons.append(
-                f"delivery STALLED: message {outstanding.get('message_id')} (seq "
-                f"{outstanding.get('first_seq')}-{outstanding.get('last_seq')}) sent "
-                f"{outstanding.get('sends')} times without an ack"
-            )
+        if group.stalled:
+            reasons.append(_stalled(group.outstanding))
         if reasons:
-            lines.append(f"{group_id}: " + "; ".join(reasons))
+            lines.append(f"{group.group_id}: " + "; ".join(reasons))
     return lines
 
 
-def enabled_group_count(document: dict[str, Any]) -> int:
-    return sum(
-        1 for group in document.get("groups", {}).values()
-        if any(endpoint.get("enabled") for endpoint in group.get("endpoints", ()))
+def _stalled(outstanding: OutstandingView | None) -> str:
+    if outstanding is None:
+        return "delivery STALLED"
+    return (
+        f"delivery STALLED: message {outstanding.message_id} (seq {outstanding.first_seq}-"
+        f"{outstanding.last_seq}) sent {outstanding.sends} times without an ack"
     )
+
+
+def enabled_group_count(document: Mapping[str, Any]) -> int:
+    return sum(1 for group in group_views(document) if group.enabled)

@@ -1,11 +1,11 @@
 """Prometheus metrics of the daemon, in one registry, defined once.
 
-Modules increment these; the status server renders `REGISTRY` at /metrics. Figures
-that live in the database (backlog, oldest unacknowledged age, last ack, queued total)
-are read at scrape time by a collector in the status server, since `nbwss notify`
-queues from another process. As Prometheus users expect: `nbwss_build_info`, the
-standard `process_*` collector, and no `_created` series (they double the series count
-and no alert uses them).
+Modules increment these; the status server renders `REGISTRY` at /metrics. The
+per-group state (connected, backlog, oldest unacknowledged age, last ack) is rendered
+at scrape time from the `/status` document (`status.group_families`), and the queued
+total is read from the database, since `nbwss notify` queues from another process. As
+Prometheus users expect: `nbwss_build_info`, the standard `process_*` collector, and no
+`_created` series (they double the series count and no alert uses them).
 """
 
 from __future__ import annotations
@@ -23,10 +23,6 @@ ProcessCollector(registry=REGISTRY)
 BUILD_INFO = Info("nbwss_build", "The running nbwss: its version.", registry=REGISTRY)
 BUILD_INFO.info({"version": __version__})
 
-CONNECTED = Gauge(
-    "nbwss_connected", "1 while the server group has a CONNECTED endpoint.",
-    ["group", "host"], registry=REGISTRY,
-)
 HANDSHAKES = Counter(
     "nbwss_handshakes", "CONNECT handshakes by result (valid, invalid, timeout, error).",
     ["group", "host", "result"], registry=REGISTRY,

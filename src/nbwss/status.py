@@ -8,7 +8,8 @@ refused at start: the service holds no secrets here, but it is not a public API.
 Figures that live in the database (backlog, oldest unacknowledged age, queued total)
 are read from it at request time, because `nbwss notify` queues from other processes.
 What only the running daemon knows (the live connection, the batch in flight, the last
-error) comes from a `StatusSource` the supervisor implements.
+error) comes from a `StatusSource` (`daemon.LiveStatus`). `/metrics` renders its
+per-group series from the same document as `/status`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from nbwss import __version__, health, logs, outbox
 from nbwss.component import Component
 from nbwss.errors import ConfigError, NbwssError
 from nbwss.metrics import REGISTRY
+from nbwss.statusview import group_views
 from nbwss.store import Store
 from nbwss.values import GroupStatus
 from nbwss.vault import make_private_dirs
@@ -191,7 +193,8 @@ def overlay_live(document: dict[str, Any], live: Mapping[str, GroupStatus], now:
 
 
 class StoreCollector(Collector):
-    """Figures read from the database at scrape time (queued by other processes too)."""
+    """The notifications ever queued, read from the database at scrape time (other
+    processes queue too)."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -200,30 +203,60 @@ class StoreCollector(Collector):
         queued = CounterMetricFamily(
             "nbwss_notifications_queued", "Notifications ever queued (the outbox's highest seq)."
         )
-        backlog = GaugeMetricFamily(
-            "nbwss_backlog", "Notifications not yet acknowledged by the group.", labels=["group"]
-        )
-        oldest = GaugeMetricFamily(
-            "nbwss_oldest_unacked_age_seconds",
-            "Age of the group's oldest unacknowledged notification (0 when none).",
-            labels=["group"],
-        )
-        last_ack = GaugeMetricFamily(
-            "nbwss_last_ack_timestamp_seconds",
-            "When the group last acknowledged a notification (or was added), epoch seconds.",
-            labels=["group"],
-        )
         queued.add_metric([], outbox.queued_total(self._store))
-        for figures in outbox.backlog(self._store, time.time()):
-            backlog.add_metric([figures.group_id], figures.backlog)
-            oldest.add_metric([figures.group_id], _rounded(figures.oldest_unacked_age_s) or 0.0)
-            last_ack.add_metric([figures.group_id], figures.cursor_moved_at)
-        yield from (queued, backlog, oldest, last_ack)
+        yield queued
 
 
-def render_metrics(store_registry: CollectorRegistry) -> bytes:
-    """The daemon's counters, then the store's figures, in the Prometheus text format."""
-    return generate_latest(REGISTRY) + generate_latest(store_registry)
+def group_families(document: Mapping[str, Any]) -> list[Metric]:
+    """The per-group series, read from the `/status` document of the same scrape (through
+    `statusview`, as `nbwss status` and `/ready` read it), so they agree with it."""
+    connected = GaugeMetricFamily(
+        "nbwss_connected", "1 while the group is connected to that endpoint, else 0.",
+        labels=["group", "host"],
+    )
+    backlog = GaugeMetricFamily(
+        "nbwss_backlog", "Notifications not yet acknowledged by the group.", labels=["group"]
+    )
+    oldest = GaugeMetricFamily(
+        "nbwss_oldest_unacked_age_seconds",
+        "Age of the group's oldest unacknowledged notification (0 when none).",
+        labels=["group"],
+    )
+    last_ack = GaugeMetricFamily(
+        "nbwss_last_ack_timestamp_seconds",
+        "When the group last acknowledged a notification (or was added), epoch seconds.",
+        labels=["group"],
+    )
+    for group in group_views(document):
+        # Every enabled endpoint has a series (0 until connected), so a group that never
+        # connected is seen as down; a group with all endpoints disabled is not judged.
+        hosts = [endpoint.host_name for endpoint in group.endpoints if endpoint.enabled]
+        if group.connected and group.endpoint is not None and group.endpoint not in hosts:
+            hosts.append(group.endpoint)  # disabled or deleted, until the next run closes it
+        for host in hosts:
+            up = group.connected and host == group.endpoint
+            connected.add_metric([group.group_id, host], 1.0 if up else 0.0)
+        backlog.add_metric([group.group_id], group.backlog)
+        oldest.add_metric([group.group_id], group.oldest_unacked_age_s or 0.0)
+        if group.last_ack is not None:
+            last_ack.add_metric([group.group_id], group.last_ack)
+    return [connected, backlog, oldest, last_ack]
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families
+
+
+def render_metrics(store_registry: CollectorRegistry, document: Mapping[str, Any]) -> bytes:
+    """The daemon's counters, the store's figures and the per-group series of `document`,
+    in the Prometheus text format."""
+    groups = CollectorRegistry(auto_describe=False)
+    groups.register(_Families(group_families(document)))
+    return generate_latest(REGISTRY) + generate_latest(store_registry) + generate_latest(groups)
 
 
 # -- the server --------------------------------------------------------------------------
@@ -328,7 +361,8 @@ class StatusServer(Component):
         return web.Response(text="ok\n")
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        body = await asyncio.to_thread(render_metrics, self._store_registry)
+        document = await self._document()  # the figures of /status, live view included
+        body = await asyncio.to_thread(render_metrics, self._store_registry, document)
         return web.Response(body=body, headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
 

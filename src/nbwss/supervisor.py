@@ -48,7 +48,7 @@ from nbwss.failover import (
 )
 from nbwss.link import CommandHandler, NotificationPump
 from nbwss.logs import get_logger, register_secret
-from nbwss.metrics import CONNECTED, FAILOVERS
+from nbwss.metrics import FAILOVERS
 from nbwss.outbound import Proxy, load_policy
 from nbwss.properties import Settings
 from nbwss.session import Session, Target, connect, trim_tls_read_buffer
@@ -317,7 +317,6 @@ class Supervisor:
             FAILOVERS.labels(group=group_id).inc()
         self._last_host[group_id] = host
         log.info("endpoint.connected", group=group_id, host=host, priority=record.priority)
-        CONNECTED.labels(group=group_id, host=host).set(1)
         await self._set_status(host, True)
         self._notify()
         started = time.monotonic()
@@ -329,7 +328,6 @@ class Supervisor:
             reason = f"internal error: {type(exc).__name__}"
         finally:
             del self._live[host]
-            CONNECTED.labels(group=group_id, host=host).set(0)
             log.info("endpoint.disconnected", group=group_id, host=host, reason=reason)
             self._notify()
         await self._set_status(host, False, reason)

@@ -15,6 +15,7 @@ from typing import Any
 from nbwss import health
 from nbwss.commands import Context, examples, print_json, print_table
 from nbwss.status import fetch_status
+from nbwss.statusview import GroupView, group_views
 
 HEADERS = ["GROUP", "ENDPOINT", "STATE", "SINCE", "OUTSTANDING", "BACKLOG", "OLDEST UNACKED",
            "LAST ACK", "LAST ERROR"]
@@ -74,11 +75,11 @@ def print_status(document: dict[str, Any], now: float) -> None:
     poller = document.get("poller")
     if poller:
         sys.stdout.write(f"poller: {poller_line(poller, now)}\n")
-    groups: dict[str, dict[str, Any]] = document.get("groups", {})
+    groups = group_views(document)
     if not groups:
         sys.stdout.write("no server groups: add an endpoint with 'nbwss endpoint add'\n")
         return
-    print_table(HEADERS, [group_row(name, group, now) for name, group in groups.items()])
+    print_table(HEADERS, [group_row(group, now) for group in groups])
 
 
 def poller_line(poller: dict[str, Any], now: float) -> str:
@@ -92,24 +93,23 @@ def poller_line(poller: dict[str, Any], now: float) -> str:
     return line
 
 
-def group_row(name: str, group: dict[str, Any], now: float) -> list[str]:
-    outstanding = group.get("outstanding")
+def group_row(group: GroupView, now: float) -> list[str]:
+    outstanding = group.outstanding
     in_flight = "-"
     if outstanding:
-        message_id = str(outstanding.get("message_id", "?"))
-        in_flight = f"{message_id[:8]} ({duration(outstanding.get('age_s'))})"
-        if outstanding.get("stalled"):
-            in_flight += f" STALLED after {outstanding.get('sends')} sends"
+        in_flight = f"{outstanding.message_id[:8]} ({duration(outstanding.age_s)})"
+        if outstanding.stalled:
+            in_flight += f" STALLED after {outstanding.sends} sends"
     return [
-        name,
-        group.get("endpoint") or "-",
-        "CONNECTED" if group.get("connected") else "DISCONNECTED",
-        ago(now, group.get("since")),
+        group.group_id,
+        group.endpoint or "-",
+        "CONNECTED" if group.connected else "DISCONNECTED",
+        ago(now, group.since),
         in_flight,
-        str(group.get("backlog", 0)),
-        duration(group.get("oldest_unacked_age_s")),
-        ago(now, group.get("last_ack")),
-        group.get("last_error") or "-",
+        str(group.backlog),
+        duration(group.oldest_unacked_age_s),
+        ago(now, group.last_ack),
+        group.last_error or "-",
     ]
 
 
