@@ -3,6 +3,7 @@ clock, no socket, no event loop."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nbwss.delivery import Batch, DeliveryMachine
 from nbwss.messages import Message, MessageType, SubType, encode, request, response_to
 from nbwss.properties import Settings
 from nbwss.protocol import (
@@ -18,7 +20,7 @@ from nbwss.protocol import (
     CarryOutCommand,
     Close,
     Counter,
-    DeliverResponse,
+    DeliveryProgressed,
     GroupConnection,
     HandshakeFailed,
     Opened,
@@ -28,6 +30,7 @@ from nbwss.protocol import (
     State,
     WriteFrame,
 )
+from tests.test_delivery import ack, events, started
 
 T0 = 1_700_000_000.0
 TOKEN = "token-of-the-endpoint=="
@@ -129,7 +132,9 @@ def test_commands_go_to_the_proxy_and_notification_responses_to_delivery() -> No
     command = request(MessageType.COMMAND, {"method": "GET", "uri": "/x"}, T0)
     assert connection.text_received(text(command), T0) == [CarryOutCommand(command)]
     ack = Message("M1", MessageType.NOTIFICATION, SubType.RESPONSE, int(T0), [])
-    assert connection.text_received(text(ack), T0) == [DeliverResponse(ack)]
+    [unexpected] = connection.text_received(text(ack), T0)  # no delivery on it yet
+    assert isinstance(unexpected, Report)
+    assert unexpected.event == "notification.unexpected_response"
 
 
 def test_other_messages_are_logged_and_the_connection_stays() -> None:
@@ -154,10 +159,11 @@ def test_an_undecodable_frame_closes_by_default() -> None:
     assert close.code == 1002
     assert close.reason.startswith("undecodable frame: ")
     assert closes(connection.binary_received(T0)) == []  # one close, one reason
-    ack = Message("M1", MessageType.NOTIFICATION, SubType.RESPONSE, int(T0), [])
-    assert connection.text_received(text(ack), T0) == [DeliverResponse(ack)]  # still counts
+    delivery, batch = in_flight(connection)
+    assert connection.text_received(text(ack(batch)), T0) == [DeliveryProgressed()]  # counts
+    assert delivery.awaiting_commit is not None
     connection.connection_lost("closed by the endpoint (code 1002)")
-    assert connection.text_received(text(ack), T0) == []
+    assert connection.text_received(text(ack(batch)), T0) == []
 
 
 def test_with_ignore_decoder_bad_frames_are_counted_and_skipped() -> None:
@@ -185,12 +191,38 @@ def test_a_command_readable_only_as_far_as_its_id_gets_a_400(ignore_decoder: boo
 
 def test_a_time_stamp_in_milliseconds_is_warned_about_once() -> None:
     connection = opened()
-    ack = Message("M1", MessageType.NOTIFICATION, SubType.RESPONSE, int(T0 * 1000), [])
-    warned, delivered = connection.text_received(text(ack), T0)
+    _, batch = in_flight(connection)
+    late = dataclasses.replace(ack(batch), time_stamp=int(T0 * 1000))
+    warned, delivered = connection.text_received(text(late), T0)
     assert isinstance(warned, Report)
     assert warned.event == "message.timestamp_milliseconds"
-    assert delivered == DeliverResponse(ack)
-    assert connection.text_received(text(ack), T0) == [DeliverResponse(ack)]
+    assert delivered == DeliveryProgressed()
+    [duplicate] = connection.text_received(text(late), T0)
+    assert isinstance(duplicate, Report)
+    assert duplicate.event == "notification.duplicate_ack"
+
+
+def in_flight(connection: GroupConnection) -> tuple[DeliveryMachine, Batch]:
+    """The group delivers over `connection` and has one batch written, its ack awaited."""
+    delivery = DeliveryMachine(group_id="G1", max_batch=10, max_bytes=1 << 20, rate_s=5.0,
+                               acked_seq=0)
+    batch = started(delivery, events("JOB"))
+    delivery.write_done(batch.id, T0)
+    connection.deliver_with(delivery)
+    return delivery, batch
+
+
+def test_responses_are_judged_by_the_groups_delivery() -> None:
+    connection = opened()
+    delivery, batch = in_flight(connection)
+    [wrong] = connection.text_received(text(dataclasses.replace(ack(batch), id="OTHER")), T0)
+    assert isinstance(wrong, Report)
+    assert (wrong.event, wrong.level, wrong.fields["reason"]) == (
+        "notification.response_refused", "warning", "wrong_id"
+    )
+    assert delivery.awaiting_commit is None
+    assert connection.text_received(text(ack(batch)), T0) == [DeliveryProgressed()]
+    assert delivery.awaiting_commit is not None
 
 
 # -- keepalive -------------------------------------------------------------------------------

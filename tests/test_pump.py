@@ -14,14 +14,16 @@ import pytest
 from structlog.testing import capture_logs
 
 from nbwss import metrics, outbox
-from nbwss.delivery import Batch
+from nbwss.delivery import Batch, DeliveryMachine
 from nbwss.endpoints import EndpointDetails
 from nbwss.messages import Message, MessageType, SubType, encode, notification_response
 from nbwss.properties import Settings
+from nbwss.protocol import Action, DeliveryProgressed, Report
 from nbwss.pump import GroupPump, OutboxJanitor
 from nbwss.store import Store
 from nbwss.wake import WakeListener, Waker, send_wake
 from tests.conftest import timeout
+from tests.test_protocol import opened
 
 GROUP = "G1"
 
@@ -44,6 +46,18 @@ class TestLink:
         self.hang_next = 0
         self.fail_next: BaseException | None = None
         self._changed = asyncio.Event()
+        self.core = opened(self.settings)  # judges responses, as the session's does
+
+    def deliver_with(self, machine: DeliveryMachine | None) -> None:
+        self.core.deliver_with(machine)
+
+    def respond(self, response: Message) -> list[Action]:
+        """A response arrives on the connection: the core judges it, an accepted ack
+        wakes the pump (as the session carries out `DeliveryProgressed`)."""
+        actions = self.core.text_received(encode(response), 0.0)
+        if self.pump is not None and DeliveryProgressed() in actions:
+            self.pump.kick()
+        return actions
 
     def note_acked(self, batch: Batch) -> None:
         self.acked.append(batch)
@@ -61,7 +75,7 @@ class TestLink:
         self._changed.set()
         if self.ack and self.pump is not None:
             asyncio.get_running_loop().call_soon(
-                self.pump.on_response, notification_response(message, 0)
+                self.respond, notification_response(message, 0)
             )
 
     async def wait_for(self, predicate: Callable[[], bool], seconds: float = 5) -> None:
@@ -205,7 +219,7 @@ async def test_withheld_ack_resends_the_same_message_and_nothing_new(
     first, *again = link.sent
     assert all(encode(m) == encode(first) for m in again)  # same id, same bytes
     assert link.job_ids() == [1, 1, 1]
-    pump.on_response(notification_response(first, 0))
+    link.respond(notification_response(first, 0))
     await link.wait_for(lambda: 2 in link.job_ids())
     assert acked_seq(store) >= 1
 
@@ -232,11 +246,15 @@ async def test_wrong_id_and_non_empty_payload_do_not_acknowledge(
     await link.wait_for(lambda: len(link.sent) == 1)
     request = link.sent[0]
     wrong = Message("OTHER", MessageType.NOTIFICATION, SubType.RESPONSE, 0, [])
-    with capture_logs() as logged:
-        pump.on_response(wrong)
-        pump.on_response(Message(request.id, request.type, SubType.RESPONSE, 0, [{"x": 1}]))
-    assert [e.get("reason") for e in logged] == ["wrong_id", "non_empty_payload"]
-    assert [e["log_level"] for e in logged] == ["warning", "warning"]
+    reports = [
+        *link.respond(wrong),
+        *link.respond(Message(request.id, request.type, SubType.RESPONSE, 0, [{"x": 1}])),
+    ]
+    assert all(isinstance(r, Report) for r in reports)
+    assert [r.fields.get("reason") for r in reports if isinstance(r, Report)] == [
+        "wrong_id", "non_empty_payload"
+    ]
+    assert [r.level for r in reports if isinstance(r, Report)] == ["warning", "warning"]
     assert pump.delivery is not None
     assert pump.delivery.awaiting_commit is None
     assert acked_seq(store) == 0
@@ -294,11 +312,11 @@ async def test_a_lost_connection_ends_run_with_its_error(store: Store) -> None:
         await asyncio.wait_for(pump.run(link), timeout(5))
 
 
-async def test_response_before_any_run_is_ignored(store: Store) -> None:
-    pump = GroupPump(store, GROUP, Waker())
-    with capture_logs() as logged:
-        pump.on_response(Message("X", MessageType.NOTIFICATION, SubType.RESPONSE, 0, []))
-    assert [e["event"] for e in logged] == ["notification.unexpected_response"]
+async def test_response_before_any_run_is_ignored() -> None:
+    link = TestLink()
+    [report] = link.respond(Message("X", MessageType.NOTIFICATION, SubType.RESPONSE, 0, []))
+    assert isinstance(report, Report)
+    assert report.event == "notification.unexpected_response"
 
 
 def test_janitor_applies_retention(store: Store) -> None:
@@ -436,5 +454,5 @@ async def test_a_wake_up_while_the_next_batch_waits_for_an_ack_is_consumed(
     # The endpoint's ack comes a little later: a pump spinning on the wake-up would
     # never let this timer (or the reader) run.
     ack = notification_response(link.sent[0], 0)
-    asyncio.get_running_loop().call_later(0.05, pump.on_response, ack)
+    asyncio.get_running_loop().call_later(0.05, link.respond, ack)
     await link.wait_for(lambda: link.job_ids() == [1, 2])

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 from nbwss.messages import Message
 
 if TYPE_CHECKING:
+    from nbwss.delivery import DeliveryMachine
     from nbwss.properties import Settings
 
 
@@ -37,6 +38,9 @@ class DeliveryLink(Link, Protocol):
         """The settings the connection was made with: the pump uses these, so a reload
         reaches the session and the pump together, with the next connection."""
 
+    def deliver_with(self, machine: DeliveryMachine | None) -> None:
+        """The group's delivery state: the connection judges NOTIFICATION responses by it."""
+
 
 class CommandLink(Link, Protocol):
     """The connection as a COMMAND handler sees it."""
@@ -58,5 +62,5 @@ class NotificationPump(Protocol):
     async def run(self, link: DeliveryLink) -> None:
         """Deliver over `link` until cancelled (the connection closed) or it fails."""
 
-    def on_response(self, response: Message) -> None:
-        """A NOTIFICATION RESPONSE arrived on the group's connection."""
+    def kick(self) -> None:
+        """The connection accepted an acknowledgement: go on (commit it) at once."""

@@ -4,7 +4,7 @@ Like websockets' `protocol.py`, the core is fed what happened (a text frame rece
 a binary one, a ping or pong, the CONNECT request written or not in time, the clock's
 `tick(now)`, the connection gone) and answers with actions for its driver
 (`session.py`) to carry out: write a frame, ping, pong, carry out a COMMAND (the
-proxy), hand a NOTIFICATION response to delivery, report an event, close with a code
+proxy), go on delivering after an accepted ack, report an event, close with a code
 and reason. It imports nothing that does I/O, logs or counts: reports are actions too,
 so every rule below can be tested with plain values and a fake clock.
 
@@ -22,7 +22,8 @@ The rules it keeps:
   for binary), and with `exception.ignoreDecoder=true` it is logged and skipped. A
   COMMAND request readable only as far as its id gets a 400 at once, whatever the
   policy: every request has exactly one response.
-- Dispatch: a COMMAND request goes to the proxy; a NOTIFICATION response to delivery;
+- Dispatch: a COMMAND request goes to the proxy; a NOTIFICATION response is judged by
+  the group's `DeliveryMachine` (`deliver_with`): an ack that counts wakes delivery;
   any other response is unmatched and any other request unexpected (both logged, the
   connection stays). A timeStamp in milliseconds (the guide says seconds) is warned
   about once per connection.
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from nbwss import messages
+from nbwss.delivery import DeliveryMachine, Verdict
 from nbwss.errors import CommandDecodeError, DecodeError
 from nbwss.messages import Message, MessageType, SubType
 
@@ -100,10 +102,9 @@ class AnswerMalformedCommand:
 
 
 @dataclass(frozen=True, slots=True)
-class DeliverResponse:
-    """A NOTIFICATION response, for the group's delivery to judge."""
-
-    response: Message
+class DeliveryProgressed:
+    """A NOTIFICATION response acknowledged the batch in flight (judged here by the
+    group's `DeliveryMachine`): its driver commits it and goes on at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +154,7 @@ class Report:
 
 Action = (
     WriteFrame | SendPing | SendPong | CarryOutCommand | AnswerMalformedCommand
-    | DeliverResponse | Opened | HandshakeFailed | Close | Report
+    | DeliveryProgressed | Opened | HandshakeFailed | Close | Report
 )
 
 
@@ -192,6 +193,12 @@ class GroupConnection:
         self._warned_milliseconds = False
         self.pong_misses = 0
         self.close_reason: str | None = None
+        self._delivery: DeliveryMachine | None = None
+
+    def deliver_with(self, machine: DeliveryMachine | None) -> None:
+        """The group's delivery state while it delivers over this connection: NOTIFICATION
+        responses are judged by it (before, they are unexpected)."""
+        self._delivery = machine
 
     # -- the handshake -------------------------------------------------------------------
 
@@ -262,7 +269,7 @@ class GroupConnection:
         if message.type is MessageType.COMMAND and message.is_request:
             actions.append(CarryOutCommand(message))
         elif message.type is MessageType.NOTIFICATION and not message.is_request:
-            actions.append(DeliverResponse(message))
+            actions.extend(self._judge(message))
         elif message.sub_type is SubType.RESPONSE:
             actions.append(Report("response.unmatched", "warning",
                                   {"id": message.id, "type": str(message.type)}))
@@ -270,6 +277,18 @@ class GroupConnection:
             actions.append(Report("request.unexpected", "warning",
                                   {"id": message.id, "type": str(message.type)}))
         return actions
+
+    def _judge(self, response: Message) -> list[Action]:
+        machine = self._delivery
+        if machine is None:
+            return [Report("notification.unexpected_response", "warning", {"id": response.id})]
+        verdict = machine.response_received(response)
+        if verdict is Verdict.ACKNOWLEDGED:
+            return [DeliveryProgressed()]
+        if verdict is Verdict.DUPLICATE:
+            return [Report("notification.duplicate_ack", "info", {"id": response.id})]
+        return [Report("notification.response_refused", "warning",
+                       {"id": response.id, "reason": str(verdict)})]
 
     def binary_received(self, now: float) -> list[Action]:
         why = "a binary frame is not a message"

@@ -4,9 +4,10 @@ A pump implements `nbwss.link.NotificationPump`. It outlives connections: the se
 calls `run(link)` for each live connection of the group and cancels it when the
 connection ends; the next `run` (reconnect or failover) resumes from the state the last
 one left, so the unacknowledged batch goes first. All decisions are in
-`delivery.DeliveryMachine`; this module reads and writes the outbox (in worker threads,
-so a busy database never stalls the event loop), writes frames and waits, on an event
-set by a response or a wake-up, never in a sleep loop.
+`delivery.DeliveryMachine`, which the pump hands to the connection (`deliver_with`):
+its core judges the responses. This module reads and writes the outbox (in worker
+threads, so a busy database never stalls the event loop), writes frames and waits, on
+an event set by an accepted ack (`kick`) or a wake-up, never in a sleep loop.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from collections.abc import Callable, Mapping
 
 from nbwss import logs, messages, metrics, outbox
 from nbwss.component import Component
-from nbwss.delivery import AckCommit, Batch, DeliveryMachine, EventRange, Send, Verdict
+from nbwss.delivery import AckCommit, Batch, DeliveryMachine, EventRange, Send
 from nbwss.link import DeliveryLink, Link
-from nbwss.messages import Message
 from nbwss.properties import Settings
 from nbwss.store import Store
 from nbwss.values import PersistedBatch
@@ -63,26 +63,9 @@ class GroupPump:
         """The state machine, once the first `run` has loaded it (for status and tests)."""
         return self._machine
 
-    def on_response(self, response: Message) -> None:
-        machine = self._machine
-        if machine is None:
-            log.warning("notification.unexpected_response", group=self.group_id, id=response.id)
-            return
-        verdict = machine.response_received(response)
-        if verdict is Verdict.ACKNOWLEDGED:
-            self._kick.set()
-        elif verdict is Verdict.DUPLICATE:
-            log.info(
-                "notification.duplicate_ack", group=self.group_id, host=self._host, id=response.id
-            )
-        else:
-            log.warning(
-                "notification.response_refused",
-                group=self.group_id,
-                host=self._host,
-                id=response.id,
-                reason=str(verdict),
-            )
+    def kick(self) -> None:
+        """The connection accepted an ack (`GroupConnection` judged it): commit it now."""
+        self._kick.set()
 
     async def run(self, link: DeliveryLink) -> None:
         self._host = link.host_name
@@ -101,6 +84,7 @@ class GroupPump:
                 self._machine.rate_s = settings.notification_rate_s
                 self._machine.stall_after = settings.notification_stall_after_sends
             self._machine.connection_opened(self._clock())
+            link.deliver_with(self._machine)  # from now on, responses are judged by it
             while True:
                 await self._step(self._machine, link)
         finally:

@@ -32,6 +32,7 @@ from typing import Any, Final
 import aiohttp
 
 from nbwss import messages
+from nbwss.delivery import DeliveryMachine
 from nbwss.errors import (
     MSG_CERT_MISMATCH,
     ConnectError,
@@ -56,7 +57,7 @@ from nbwss.protocol import (
     CarryOutCommand,
     Close,
     Counter,
-    DeliverResponse,
+    DeliveryProgressed,
     GroupConnection,
     HandshakeFailed,
     Opened,
@@ -242,6 +243,9 @@ class Session:
     def settings(self) -> Settings:
         return self._settings
 
+    def deliver_with(self, machine: DeliveryMachine | None) -> None:
+        self._core.deliver_with(machine)
+
     async def send(self, message: Message) -> None:
         """Write one frame within `notification.sendTimeout` (the one owner of that
         deadline): `TimeoutError` past it, `ConnectionError` when the connection failed."""
@@ -410,12 +414,9 @@ class Session:
                 await self._ws.pong(action.data)
         elif isinstance(action, Close):
             self._start_closing(action)
-        elif isinstance(action, DeliverResponse):
+        elif isinstance(action, DeliveryProgressed):
             if self._delivery is not None:
-                self._delivery.on_response(action.response)
-            else:
-                self._log.warning("response.unmatched", id=action.response.id,
-                                  type=str(action.response.type))
+                self._delivery.kick()
         elif group is not None and isinstance(action, CarryOutCommand):
             self._start(group, self._answer_command(action.request))
         elif group is not None and isinstance(action, AnswerMalformedCommand):
