@@ -30,8 +30,11 @@ The rules it keeps:
 - Keepalive: a ping every `keepAlive.scheduledRate`; a pong clears the count; after
   exactly `keepAlive.maxPongMissAllowed` pings in a row without one, close 1001.
 - One close: the first close decided is the one, so there is one close frame and one
-  reason. Until the transport ends, frames still arrive and count (an ack on its way
-  is not lost); no ping is sent and no second close decided.
+  reason. Frames fed after it still count; no ping is sent and no second close
+  decided. (The asyncio driver feeds what aiohttp had read before its close; aiohttp
+  drops later frames while it waits for the peer's close frame, so an ack on its way
+  then is lost and the batch is resent on the next connection: a duplicate, never a
+  loss.)
 """
 
 from __future__ import annotations
