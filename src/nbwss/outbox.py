@@ -13,8 +13,10 @@ poller can queue events and advance its watermark atomically.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,7 +142,10 @@ def queue_stream(
     try:
         return _commit_chunks(store, count, chunk_size, copy, after_commit)
     finally:
-        with store.reading() as conn:
+        # Best effort: the rows may be committed already, and a failure to tidy must not
+        # report them unqueued (a script would queue them twice). The table goes with the
+        # connection anyway, and the next `_spool` drops any left over.
+        with suppress(StoreError), store.reading() as conn:
             conn.execute("DROP TABLE IF EXISTS temp.intake_spool")
 
 
@@ -176,21 +181,56 @@ def _commit_chunks(
 
 def _spool(store: Store, rows: Iterable[tuple[str, str]]) -> int:
     """Every row into a fresh TEMP table, in one transaction that locks nothing of the
-    database's own; the count. An exception from `rows` drops the table and goes on."""
+    database's own; the count. An exception from `rows` drops the table and goes on.
+
+    The TEMP table lives in SQLite's temporary directory, not beside the database: a
+    failure to write there is named as such (`_spool_error`), not as the database's."""
     with store.reading() as conn:
-        conn.execute("DROP TABLE IF EXISTS temp.intake_spool")
-        conn.execute("CREATE TEMP TABLE intake_spool (object TEXT NOT NULL, data TEXT NOT NULL)")
-        conn.execute("BEGIN")  # deferred: it touches the temp database only
         try:
-            conn.executemany("INSERT INTO temp.intake_spool (object, data) VALUES (?, ?)", rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.execute("DROP TABLE temp.intake_spool")
-            raise
-        (count,) = conn.execute("SELECT COUNT(*) FROM temp.intake_spool").fetchone()
+            conn.execute("DROP TABLE IF EXISTS temp.intake_spool")
+            conn.execute(
+                "CREATE TEMP TABLE intake_spool (object TEXT NOT NULL, data TEXT NOT NULL)"
+            )
+            conn.execute("BEGIN")  # deferred: it touches the temp database only
+            try:
+                conn.executemany(
+                    "INSERT INTO temp.intake_spool (object, data) VALUES (?, ?)", rows
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                # Tidying must not hide why the spool stopped (a refused line, say).
+                with suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    conn.execute("DROP TABLE temp.intake_spool")
+                raise
+            (count,) = conn.execute("SELECT COUNT(*) FROM temp.intake_spool").fetchone()
+        except sqlite3.Error as exc:
+            raise _spool_error(exc) from None
     return int(count)
+
+
+def _spool_error(exc: sqlite3.Error) -> StoreError:
+    """The spool's SQLite failure, naming the directory SQLite writes TEMP tables to
+    (the database's own name would send an admin to the wrong file)."""
+    directory = sqlite_temp_directory()
+    return StoreError(
+        f"cannot hold the input in SQLite's temporary directory {directory}: {exc}; "
+        "make it writable (with room for the input), or set SQLITE_TMPDIR to a directory "
+        "that is"
+    )
+
+
+def sqlite_temp_directory() -> str:
+    """Where SQLite (on Unix) puts temporary files: the first of $SQLITE_TMPDIR, $TMPDIR,
+    /var/tmp, /usr/tmp, /tmp that is a directory it may write to, else the current one."""
+    candidates = [os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR")]
+    # SQLite's own list: named in a message, nothing is written here.
+    for directory in [*candidates, "/var/tmp", "/usr/tmp", "/tmp"]:  # noqa: S108
+        if directory and os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK):
+            return directory
+    return "."
+
 
 # -- a group's delivery ------------------------------------------------------------------------
 
