@@ -38,8 +38,11 @@ INT_MIN: Final = -(2**63)
 INT_MAX: Final = 2**63 - 1
 _INT_MAX_DIGITS: Final = len(str(INT_MAX))
 # A JSON escape of a UTF-16 surrogate: the only way an unpaired one gets past UTF-8 decoding.
-_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-_HIGH_THEN_LOW: Final = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+# Patterns, not compiled regexes: compiling costs every process that imports this module
+# (`nbwss notify`, once per event) a few milliseconds; `re` compiles them on first use
+# (text holding a `\\u` escape) and caches them.
+_SURROGATE_ESCAPE: Final = r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+_HIGH_THEN_LOW: Final = r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
 
 
 class StrictJsonError(DecodeError):
@@ -203,7 +206,7 @@ def loads(text: str | bytes, subject: str = "JSON text", max_depth: int = MAX_DE
         raise StrictJsonError(f"{subject} is nested deeper than {max_depth} levels") from None
     if text.count("[") + text.count("{") > max_depth:  # else it cannot nest that deep
         check_depth(value, max_depth, subject)
-    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+    if "\\u" in text and re.search(_SURROGATE_ESCAPE, text):
         _check_surrogate_escapes(text, value, subject)
     return value
 
@@ -212,9 +215,9 @@ def _check_surrogate_escapes(text: str, value: Any, subject: str) -> None:
     try:
         json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:
-        pairs = {m.start() for m in _HIGH_THEN_LOW.finditer(text)}
+        pairs = {m.start() for m in re.finditer(_HIGH_THEN_LOW, text)}
         where = ""
-        for match in _SURROGATE_ESCAPE.finditer(text):
+        for match in re.finditer(_SURROGATE_ESCAPE, text):
             if match.start() not in pairs and match.start() - 6 not in pairs:
                 where = f" at offset {_byte_offset(text, match.start())}"
                 break
