@@ -375,7 +375,8 @@ PROPERTIES: tuple[Property, ...] = (
              "16", "COMMAND requests run at once per connection; more wait their turn."),
     Property("command.maxQueued", "command_max_queued", partial(_integer, minimum=1), "64",
              "COMMAND requests one connection may have running or waiting; past it, a "
-             "COMMAND is answered 503 at once."),
+             "COMMAND is answered 503 at once. Below command.maxConcurrent, it is also "
+             "the most that run at once."),
     Property("command.timeout", "command_timeout_s", _seconds, "60",
              "Seconds a COMMAND's REST call may take before it is answered with 504."),
     Property("command.allowedPrefixes", "command_allowed_prefixes", _prefixes, "/netbackup/",
