@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
         # Exit 1 says a goal was missed, which 5 groups must (fixed overhead): not a crash.
         (["connect", "--groups", "5"], "connect 5 groups vs bare connections: nbwss "),
         (["commandflood", "--commands", "12", "--size-kib", "16", "--max-queued", "4"],
-         "growth ratio="),
+         "commandflood growth vs unbounded: nbwss "),
         # Each figure beside its limit, measured in the same run, with its goal.
         (["delivery", "--events", "2000", "--groups", "2", "--group-events", "100",
           "--samples", "5", "--cli-samples", "1"], "backlog drained vs bare client, durable: "),
