@@ -42,6 +42,7 @@ from nbwss.errors import (
 from nbwss.properties import Settings
 from nbwss.session import Target
 from nbwss.status import fetch_status
+from nbwss.statusview import group_views
 from nbwss.store import Store
 from nbwss.trust import certificate_info, normalize_fingerprint
 from nbwss.values import EndpointRecord
@@ -401,9 +402,9 @@ def _with_live_status(records: list[EndpointRecord], settings: Settings) -> list
         live: dict[str, str] = {}
     else:
         live = {
-            group: str(fields.get("endpoint"))
-            for group, fields in document.get("groups", {}).items()
-            if isinstance(fields, dict) and fields.get("connected")
+            view.group_id: view.endpoint or ""
+            for view in group_views(document)
+            if view.connected
         }
     return [
         replace(record, connected=live.get(record.group_id, "").casefold()
