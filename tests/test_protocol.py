@@ -4,33 +4,42 @@ clock, no socket, no event loop."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nbwss.delivery import Batch, DeliveryMachine
+from nbwss.delivery import Batch, DeliveryMachine, EventRange
 from nbwss.messages import Message, MessageType, SubType, encode, request, response_to
+from nbwss.notifications import repeated_objects
 from nbwss.properties import Settings
 from nbwss.protocol import (
     Action,
     AnswerMalformedCommand,
     CarryOutCommand,
     Close,
+    CommitAck,
     Counter,
-    DeliveryProgressed,
+    DeliveryLedger,
     GroupConnection,
     HandshakeFailed,
+    LoadPosition,
     Opened,
+    PersistBatch,
+    ReadEvents,
     Report,
     SendPing,
     SendPong,
     State,
+    WriteBatch,
     WriteFrame,
 )
-from tests.test_delivery import ack, events, started
+from nbwss.values import GroupPosition, OutboxEvent, PersistedBatch
+from tests.test_delivery import ack, events, seqs_in
 
 T0 = 1_700_000_000.0
 TOKEN = "token-of-the-endpoint=="
@@ -152,6 +161,7 @@ def test_other_messages_are_logged_and_the_connection_stays() -> None:
 
 def test_an_undecodable_frame_closes_by_default() -> None:
     connection = opened()
+    delivery, batch = in_flight(connection)
     report, close = connection.text_received("{garbage", T0)
     assert isinstance(report, Report)
     assert (report.event, report.counter) == ("frame.rejected", Counter.DECODE_ERRORS)
@@ -159,8 +169,7 @@ def test_an_undecodable_frame_closes_by_default() -> None:
     assert close.code == 1002
     assert close.reason.startswith("undecodable frame: ")
     assert closes(connection.binary_received(T0)) == []  # one close, one reason
-    delivery, batch = in_flight(connection)
-    assert connection.text_received(text(ack(batch)), T0) == [DeliveryProgressed()]  # counts
+    assert commits(connection.text_received(text(ack(batch)), T0))  # still counts
     assert delivery.awaiting_commit is not None
     connection.connection_lost("closed by the endpoint (code 1002)")
     assert connection.text_received(text(ack(batch)), T0) == []
@@ -196,20 +205,154 @@ def test_a_time_stamp_in_milliseconds_is_warned_about_once() -> None:
     warned, delivered = connection.text_received(text(late), T0)
     assert isinstance(warned, Report)
     assert warned.event == "message.timestamp_milliseconds"
-    assert delivered == DeliveryProgressed()
+    assert isinstance(delivered, CommitAck)
     [duplicate] = connection.text_received(text(late), T0)
     assert isinstance(duplicate, Report)
     assert duplicate.event == "notification.duplicate_ack"
 
 
+class Database:
+    """The outbox, the cursor and the batch row in memory; answers the core's delivery
+    operations at once, as the driver does, and records what was written."""
+
+    def __init__(self, rows: list[OutboxEvent]) -> None:
+        self.rows = rows
+        self.acked_seq = 0
+        self.batch_row: PersistedBatch | None = None
+        self.written: list[Message] = []
+        self._ids: Iterator[str] = (f"ID-{n}" for n in itertools.count())
+
+    def read(self, wanted: EventRange) -> list[OutboxEvent]:
+        ceiling = wanted.up_to_seq if wanted.up_to_seq is not None else 1 << 62
+        return [e for e in self.rows if wanted.after_seq < e.seq <= ceiling][: wanted.limit]
+
+    def position(self) -> GroupPosition:
+        """As `outbox.load_position` reads it: the batch row while it is unacknowledged."""
+        row = self.batch_row
+        return GroupPosition(self.acked_seq, row if row and row.last_seq > self.acked_seq else None)
+
+    def carry_out(
+        self, connection: GroupConnection, actions: list[Action], now: float,
+        *, write_times_out: bool = False,
+    ) -> list[Action]:
+        """Answer every delivery operation (and those they lead to); the other actions."""
+        rest: list[Action] = []
+        todo = list(actions)
+        while todo:
+            action = todo.pop(0)
+            if isinstance(action, DELIVERY_OPERATIONS):  # one at a time:
+                assert not any(isinstance(a, DELIVERY_OPERATIONS) for a in todo)
+            if isinstance(action, LoadPosition):
+                todo += connection.position_loaded(self.position(), now)
+            elif isinstance(action, ReadEvents):
+                todo += connection.events_read(self.read(action.range), now, next(self._ids))
+            elif isinstance(action, PersistBatch):
+                self.batch_row = action.row
+                todo += connection.persist_done(action.row.message_id, now)
+            elif isinstance(action, WriteBatch):
+                assert self.batch_row == action.batch.persisted()  # never before its row
+                if write_times_out:
+                    todo += connection.batch_write_timed_out(now)
+                else:
+                    self.written.append(action.batch.message)
+                    todo += connection.batch_written(now)
+            elif isinstance(action, CommitAck):
+                commit = action.commit  # one transaction: the cursor and the next row
+                self.acked_seq, self.batch_row = commit.last_seq, commit.next_row
+                todo += connection.ack_committed(commit, now, 0)
+            else:
+                rest.append(action)
+        return rest
+
+
+DELIVERY_OPERATIONS = (LoadPosition, ReadEvents, PersistBatch, WriteBatch, CommitAck)
+
+
+def commits(actions: list[Action]) -> list[CommitAck]:
+    return [action for action in actions if isinstance(action, CommitAck)]
+
+
 def in_flight(connection: GroupConnection) -> tuple[DeliveryMachine, Batch]:
     """The group delivers over `connection` and has one batch written, its ack awaited."""
-    delivery = DeliveryMachine(group_id="G1", max_batch=10, max_bytes=1 << 20, rate_s=5.0,
-                               acked_seq=0)
-    batch = started(delivery, events("JOB"))
-    delivery.write_done(batch.id, T0)
-    connection.deliver_with(delivery)
-    return delivery, batch
+    ledger = DeliveryLedger("G1")
+    db = Database(events("JOB"))
+    db.carry_out(connection, connection.deliver(ledger, T0), T0)
+    assert ledger.machine is not None
+    assert ledger.machine.outstanding is not None
+    [written] = db.written
+    assert ledger.machine.outstanding.message == written
+    return ledger.machine, ledger.machine.outstanding
+
+
+def test_delivery_steps_are_actions_one_at_a_time() -> None:
+    connection = opened()
+    ledger = DeliveryLedger("G1")
+    [load] = connection.deliver(ledger, T0)
+    assert load == LoadPosition("G1")
+    assert connection.text_received(text(Message(
+        "M1", MessageType.NOTIFICATION, SubType.RESPONSE, int(T0), [])), T0)[0] == Report(
+        "notification.unexpected_response", "warning", {"id": "M1"})  # not loaded yet
+    [read] = connection.position_loaded(GroupPosition(0, None), T0)
+    assert read == ReadEvents(EventRange(0, 500))
+    [persist] = connection.events_read(events("JOB"), T0, "ID-1")
+    assert persist == PersistBatch("G1", PersistedBatch("ID-1", 1, 1, T0))
+    [write] = connection.persist_done("ID-1", T0)
+    assert isinstance(write, WriteBatch)
+    assert (write.batch.id, write.resend) == ("ID-1", False)
+    sent, read_ahead = connection.batch_written(T0)
+    assert isinstance(sent, Report)
+    assert (sent.event, sent.counter, sent.amount) == (
+        "notification.sent", Counter.NOTIFICATIONS_SENT, 1)
+    assert read_ahead == ReadEvents(EventRange(1, 500, ahead=True))
+    assert connection.events_read([], T0, "ID-2") == []
+    # Waiting: a resend is due after `notification.rate` (5 s), before the ping (T0 + 11).
+    assert connection.next_deadline() == T0 + 5.0
+    [commit] = connection.text_received(text(ack(write.batch)), T0 + 2)
+    assert isinstance(commit, CommitAck)
+    acked, read = connection.ack_committed(commit.commit, T0 + 2, purged=1)
+    assert isinstance(acked, Report)
+    assert (acked.event, acked.amount, acked.fields["purged"]) == ("notification.acked", 1, 1)
+    assert ledger.last_ack_at == T0 + 2
+    assert read == ReadEvents(EventRange(1, 500))
+
+
+def test_the_fallback_poll_and_a_wake_up_read_the_outbox_again() -> None:
+    rules = Settings(keepalive_rate_s=1000.0, notification_rate_s=5.0)
+    connection = opened(rules)
+    db = Database([])
+    assert db.carry_out(connection, connection.deliver(DeliveryLedger("G1"), T0), T0) == []
+    assert connection.next_deadline() == T0 + 5.0  # the fallback poll, every rate
+    assert connection.tick(T0 + 4.9) == []
+    assert connection.tick(T0 + 5.0) == [ReadEvents(EventRange(0, 500))]
+    # A wake-up during a read may announce rows the read missed: it ends the next wait.
+    assert connection.wake(T0 + 5.1) == []
+    assert connection.events_read([], T0 + 5.2, "ID-1") == [ReadEvents(EventRange(0, 500))]
+    assert connection.events_read([], T0 + 5.3, "ID-2") == []  # consumed: once only
+    assert connection.next_deadline() == T0 + 10.3
+    assert connection.wake(T0 + 6) == [ReadEvents(EventRange(0, 500))]
+
+
+def test_a_write_past_the_send_timeout_counts_as_not_sent_and_goes_after_the_rate() -> None:
+    rules = Settings(keepalive_rate_s=1000.0, notification_rate_s=5.0)
+    connection = opened(rules)
+    db = Database(events("JOB"))
+    actions = db.carry_out(connection, connection.deliver(DeliveryLedger("G1"), T0), T0,
+                           write_times_out=True)
+    assert [a.event for a in actions if isinstance(a, Report)] == ["notification.send_timeout"]
+    assert db.written == []
+    assert connection.next_deadline() == T0 + 5.0
+    actions = db.carry_out(connection, connection.tick(T0 + 5.0), T0 + 5.0)
+    assert [a.event for a in actions if isinstance(a, Report)] == ["notification.sent"]
+    assert len(db.written) == 1
+
+
+def test_no_delivery_operation_once_the_connection_closes() -> None:
+    connection = opened()
+    ledger = DeliveryLedger("G1")
+    assert connection.deliver(ledger, T0) == [LoadPosition("G1")]
+    connection.close(1000, "asked")
+    assert connection.position_loaded(GroupPosition(0, None), T0) == []  # told, not acted on
+    assert ledger.machine is not None
 
 
 def test_responses_are_judged_by_the_groups_delivery() -> None:
@@ -221,7 +364,7 @@ def test_responses_are_judged_by_the_groups_delivery() -> None:
         "notification.response_refused", "warning", "wrong_id"
     )
     assert delivery.awaiting_commit is None
-    assert connection.text_received(text(ack(batch)), T0) == [DeliveryProgressed()]
+    assert commits(connection.text_received(text(ack(batch)), T0))
     assert delivery.awaiting_commit is not None
 
 
@@ -317,3 +460,81 @@ def test_whatever_happens_there_is_one_close_and_the_pong_rule_holds(
         assert pings_unanswered == allowed  # exactly N pings in a row went unanswered
     if closed and closed[0].code in (1002, 1003):
         assert not ignore_decoder
+
+
+# -- delivery over connections that fail over, and a daemon that restarts ---------------------
+
+RATE = 5.0
+DELIVERY_STEPS = st.sampled_from(
+    ["ack", "lose", "wrong", "wait", "wake", "queue", "timeout", "failover", "restart"]
+)
+OBJECTS = st.sampled_from(["JOB", "IMAGE"])
+
+
+def delivering(ledger: DeliveryLedger, db: Database, now: float, max_batch: int) -> GroupConnection:
+    rules = Settings(keepalive_rate_s=1e9, notification_rate_s=RATE,
+                     notification_max_batch=max_batch)
+    connection = opened(rules)
+    db.carry_out(connection, connection.deliver(ledger, now), now)
+    return connection
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    initial=st.lists(OBJECTS, min_size=1, max_size=10),
+    steps=st.lists(st.tuples(DELIVERY_STEPS, st.lists(OBJECTS, min_size=1, max_size=3)),
+                   max_size=60),
+    max_batch=st.integers(1, 4),
+)
+def test_whatever_happens_the_core_delivers_in_order_across_failovers_and_restarts(
+    initial: list[str], steps: list[tuple[str, list[str]]], max_batch: int
+) -> None:
+    """The core driven as the asyncio driver drives it, over a modelled database: acks,
+    losses, refusals, write timeouts, wake-ups, failovers (a new connection, the same
+    ledger) and restarts (a new ledger, only the database left). Every event arrives in
+    order, a resend is the same bytes, a row is persisted before its write, and never
+    two requests are unacknowledged at once."""
+    db = Database(events(*initial))
+    ledger = DeliveryLedger("G1")
+    now = T0
+    connection = delivering(ledger, db, now, max_batch)
+    acknowledged: set[str] = set()
+    total = len(initial) + sum(len(queued) for step, queued in steps if step == "queue")
+    settle: list[tuple[str, list[str]]] = [("wait", []), ("ack", [])] * (2 * total + 10)
+    for step, queued in [*steps, *settle]:
+        actions: list[Action] = []
+        if step in ("ack", "wrong") and db.written:
+            payload: list[Any] = [] if step == "ack" else [{"refused": True}]
+            actions = connection.text_received(text(response_to(db.written[-1], payload, now)),
+                                               now)
+            acknowledged |= {c.commit.acknowledged.id for c in commits(actions)}
+        elif step == "wait":
+            now += RATE
+            actions = connection.tick(now)
+        elif step == "wake":
+            actions = connection.wake(now)
+        elif step == "queue":
+            db.rows += events(*queued, start=len(db.rows) + 1)
+            actions = connection.wake(now)
+        elif step == "failover":
+            connection.connection_lost("gone")
+            connection = delivering(ledger, db, now, max_batch)
+        elif step == "restart":
+            connection.connection_lost("killed")
+            ledger = DeliveryLedger("G1")
+            connection = delivering(ledger, db, now, max_batch)
+        db.carry_out(connection, actions, now, write_times_out=step == "timeout")
+        assert len({m.id for m in db.written} - acknowledged) <= 1
+        assert connection.next_deadline() is not None  # delivery never stops waiting
+    first_copy: dict[str, str] = {}
+    order: list[int] = []
+    for message in db.written:
+        assert isinstance(message.payload, list)
+        assert repeated_objects(message.payload) == []
+        if message.id in first_copy:
+            assert encode(message) == first_copy[message.id]  # a resend is the same bytes
+            continue
+        first_copy[message.id] = encode(message)
+        order += seqs_in(message)
+    assert order == [e.seq for e in db.rows]  # in order, nothing lost or skipped
+    assert db.acked_seq == len(db.rows)

@@ -1,4 +1,5 @@
-"""The asyncio pump and the wake socket, over a real SQLite file and an in-test Link."""
+"""The delivery driver (`Session` carrying out its core's operations) over a real SQLite
+file and an in-memory WebSocket endpoint; the janitor; the wake socket."""
 
 from __future__ import annotations
 
@@ -6,77 +7,82 @@ import asyncio
 import os
 import socket
 import stat
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from nbwss import metrics, outbox
-from nbwss.delivery import Batch, DeliveryMachine
+from nbwss import messages, metrics, outbox
 from nbwss.endpoints import EndpointDetails
 from nbwss.messages import Message, MessageType, SubType, encode, notification_response
 from nbwss.properties import Settings
-from nbwss.protocol import Action, DeliveryProgressed, Report
-from nbwss.pump import GroupPump, OutboxJanitor
+from nbwss.protocol import DeliveryLedger
+from nbwss.pump import DeliveryWiring, GroupOutbox, OutboxJanitor
+from nbwss.session import Session, Target
 from nbwss.store import Store
 from nbwss.wake import WakeListener, Waker, send_wake
 from tests.conftest import timeout
-from tests.test_protocol import opened
 
 GROUP = "G1"
+TOKEN = "token-of-the-endpoint=="
 
 
-class TestLink:
-    """A connection as the pump sees it: records each write, acks at once unless told."""
+class Endpoint:
+    """An endpoint behind an in-memory WebSocket, as the session sees aiohttp's: answers
+    CONNECT valid, records each NOTIFICATION and acknowledges it at once unless told; a
+    write can be made to hang (the session's send deadline ends it) or fail."""
 
-    __test__ = False
-
-    def __init__(
-        self, host_name: str = "ep1", *, ack: bool = True, settings: Settings | None = None
-    ) -> None:
-        self.group_id = GROUP
-        self.host_name = host_name
-        self.settings = settings or link_settings()
+    def __init__(self, *, ack: bool = True) -> None:
         self.ack = ack
-        self.pump: GroupPump | None = None
         self.sent: list[Message] = []
-        self.acked: list[Batch] = []
         self.hang_next = 0
-        self.fail_next: BaseException | None = None
+        self.fail_next = False  # the next NOTIFICATION write: the connection is reset
+        self.close_code: int | None = None
+        self._frames: asyncio.Queue[aiohttp.WSMessage] = asyncio.Queue()
         self._changed = asyncio.Event()
-        self.core = opened(self.settings)  # judges responses, as the session's does
 
-    def deliver_with(self, machine: DeliveryMachine | None) -> None:
-        self.core.deliver_with(machine)
+    @property
+    def closed(self) -> bool:
+        return self.close_code is not None
 
-    def respond(self, response: Message) -> list[Action]:
-        """A response arrives on the connection: the core judges it, an accepted ack
-        wakes the pump (as the session carries out `DeliveryProgressed`)."""
-        actions = self.core.text_received(encode(response), 0.0)
-        if self.pump is not None and DeliveryProgressed() in actions:
-            self.pump.kick()
-        return actions
+    async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage:  # noqa: ASYNC109
+        return await self._frames.get()
 
-    def note_acked(self, batch: Batch) -> None:
-        self.acked.append(batch)
-        self._changed.set()
-
-    async def send(self, message: Message) -> None:
-        if self.fail_next is not None:
-            error, self.fail_next = self.fail_next, None
-            raise error
-        if self.hang_next:  # a write that never completes: the link's deadline ends it
+    async def send_str(self, data: str, compress: int | None = None) -> None:
+        message = messages.decode(data)
+        if message.type is MessageType.CONNECT:
+            self.respond(messages.response_to(message, {"valid": True}, 0))
+            return
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionResetError("reset by the test")
+        if self.hang_next:  # a NOTIFICATION write that never completes
             self.hang_next -= 1
-            async with asyncio.timeout(self.settings.send_timeout_s):
-                await asyncio.Event().wait()
+            await asyncio.Event().wait()
         self.sent.append(message)
         self._changed.set()
-        if self.ack and self.pump is not None:
-            asyncio.get_running_loop().call_soon(
-                self.respond, notification_response(message, 0)
-            )
+        if self.ack:
+            self.respond(notification_response(message, 0))
+
+    async def ping(self, message: bytes = b"") -> None:
+        pass
+
+    async def pong(self, message: bytes = b"") -> None:
+        pass
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        if self.closed:
+            return False
+        self.close_code = code
+        self._frames.put_nowait(aiohttp.WSMessage(aiohttp.WSMsgType.CLOSED, None, None))
+        return True
+
+    def respond(self, response: Message) -> None:
+        self._frames.put_nowait(aiohttp.WSMessage(aiohttp.WSMsgType.TEXT, encode(response), None))
 
     async def wait_for(self, predicate: Callable[[], bool], seconds: float = 5) -> None:
         async with asyncio.timeout(timeout(seconds)):
@@ -129,25 +135,40 @@ def link_settings(**values: Any) -> Settings:
     return Settings(**(defaults | values))
 
 
+def group_outbox(store: Store, waker: Waker | None = None) -> GroupOutbox:
+    return GroupOutbox(store, DeliveryLedger(GROUP), waker or Waker())
+
+
 class Running:
-    """A pump running over a link in a task; cancelled (the connection ends) on exit."""
+    """A connection of the group to `endpoint`, served in a task until `stop()`."""
 
-    def __init__(self, pump: GroupPump, link: TestLink) -> None:
-        link.pump = pump
-        self.task = asyncio.create_task(pump.run(link))
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.task = asyncio.create_task(session.run())
 
-    async def stop(self) -> None:
-        self.task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await self.task
+    async def stop(self, reason: str = "test over") -> str:
+        await self.session.close(reason)
+        return await self.task
+
+
+async def connected(
+    delivery: GroupOutbox, endpoint: Endpoint, settings: Settings, host: str = "ep1"
+) -> Running:
+    target = Target(GROUP, host, "wss://ep1.test/cfs", TOKEN, b"")
+    session = Session(endpoint, target, settings, delivery, None, time.time)
+    await session.handshake()
+    return Running(session)
 
 
 @pytest.fixture
-async def running() -> AsyncIterator[Callable[[GroupPump, TestLink], Running]]:
+async def running() -> AsyncIterator[Callable[..., Any]]:
     started: list[Running] = []
 
-    def start(pump: GroupPump, link: TestLink) -> Running:
-        started.append(Running(pump, link))
+    async def start(
+        delivery: GroupOutbox, endpoint: Endpoint, settings: Settings | None = None,
+        host: str = "ep1",
+    ) -> Running:
+        started.append(await connected(delivery, endpoint, settings or link_settings(), host))
         return started[-1]
 
     yield start
@@ -169,69 +190,67 @@ async def test_delivers_in_order_in_batches_and_advances_the_cursor(
     store: Store, running: Any
 ) -> None:
     put(store, *range(1, 8))
-    link = TestLink(settings=link_settings(notification_max_batch=3))
-    pump = GroupPump(store, GROUP, Waker(), on_acked=link.note_acked)
+    endpoint = Endpoint()
+    delivery = group_outbox(store)
     acked_before = acked_metric()
-    running(pump, link)
-    await link.wait_for(lambda: len(link.sent) == 3)
-    assert link.job_ids() == [1, 2, 3, 4, 5, 6, 7]
-    assert [len(payload(m)[0]["data"]) for m in link.sent] == [3, 3, 1]
-    assert len({m.id for m in link.sent}) == 3
-    await link.wait_for(lambda: sum(batch.count for batch in link.acked) == 7)
+    run = await running(delivery, endpoint, link_settings(notification_max_batch=3))
+    await endpoint.wait_for(lambda: len(endpoint.sent) == 3)
+    assert endpoint.job_ids() == [1, 2, 3, 4, 5, 6, 7]
+    assert [len(payload(m)[0]["data"]) for m in endpoint.sent] == [3, 3, 1]
+    assert len({m.id for m in endpoint.sent}) == 3
+    await run.stop()  # every ack that arrived before the close is committed
     assert acked_seq(store) == 7
     assert outbox.read_events(store, 0, 100) == []  # acknowledged by every group: purged
     assert acked_metric() == acked_before + 7
+    assert delivery.ledger.last_ack_at is not None
 
 
 async def test_a_wake_sends_new_events_at_once(store: Store, running: Any) -> None:
     waker = Waker()
-    link = TestLink(settings=link_settings(notification_rate_s=60.0))
-    pump = GroupPump(store, GROUP, waker)
-    running(pump, link)
+    endpoint = Endpoint()
+    await running(group_outbox(store, waker), endpoint, link_settings(notification_rate_s=60.0))
     put(store, 1)
     waker.wake()
-    await link.wait_for(lambda: link.job_ids() == [1], seconds=2)  # far less than the rate
+    await endpoint.wait_for(lambda: endpoint.job_ids() == [1], seconds=2)  # << the rate
     put(store, 2)
     waker.wake()
-    await link.wait_for(lambda: link.job_ids() == [1, 2], seconds=2)
+    await endpoint.wait_for(lambda: endpoint.job_ids() == [1, 2], seconds=2)
 
 
 async def test_without_a_wake_the_outbox_is_polled_every_rate(store: Store, running: Any) -> None:
     put(store, 1)
-    link = TestLink(settings=link_settings(notification_rate_s=0.2))
-    pump = GroupPump(store, GROUP, Waker())
-    running(pump, link)
-    await link.wait_for(lambda: link.job_ids() == [1])
+    endpoint = Endpoint()
+    await running(group_outbox(store), endpoint, link_settings(notification_rate_s=0.2))
+    await endpoint.wait_for(lambda: endpoint.job_ids() == [1])
     put(store, 2)  # and no wake-up: only the fallback poll can find it
-    await link.wait_for(lambda: link.job_ids() == [1, 2])
+    await endpoint.wait_for(lambda: endpoint.job_ids() == [1, 2])
 
 
 async def test_withheld_ack_resends_the_same_message_and_nothing_new(
     store: Store, running: Any
 ) -> None:
     put(store, 1, 2)
-    waker = Waker()
-    link = TestLink(ack=False, settings=link_settings(notification_rate_s=0.2,
-                                                     notification_max_batch=1))
-    pump = GroupPump(store, GROUP, waker)
-    running(pump, link)
-    await link.wait_for(lambda: len(link.sent) == 3)
-    first, *again = link.sent
+    endpoint = Endpoint(ack=False)
+    await running(group_outbox(store), endpoint,
+                  link_settings(notification_rate_s=0.2, notification_max_batch=1))
+    await endpoint.wait_for(lambda: len(endpoint.sent) == 3)
+    first, *again = endpoint.sent
     assert all(encode(m) == encode(first) for m in again)  # same id, same bytes
-    assert link.job_ids() == [1, 1, 1]
-    link.respond(notification_response(first, 0))
-    await link.wait_for(lambda: 2 in link.job_ids())
+    assert endpoint.job_ids() == [1, 1, 1]
+    endpoint.respond(notification_response(first, 0))
+    await endpoint.wait_for(lambda: 2 in endpoint.job_ids())
     assert acked_seq(store) >= 1
 
 
 async def test_a_write_past_the_send_timeout_counts_as_not_sent(store: Store, running: Any) -> None:
     put(store, 1)
-    link = TestLink(settings=link_settings(notification_rate_s=0.2, send_timeout_s=0.05))
-    link.hang_next = 1
-    pump = GroupPump(store, GROUP, Waker())
+    endpoint = Endpoint()
+    endpoint.hang_next = 1
     with capture_logs() as logged:
-        running(pump, link)
-        await link.wait_for(lambda: link.job_ids() == [1])
+        run = await running(group_outbox(store), endpoint,
+                            link_settings(notification_rate_s=0.2, send_timeout_s=0.05))
+        await endpoint.wait_for(lambda: endpoint.job_ids() == [1])
+        await run.stop()
     assert "notification.send_timeout" in [e["event"] for e in logged]
     assert "notification.sent" in [e["event"] for e in logged]
 
@@ -240,35 +259,33 @@ async def test_wrong_id_and_non_empty_payload_do_not_acknowledge(
     store: Store, running: Any
 ) -> None:
     put(store, 1)
-    link = TestLink(ack=False)
-    pump = GroupPump(store, GROUP, Waker())
-    running(pump, link)
-    await link.wait_for(lambda: len(link.sent) == 1)
-    request = link.sent[0]
-    wrong = Message("OTHER", MessageType.NOTIFICATION, SubType.RESPONSE, 0, [])
-    reports = [
-        *link.respond(wrong),
-        *link.respond(Message(request.id, request.type, SubType.RESPONSE, 0, [{"x": 1}])),
+    endpoint = Endpoint(ack=False)
+    delivery = group_outbox(store)
+    with capture_logs() as logged:
+        run = await running(delivery, endpoint)
+        await endpoint.wait_for(lambda: len(endpoint.sent) == 1)
+        request = endpoint.sent[0]
+        endpoint.respond(Message("OTHER", MessageType.NOTIFICATION, SubType.RESPONSE, 0, []))
+        endpoint.respond(Message(request.id, request.type, SubType.RESPONSE, 0, [{"x": 1}]))
+        await run.stop()
+    refused = [e for e in logged if e["event"] == "notification.response_refused"]
+    assert [(e["reason"], e["log_level"]) for e in refused] == [
+        ("wrong_id", "warning"), ("non_empty_payload", "warning")
     ]
-    assert all(isinstance(r, Report) for r in reports)
-    assert [r.fields.get("reason") for r in reports if isinstance(r, Report)] == [
-        "wrong_id", "non_empty_payload"
-    ]
-    assert [r.level for r in reports if isinstance(r, Report)] == ["warning", "warning"]
-    assert pump.delivery is not None
-    assert pump.delivery.awaiting_commit is None
+    assert delivery.ledger.machine is not None
+    assert delivery.ledger.machine.awaiting_commit is None
     assert acked_seq(store) == 0
 
 
 async def test_failover_resends_the_outstanding_batch_first(store: Store, running: Any) -> None:
     put(store, 1, 2)
-    pump = GroupPump(store, GROUP, Waker())
-    first = TestLink("ep1", ack=False, settings=link_settings(notification_max_batch=1))
-    run = running(pump, first)
+    delivery = group_outbox(store)
+    first = Endpoint(ack=False)
+    run = await running(delivery, first, link_settings(notification_max_batch=1))
     await first.wait_for(lambda: len(first.sent) == 1)
     await run.stop()  # the connection to priority 1 is gone
-    second = TestLink("ep2", settings=link_settings(notification_max_batch=1))
-    running(pump, second)
+    second = Endpoint()
+    await running(delivery, second, link_settings(notification_max_batch=1), "ep2")
     await second.wait_for(lambda: len(second.sent) == 2)
     assert second.sent[0].id == first.sent[0].id
     assert second.job_ids() == [1, 2]
@@ -278,21 +295,21 @@ async def test_restart_resends_the_persisted_batch_with_its_id(tmp_path: Path) -
     before = Store(tmp_path / "db", tmp_path / "key")
     add_group(before)
     put(before, 1, 2, 3)
-    link = TestLink(ack=False, settings=link_settings(notification_max_batch=2))
-    pump = GroupPump(before, GROUP, Waker())
-    run = Running(pump, link)
-    await link.wait_for(lambda: len(link.sent) == 1)
+    endpoint = Endpoint(ack=False)
+    run = await connected(group_outbox(before), endpoint, link_settings(notification_max_batch=2))
+    await endpoint.wait_for(lambda: len(endpoint.sent) == 1)
     await run.stop()
     before.close()  # as after kill -9: only the database is left
 
     after = Store(tmp_path / "db", tmp_path / "key")
     try:
-        again = TestLink(settings=link_settings(notification_max_batch=2))
-        run = Running(GroupPump(after, GROUP, Waker()), again)
+        again = Endpoint()
         with capture_logs() as logged:
+            run = await connected(group_outbox(after), again,
+                                  link_settings(notification_max_batch=2))
             await again.wait_for(lambda: len(again.sent) == 2)
-        await run.stop()
-        assert encode(again.sent[0]) == encode(link.sent[0])
+            await run.stop()
+        assert encode(again.sent[0]) == encode(endpoint.sent[0])
         assert again.job_ids() == [1, 2, 3]
         assert [e["event"] for e in logged if e["event"].startswith("notification.s")] == [
             "notification.sent"
@@ -302,21 +319,31 @@ async def test_restart_resends_the_persisted_batch_with_its_id(tmp_path: Path) -
         after.close()
 
 
-async def test_a_lost_connection_ends_run_with_its_error(store: Store) -> None:
+async def test_a_lost_connection_under_a_write_closes_it_saying_so(store: Store) -> None:
     put(store, 1)
-    link = TestLink()
-    link.fail_next = ConnectionError("gone")
-    pump = GroupPump(store, GROUP, Waker())
-    link.pump = pump
-    with pytest.raises(ConnectionError):
-        await asyncio.wait_for(pump.run(link), timeout(5))
+    endpoint = Endpoint()
+    endpoint.fail_next = True
+    run = await connected(group_outbox(store), endpoint, link_settings())
+    async with asyncio.timeout(timeout(5)):
+        reason = await run.task
+    assert reason.startswith("delivery stopped: connection to ep1 failed: reset by the test")
+    assert endpoint.close_code == 1001
 
 
-async def test_response_before_any_run_is_ignored() -> None:
-    link = TestLink()
-    [report] = link.respond(Message("X", MessageType.NOTIFICATION, SubType.RESPONSE, 0, []))
-    assert isinstance(report, Report)
-    assert report.event == "notification.unexpected_response"
+async def test_a_store_that_fails_closes_the_connection_and_logs_why(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "db", tmp_path / "key")
+    add_group(store)
+    put(store, 1)
+    store.close()  # every call from now on fails
+    endpoint = Endpoint()
+    with capture_logs() as logged:
+        run = await connected(group_outbox(store), endpoint, link_settings())
+        async with asyncio.timeout(timeout(5)):
+            assert await run.task == "delivery failed"
+    assert endpoint.close_code == 1011
+    assert "delivery.failed" in [e["event"] for e in logged]
 
 
 def test_janitor_applies_retention(store: Store) -> None:
@@ -329,6 +356,13 @@ def test_janitor_applies_retention(store: Store) -> None:
         expired = janitor.sweep()
     assert expired.unacked_by_group == {GROUP: 1}
     assert [e["event"] for e in logged] == ["outbox.expired_unacknowledged"]
+
+
+def test_the_wiring_keeps_one_ledger_per_group(store: Store, tmp_path: Path) -> None:
+    wiring = DeliveryWiring(store, Settings(store_path=tmp_path / "nbwss.db"))
+    assert wiring.outbox(GROUP) is wiring.outbox(GROUP)
+    assert wiring.outbox(GROUP).waker is wiring.waker
+    assert list(wiring.ledgers) == [GROUP]
 
 
 # -- the wake socket -------------------------------------------------------------------------
@@ -404,17 +438,17 @@ async def test_a_wake_path_that_is_not_a_socket_is_left_alone(short_dir: Path) -
 
 async def test_a_group_added_again_starts_from_its_new_cursor(store: Store) -> None:
     put(store, 1)
-    pump = GroupPump(store, GROUP, Waker())
-    first = TestLink()
-    run = Running(pump, first)
+    delivery = group_outbox(store)
+    first = Endpoint()
+    run = await connected(delivery, first, link_settings())
     await first.wait_for(lambda: first.job_ids() == [1])
     await run.stop()
     store.delete_endpoint("ep1.test")
     put(store, 2)  # queued while the group did not exist: never its to receive
     add_group(store)
     put(store, 3)
-    again = TestLink()
-    run = Running(pump, again)
+    again = Endpoint()
+    run = await connected(delivery, again, link_settings())
     try:
         await again.wait_for(lambda: len(again.sent) == 1)
     finally:
@@ -422,21 +456,21 @@ async def test_a_group_added_again_starts_from_its_new_cursor(store: Store) -> N
     assert again.job_ids() == [3]
 
 
-async def test_a_new_connection_brings_its_settings_to_the_pump(
+async def test_a_new_connection_brings_its_settings_to_delivery(
     store: Store, running: Any
 ) -> None:
-    """A reload reaches the pump with the next connection, as it reaches the session."""
+    """A reload reaches delivery with the next connection: the settings it was made with."""
     put(store, 1)
-    pump = GroupPump(store, GROUP, Waker())
-    first = TestLink(ack=False, settings=link_settings(notification_rate_s=60.0))
-    run = running(pump, first)
+    delivery = group_outbox(store)
+    first = Endpoint(ack=False)
+    run = await running(delivery, first, link_settings(notification_rate_s=60.0))
     await first.wait_for(lambda: len(first.sent) == 1)
     await run.stop()
-    reloaded = TestLink("ep2", ack=False, settings=link_settings(notification_rate_s=0.05))
-    running(pump, reloaded)
+    reloaded = Endpoint(ack=False)
+    await running(delivery, reloaded, link_settings(notification_rate_s=0.05), "ep2")
     await reloaded.wait_for(lambda: len(reloaded.sent) == 3)  # resent each 0.05 s, not 60 s
-    assert pump.delivery is not None
-    assert pump.delivery.rate_s == 0.05
+    assert delivery.ledger.machine is not None
+    assert delivery.ledger.machine.rate_s == 0.05
 
 
 async def test_a_wake_up_while_the_next_batch_waits_for_an_ack_is_consumed(
@@ -446,13 +480,12 @@ async def test_a_wake_up_while_the_next_batch_waits_for_an_ack_is_consumed(
     wait, not every wait after it (a busy loop that starved the reader of the ack)."""
     put(store, 1, 2)
     waker = Waker()
-    link = TestLink(ack=False, settings=link_settings(notification_max_batch=1))
-    pump = GroupPump(store, GROUP, waker)
-    running(pump, link)
-    await link.wait_for(lambda: len(link.sent) == 1)  # batch 2 is read ahead now
+    endpoint = Endpoint(ack=False)
+    await running(group_outbox(store, waker), endpoint, link_settings(notification_max_batch=1))
+    await endpoint.wait_for(lambda: len(endpoint.sent) == 1)  # batch 2 is read ahead now
     waker.wake()  # e.g. `nbwss notify` queued more, while the ack is awaited
-    # The endpoint's ack comes a little later: a pump spinning on the wake-up would
+    # The endpoint's ack comes a little later: a driver spinning on the wake-up would
     # never let this timer (or the reader) run.
-    ack = notification_response(link.sent[0], 0)
-    asyncio.get_running_loop().call_later(0.05, link.respond, ack)
-    await link.wait_for(lambda: link.job_ids() == [1, 2])
+    ack = notification_response(endpoint.sent[0], 0)
+    asyncio.get_running_loop().call_later(0.05, endpoint.respond, ack)
+    await endpoint.wait_for(lambda: endpoint.job_ids() == [1, 2])

@@ -13,20 +13,23 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from nbwss import messages
+from nbwss import messages, outbox
 from nbwss import session as session_module
-from nbwss.delivery import DeliveryMachine
+from nbwss.endpoints import EndpointDetails
 from nbwss.errors import ConnectError, TrustError
-from nbwss.link import DeliveryLink, Link
+from nbwss.link import Link
 from nbwss.messages import Message, MessageType, SubType
 from nbwss.properties import Settings
+from nbwss.protocol import DeliveryLedger
 from nbwss.proxy import CommandProxy
+from nbwss.pump import GroupOutbox
 from nbwss.session import Session, Target, connect, trim_tls_read_buffer
+from nbwss.store import Store
 from nbwss.trust import pinned_context
+from nbwss.wake import Waker
 from tests.conftest import TlsMaterial, timeout
 from tests.faultproxy import FaultProxy
 from tests.peers import Ack, ConnectAnswer, Peer
-from tests.test_delivery import events, started
 
 UUID_UPPER = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$")
 TOKEN = "qwerrtrtrtrt2234344==="
@@ -254,50 +257,40 @@ async def test_answered_pings_keep_the_connection(
     await running.ended()
 
 
-class Pump:
-    """A delivery that sends one NOTIFICATION over the link, judged by a real machine."""
-
-    def __init__(self) -> None:
-        self.machine = DeliveryMachine(group_id="GROUP1", max_batch=10, max_bytes=1 << 20,
-                                       rate_s=5.0, acked_seq=0)
-        batch = started(self.machine, events("JOB"))
-        self.request = batch.message
-        self.acked = asyncio.Event()
-
-    async def run(self, link: DeliveryLink) -> None:
-        assert (link.group_id, link.host_name) == ("GROUP1", "ep1.test")
-        link.deliver_with(self.machine)
-        await link.send(self.request)
-        self.machine.write_done(self.request.id, 0.0)
-        await asyncio.Event().wait()  # until the connection closes
-
-    def kick(self) -> None:
-        self.acked.set()
+def group_outbox(store: Store, *job_ids: int) -> GroupOutbox:
+    """GROUP1's outbox in a real store, with `job_ids` queued."""
+    details = EndpointDetails(token=TOKEN, priority=1, group_id="GROUP1",
+                              host_name="ep1.test", url="wss://127.0.0.1:1/cfs")
+    store.add_endpoint(details, b"certificate", "00:11")
+    with store.transaction() as conn:
+        outbox.enqueue(conn, [("JOB", {"jobId": j, "state": "ACTIVE"}) for j in job_ids], 0)
+    return GroupOutbox(store, DeliveryLedger("GROUP1"), Waker())
 
 
 async def test_notification_responses_reach_the_group_delivery(
-    http: aiohttp.ClientSession, peer: Peer
+    http: aiohttp.ClientSession, peer: Peer, short_store: Store
 ) -> None:
-    pump = Pump()
-    running = Running(await dial(http, peer, delivery=pump))
-    async with asyncio.timeout(timeout(5)):
-        await pump.acked.wait()  # the session's core judged the ack by the group's machine
-    assert pump.machine.awaiting_commit is not None
+    delivery = group_outbox(short_store, 1, 2)
+    settings = Settings(send_timeout_s=0.5, notification_max_batch=1)
+    running = Running(await dial(http, peer, settings, delivery=delivery))
+    # The second batch goes only once the first one's ack was judged and committed.
+    await peer.wait_for(lambda: len(peer.received("NOTIFICATION")) == 2)
     await running.session.close("done")
     await running.ended()
+    assert outbox.load_position(short_store, "GROUP1", 0).acked_seq >= 1
+    assert delivery.ledger.last_ack_at is not None
 
 
 async def test_the_endpoint_closing_ends_the_session_with_its_code(
-    http: aiohttp.ClientSession, peer: Peer
+    http: aiohttp.ClientSession, peer: Peer, short_store: Store
 ) -> None:
-    pump = Pump()
     peer.ack = Ack.WITHHOLD
-    running = Running(await dial(http, peer, delivery=pump))
+    running = Running(await dial(http, peer, delivery=group_outbox(short_store, 1)))
     await peer.wait_for(lambda: bool(peer.received("NOTIFICATION")))
     await peer.close(4000, "app says bye")
     assert await running.ended() == "closed by the endpoint (code 4000)"
     with pytest.raises(ConnectionError):
-        await running.session.send(pump.request)
+        await running.session.send(messages.request(MessageType.NOTIFICATION, [], 0))
 
 
 def test_close_reasons_fit_a_control_frame_without_splitting_a_character() -> None:

@@ -1,9 +1,9 @@
 """Assembles the whole daemon from its parts, in one place.
 
 `nbwss run`, `nbwss demo` and the soak all start the daemon through `build_service`, so
-what is tested and demonstrated is what admins run: the connection process, a delivery
-pump per server group, the wake-up listener and outbox janitor, the COMMAND proxy, the
-REST poller (when credentials are configured) and the status server.
+what is tested and demonstrated is what admins run: the connection process (each
+connection delivers its group's outbox), the wake-up listener and outbox janitor, the
+COMMAND proxy, the REST poller (when credentials are configured) and the status server.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from nbwss.backoff import Backoff
 from nbwss.component import Component
 from nbwss.errors import NbwssError
 from nbwss.properties import Settings
+from nbwss.protocol import DeliveryLedger
 from nbwss.proxy import CommandProxy
-from nbwss.pump import DeliveryWiring, GroupPump
+from nbwss.pump import DeliveryWiring
 from nbwss.sdnotify import Notifier
 from nbwss.service import Service
 from nbwss.sources.poller import Poller
@@ -36,7 +37,7 @@ log = logs.get_logger("nbwss.daemon")
 
 class LiveStatus:
     """The daemon's live view for /status: connections from the supervisor, batches and
-    acks from the pumps. Implements `nbwss.status.StatusSource`."""
+    acks from the groups' delivery ledgers. Implements `nbwss.status.StatusSource`."""
 
     def __init__(self, supervisor: Supervisor, wiring: DeliveryWiring) -> None:
         self._supervisor = supervisor
@@ -44,21 +45,21 @@ class LiveStatus:
 
     def snapshot(self) -> dict[str, GroupStatus]:
         connected = self._supervisor.connected
-        pumps = self._wiring.pumps
+        ledgers = self._wiring.ledgers
         return {
-            group: self._group(group, connected.get(group), pumps.get(group))
-            for group in set(pumps) | set(connected)
+            group: self._group(group, connected.get(group), ledgers.get(group))
+            for group in set(ledgers) | set(connected)
         }
 
     @staticmethod
-    def _group(group_id: str, host: str | None, pump: GroupPump | None) -> GroupStatus:
-        delivery = pump.delivery if pump else None
+    def _group(group_id: str, host: str | None, ledger: DeliveryLedger | None) -> GroupStatus:
+        delivery = ledger.machine if ledger else None
         return GroupStatus(
             group_id=group_id,
             connected=host is not None,
             endpoint=host,
             outstanding=delivery.outstanding_status() if delivery else None,
-            last_ack=pump.last_ack_at if pump else None,
+            last_ack=ledger.last_ack_at if ledger else None,
         )
 
 
@@ -121,7 +122,7 @@ def build_service(
     wiring = DeliveryWiring(store, settings)
     proxy = CommandProxy(settings)
     supervisor = Supervisor(
-        settings, store, delivery_for_group=wiring.pump, command_handler=proxy, backoff=backoff
+        settings, store, delivery_for_group=wiring.outbox, command_handler=proxy, backoff=backoff
     )
     wiring.waker.on_endpoints_changed(supervisor.endpoints_changed)
     own: list[Component] = [*wiring.components, _ProxyComponent(proxy)]

@@ -1,7 +1,8 @@
 """The delivery state machine of one server group (spec section 3, acknowledgement).
 
 Sans-I/O: fed outbox events, responses and the current time; it answers what to send
-and when to look again. `pump.py` does the reading, writing and waiting.
+and when to look again. `protocol.GroupConnection` turns its steps into actions, and
+`session.py` does the reading, writing and waiting.
 
 The rules it keeps:
 - At most one NOTIFICATION request outstanding per group. Nothing new is sent until it
@@ -244,7 +245,7 @@ def _batch(
 class DeliveryMachine:
     """What one group has acknowledged, has in flight, and must do next.
 
-    The driver (`pump.GroupPump`) asks `next_step(now)` and carries out the one step it
+    Its driver (`protocol.GroupConnection`) asks `next_step(now)` and has the one step it
     answers, then reports the outcome: an `AckCommit` (-> `commit_done`), an
     `EventRange` to read (-> `events_read`), a `PersistedBatch` row (-> `persist_done`),
     a `Send` (-> `write_done` / `write_timed_out`), or `WaitUntil` (-> `waited` once a

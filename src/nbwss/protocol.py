@@ -2,9 +2,10 @@
 
 Like websockets' `protocol.py`, the core is fed what happened (a text frame received,
 a binary one, a ping or pong, the CONNECT request written or not in time, the clock's
-`tick(now)`, the connection gone) and answers with actions for its driver
-(`session.py`) to carry out: write a frame, ping, pong, carry out a COMMAND (the
-proxy), go on delivering after an accepted ack, report an event, close with a code
+`tick(now)`, a wake-up, a delivery operation done, the connection gone) and answers
+with actions for its driver (`session.py`) to carry out: write a frame, ping, pong,
+carry out a COMMAND (the proxy), load the group's position, read outbox events,
+persist a batch row, write a batch, commit an ack, report an event, close with a code
 and reason. It imports nothing that does I/O, logs or counts: reports are actions too,
 so every rule below can be tested with plain values and a fake clock.
 
@@ -23,18 +24,25 @@ The rules it keeps:
   COMMAND request readable only as far as its id gets a 400 at once, whatever the
   policy: every request has exactly one response.
 - Dispatch: a COMMAND request goes to the proxy; a NOTIFICATION response is judged by
-  the group's `DeliveryMachine` (`deliver_with`): an ack that counts wakes delivery;
+  the group's `DeliveryMachine` (once `deliver` loaded it): an ack that counts is
+  committed at once;
   any other response is unmatched and any other request unexpected (both logged, the
   connection stays). A timeStamp in milliseconds (the guide says seconds) is warned
   about once per connection.
 - Keepalive: a ping every `keepAlive.scheduledRate`; a pong clears the count; after
   exactly `keepAlive.maxPongMissAllowed` pings in a row without one, close 1001.
+- Delivery: the machine's steps become actions, one at a time (at most one operation
+  under way: never two store calls of a group at once); its waits become
+  `next_deadline()` (a resend due, the fallback poll every `notification.rate`), ended
+  early by `wake` or an accepted ack. Each connection loads the group's position from
+  the database unless an ack is still to commit; the `DeliveryLedger` carries the
+  machine (and its stall count) and the last ack from one connection to the next.
 - One close: the first close decided is the one, so there is one close frame and one
-  reason. Frames fed after it still count; no ping is sent and no second close
-  decided. (The asyncio driver feeds what aiohttp had read before its close; aiohttp
-  drops later frames while it waits for the peer's close frame, so an ack on its way
-  then is lost and the batch is resent on the next connection: a duplicate, never a
-  loss.)
+  reason. Frames fed after it still count (an ack then is still committed); no ping is
+  sent, no second close decided and nothing new read or written. (The asyncio driver
+  feeds what aiohttp had read before its close; aiohttp drops later frames while it
+  waits for the peer's close frame, so an ack on its way then is lost and the batch is
+  resent on the next connection: a duplicate, never a loss.)
 """
 
 from __future__ import annotations
@@ -45,9 +53,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from nbwss import messages
-from nbwss.delivery import DeliveryMachine, Verdict
+from nbwss.delivery import (
+    AckCommit,
+    Batch,
+    DeliveryMachine,
+    EventRange,
+    Send,
+    Verdict,
+    WaitUntil,
+)
 from nbwss.errors import CommandDecodeError, DecodeError
 from nbwss.messages import Message, MessageType, SubType
+from nbwss.values import GroupPosition, OutboxEvent, PersistedBatch
 
 if TYPE_CHECKING:  # properties brings structlog (and asyncio): not at run time here
     from nbwss.properties import Settings
@@ -105,9 +122,49 @@ class AnswerMalformedCommand:
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryProgressed:
-    """A NOTIFICATION response acknowledged the batch in flight (judged here by the
-    group's `DeliveryMachine`): its driver commits it and goes on at once."""
+class LoadPosition:
+    """Read the group's cursor and persisted batch (`outbox.load_position`); answer
+    `position_loaded`."""
+
+    group_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadEvents:
+    """Read `range` from the outbox (`outbox.read_events`); answer `events_read`."""
+
+    range: EventRange
+
+
+@dataclass(frozen=True, slots=True)
+class PersistBatch:
+    """Commit the new batch's row before its first write, so a restart resends it with
+    its id (`outbox.persist_batch`); answer `persist_done`."""
+
+    group_id: str
+    row: PersistedBatch
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBatch:
+    """Write `batch.message` as one text frame within `notification.sendTimeout`;
+    answer `batch_written` or `batch_write_timed_out` (a lost connection: `close`)."""
+
+    batch: Batch
+    resend: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CommitAck:
+    """Commit the acknowledgement's transaction (`outbox.acknowledge` with the next
+    batch's row); answer `ack_committed`."""
+
+    group_id: str
+    commit: AckCommit
+
+
+# What delivery asks of the driver: at most one of these is pending at a time.
+DeliveryOperation = LoadPosition | ReadEvents | PersistBatch | WriteBatch | CommitAck
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,22 +200,40 @@ class Counter(enum.StrEnum):
     DECODE_ERRORS = "decode_errors"
     PONG_MISSES = "pong_misses"
     COMMANDS_400 = "commands_400"
+    NOTIFICATIONS_SENT = "notifications_sent"  # these four by `amount` events
+    NOTIFICATIONS_RESENT = "notifications_resent"
+    NOTIFICATIONS_ACKED = "notifications_acked"
+    BATCHES_STALLED = "batches_stalled"
 
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """An event for the log (`level`: info or warning) and, when named, a counter."""
+    """An event for the log (`level`: info, warning or error) and, when named, a
+    counter to add `amount` to."""
 
     event: str
     level: str = "info"
     fields: Mapping[str, object] = field(default_factory=dict)
     counter: Counter | None = None
+    amount: int = 1
 
 
 Action = (
     WriteFrame | SendPing | SendPong | CarryOutCommand | AnswerMalformedCommand
-    | DeliveryProgressed | Opened | HandshakeFailed | Close | Report
+    | LoadPosition | ReadEvents | PersistBatch | WriteBatch | CommitAck
+    | Opened | HandshakeFailed | Close | Report
 )
+
+
+@dataclass(eq=False, slots=True)
+class DeliveryLedger:
+    """What of a group's delivery outlives each connection: its machine (the batch in
+    flight, an acknowledgement still to commit, the stall count) and when an ack was
+    last committed. One per group (`pump.DeliveryWiring`); status reads it."""
+
+    group_id: str
+    machine: DeliveryMachine | None = None
+    last_ack_at: float | None = None
 
 
 # -- the connection --------------------------------------------------------------------------
@@ -196,12 +271,167 @@ class GroupConnection:
         self._warned_milliseconds = False
         self.pong_misses = 0
         self.close_reason: str | None = None
-        self._delivery: DeliveryMachine | None = None
+        self._settings = settings
+        self._ledger: DeliveryLedger | None = None
+        self._delivery: DeliveryMachine | None = None  # judges responses once loaded
+        self._operation: DeliveryOperation | None = None  # the one the driver carries out
+        self._wait_due: float | None = None  # delivery waits: look again at this time
+        self._woken = False  # a wake-up or an ack came: end the next wait at once
 
-    def deliver_with(self, machine: DeliveryMachine | None) -> None:
-        """The group's delivery state while it delivers over this connection: NOTIFICATION
-        responses are judged by it (before, they are unexpected)."""
-        self._delivery = machine
+    # -- delivery: its steps as actions, one at a time -----------------------------------
+
+    def deliver(self, ledger: DeliveryLedger, now: float) -> list[Action]:
+        """Deliver the group's outbox over this (open) connection from now on.
+
+        Each connection starts from what the database says (the batch in flight is
+        persisted, so it comes back as the same message): a group deleted and added
+        again meanwhile starts at its new cursor. Only an acknowledgement still to commit
+        keeps the machine, with this connection's caps."""
+        self._ledger = ledger
+        machine = ledger.machine
+        if machine is None or machine.awaiting_commit is None:
+            return self._begin(LoadPosition(ledger.group_id))
+        self._configure(machine)
+        return self._delivering(machine, now)
+
+    def position_loaded(self, position: GroupPosition, now: float) -> list[Action]:
+        """The answer to `LoadPosition`: the machine starts from it, keeping the send
+        count of the batch in flight before (`DeliveryMachine.carry_over`)."""
+        assert self._ledger is not None
+        self._operation = None
+        settings = self._settings
+        machine = DeliveryMachine(
+            group_id=self._ledger.group_id,
+            max_batch=settings.notification_max_batch,
+            max_bytes=settings.message_max_bytes,
+            rate_s=settings.notification_rate_s,
+            stall_after=settings.notification_stall_after_sends,
+            acked_seq=position.acked_seq,
+            restored=position.outstanding,
+        )
+        machine.carry_over(self._ledger.machine)
+        self._ledger.machine = machine
+        return self._delivering(machine, now)
+
+    def _configure(self, machine: DeliveryMachine) -> None:
+        settings = self._settings
+        machine.max_batch = settings.notification_max_batch
+        machine.max_bytes = settings.message_max_bytes
+        machine.rate_s = settings.notification_rate_s
+        machine.stall_after = settings.notification_stall_after_sends
+
+    def _delivering(self, machine: DeliveryMachine, now: float) -> list[Action]:
+        machine.connection_opened(now)
+        self._delivery = machine  # from now on, responses are judged by it
+        return self._advance(now)
+
+    def events_read(self, events: list[OutboxEvent], now: float, message_id: str) -> list[Action]:
+        """The answer to `ReadEvents`; `message_id` names a batch built from them."""
+        self._operation = None
+        if self._delivery is not None:
+            self._delivery.events_read(events, now, message_id)
+        return self._advance(now)
+
+    def persist_done(self, message_id: str, now: float) -> list[Action]:
+        """The answer to `PersistBatch`: the row is committed."""
+        self._operation = None
+        if self._delivery is not None:
+            self._delivery.persist_done(message_id)
+        return self._advance(now)
+
+    def batch_written(self, now: float) -> list[Action]:
+        """The answer to `WriteBatch`: the frame was written."""
+        write, self._operation = self._operation, None
+        machine = self._delivery
+        if not isinstance(write, WriteBatch) or machine is None:
+            return self._advance(now)
+        batch = write.batch
+        stall = machine.write_done(batch.id, now)
+        counter = Counter.NOTIFICATIONS_RESENT if write.resend else Counter.NOTIFICATIONS_SENT
+        event = "notification.resent" if write.resend else "notification.sent"
+        actions: list[Action] = [Report(event, "info", _batch_fields(batch), counter, batch.count)]
+        if stall is not None:
+            actions.append(Report("notification.stalled", "error",
+                                  {**_batch_fields(batch), "sends": stall.sends},
+                                  Counter.BATCHES_STALLED))
+        return [*actions, *self._advance(now)]
+
+    def batch_write_timed_out(self, now: float) -> list[Action]:
+        """The answer to `WriteBatch` past `notification.sendTimeout`: it counts as not
+        sent (the machine writes it again after `notification.rate`)."""
+        write, self._operation = self._operation, None
+        if not isinstance(write, WriteBatch) or self._delivery is None:
+            return self._advance(now)
+        self._delivery.write_timed_out(write.batch.id, now)
+        report = Report("notification.send_timeout", "warning", _batch_fields(write.batch))
+        return [report, *self._advance(now)]
+
+    def ack_committed(self, commit: AckCommit, now: float, purged: int) -> list[Action]:
+        """The answer to `CommitAck`: the cursor moved (and `purged` rows went)."""
+        self._operation = None
+        if self._delivery is not None:
+            self._delivery.commit_done(commit, now)
+        if self._ledger is not None:
+            self._ledger.last_ack_at = now
+        batch = commit.acknowledged
+        report = Report("notification.acked", "info", {**_batch_fields(batch), "purged": purged},
+                        Counter.NOTIFICATIONS_ACKED, batch.count)
+        return [report, *self._advance(now)]
+
+    def wake(self, now: float) -> list[Action]:
+        """New outbox rows may be committed (`nbwss notify`, the poller): look now, or
+        after the operation under way."""
+        self._woken = True
+        return self._advance(now)
+
+    def _begin(self, operation: DeliveryOperation) -> list[Action]:
+        self._operation, self._wait_due = operation, None
+        return [operation]
+
+    def _advance(self, now: float) -> list[Action]:
+        """The machine's next step as an action, unless one is under way; or the time
+        to look again. Once closing, only an acknowledgement is still committed."""
+        machine = self._delivery
+        if machine is None or self._operation is not None or self.state is State.CLOSED:
+            return []
+        if self.state is State.CLOSING:  # an ack judged still commits; nothing else starts
+            if machine.awaiting_commit is None:
+                return []
+            return self._begin(CommitAck(machine.group_id, machine.ack_commit(now)))
+        while True:
+            step = machine.next_step(now)
+            if isinstance(step, AckCommit):
+                return self._begin(CommitAck(machine.group_id, step))
+            if isinstance(step, EventRange):
+                self._woken = False  # the read sees whatever the wake-up announced
+                return self._begin(ReadEvents(step))
+            if isinstance(step, Send):
+                return self._write(step, machine)
+            if not isinstance(step, WaitUntil):
+                return self._begin(PersistBatch(machine.group_id, step))
+            if not self._woken:
+                self._wait_due = _earliest(step.deadline, now + machine.rate_s)
+                return []
+            # Consumed: a wake-up ends one wait, never every wait after it.
+            self._woken = False
+            machine.waited()
+
+    def _write(self, send: Send, machine: DeliveryMachine) -> list[Action]:
+        batch = send.batch
+        actions: list[Action] = []
+        if batch.oversized:
+            actions.append(Report("notification.oversized", "warning", {
+                "id": batch.id, "size_bytes": batch.size_bytes, "max_bytes": machine.max_bytes,
+                "first_seq": batch.first_seq,
+            }))
+        return [*actions, *self._begin(WriteBatch(batch, send.resend))]
+
+    def _delivery_tick(self, now: float) -> list[Action]:
+        if self._wait_due is None or now < self._wait_due or self._delivery is None:
+            return []
+        self._wait_due = None
+        self._delivery.waited()  # the deadline or the fallback poll of the outbox
+        return self._advance(now)
 
     # -- the handshake -------------------------------------------------------------------
 
@@ -272,7 +502,7 @@ class GroupConnection:
         if message.type is MessageType.COMMAND and message.is_request:
             actions.append(CarryOutCommand(message))
         elif message.type is MessageType.NOTIFICATION and not message.is_request:
-            actions.extend(self._judge(message))
+            actions.extend(self._judge(message, now))
         elif message.sub_type is SubType.RESPONSE:
             actions.append(Report("response.unmatched", "warning",
                                   {"id": message.id, "type": str(message.type)}))
@@ -281,13 +511,13 @@ class GroupConnection:
                                   {"id": message.id, "type": str(message.type)}))
         return actions
 
-    def _judge(self, response: Message) -> list[Action]:
+    def _judge(self, response: Message, now: float) -> list[Action]:
         machine = self._delivery
         if machine is None:
             return [Report("notification.unexpected_response", "warning", {"id": response.id})]
         verdict = machine.response_received(response)
         if verdict is Verdict.ACKNOWLEDGED:
-            return [DeliveryProgressed()]
+            return self.wake(now)  # commit it and go on at once
         if verdict is Verdict.DUPLICATE:
             return [Report("notification.duplicate_ack", "info", {"id": response.id})]
         return [Report("notification.response_refused", "warning",
@@ -341,11 +571,17 @@ class GroupConnection:
         if self.state is State.CONNECTING:
             return self._answer_due
         if self.state is State.OPEN:
-            return self._next_ping
+            return _earliest(self._next_ping, self._wait_due)
         return None
 
     def tick(self, now: float) -> list[Action]:
-        """The clock moved: the CONNECT answer's deadline, or the next keepalive ping."""
+        """The clock moved: the CONNECT answer's deadline, the next keepalive ping, or
+        delivery's next look (a resend due, the fallback poll every `notification.rate`)."""
+        if self.state is not State.OPEN:
+            return self._keepalive_tick(now)
+        return [*self._keepalive_tick(now), *self._delivery_tick(now)]
+
+    def _keepalive_tick(self, now: float) -> list[Action]:
         if self.state is State.CONNECTING:
             if self._answer_due is None or now < self._answer_due:
                 return []
@@ -375,3 +611,14 @@ class GroupConnection:
 
     def status(self) -> ConnectionStatus:
         return ConnectionStatus(self.state, self.pong_misses, self.close_reason)
+
+
+def _earliest(first: float | None, second: float | None) -> float | None:
+    if first is None:
+        return second
+    return first if second is None else min(first, second)
+
+
+def _batch_fields(batch: Batch) -> dict[str, object]:
+    return {"id": batch.id, "count": batch.count, "first_seq": batch.first_seq,
+            "last_seq": batch.last_seq}

@@ -5,10 +5,15 @@ policy, dispatch, pong misses, one close) are `nbwss.protocol.GroupConnection`'s
 module dials, feeds it frames and the time, and carries out the actions it answers.
 `connect()` dials over pinned TLS and completes the CONNECT handshake (spec section 3)
 or raises; the `Session` it returns is the group's `Link` until `run()` returns. `run()`
-owns three jobs in one TaskGroup: the reader (the only caller of `receive()`), the
-keepalive timer, and the group's notification pump; COMMAND requests run in their own
-tasks so a slow REST call never stalls the reader. `send()` owns the write deadline
-(`notification.sendTimeout`). Every COMMAND request gets one answer (a
+is one loop, the only driver of the core: a reader task (the only caller of
+`receive()`) hands it frames, and it waits for a frame, the end of the delivery
+operation under way, a wake-up or the core's `next_deadline()` (pings, CONNECT's
+answer, a resend, the fallback poll of the outbox), and carries out the actions
+without waiting for any: a batch write runs in a task of the connection, the group's
+store calls (`pump.GroupOutbox`) in a worker thread, one delivery operation at a time;
+COMMAND requests run in their own tasks so a slow REST call never stalls the loop.
+`_write()` owns the write deadline (`notification.sendTimeout`). Every COMMAND request
+gets one answer (a
 400 when only its id and type could be read); one whose answer is lost with the
 connection is logged `command.unanswered`, saying whether its REST call had started.
 Every way the connection ends goes through `request_close`, so there is one close frame
@@ -25,14 +30,15 @@ import asyncio.sslproto
 import contextlib
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import aiohttp
 
 from nbwss import messages
-from nbwss.delivery import DeliveryMachine
+from nbwss.delivery import Batch
 from nbwss.errors import (
     MSG_CERT_MISMATCH,
     ConnectError,
@@ -41,10 +47,19 @@ from nbwss.errors import (
     unable_to_connect,
 )
 from nbwss.guard import loggable_method_and_uri
-from nbwss.link import CommandHandler, NotificationPump
+from nbwss.link import CommandHandler
 from nbwss.logs import get_logger
 from nbwss.messages import Message
-from nbwss.metrics import COMMANDS, DECODE_ERRORS, HANDSHAKES, PONG_MISSES
+from nbwss.metrics import (
+    BATCHES_STALLED,
+    COMMANDS,
+    DECODE_ERRORS,
+    HANDSHAKES,
+    NOTIFICATIONS_ACKED,
+    NOTIFICATIONS_RESENT,
+    NOTIFICATIONS_SENT,
+    PONG_MISSES,
+)
 from nbwss.neterrors import describe
 from nbwss.outbound import Proxy, request_options
 from nbwss.properties import Settings
@@ -56,20 +71,28 @@ from nbwss.protocol import (
     AnswerMalformedCommand,
     CarryOutCommand,
     Close,
+    CommitAck,
     Counter,
-    DeliveryProgressed,
+    DeliveryOperation,
     GroupConnection,
     HandshakeFailed,
     Opened,
+    PersistBatch,
+    ReadEvents,
     Report,
     SendPing,
     SendPong,
     State,
+    WriteBatch,
     WriteFrame,
 )
 from nbwss.trust import check_peer
 
+if TYPE_CHECKING:
+    from nbwss.pump import GroupOutbox
+
 log = get_logger("nbwss.session")
+T = TypeVar("T")
 
 # TCP + TLS + HTTP upgrade; the CONNECT answer then has `connect.responseTimeout`.
 DIAL_TIMEOUT_S: Final = 10.0
@@ -117,7 +140,7 @@ async def connect(
     settings: Settings,
     ssl_context: ssl.SSLContext,
     *,
-    delivery: NotificationPump | None = None,
+    delivery: GroupOutbox | None = None,
     command_handler: CommandHandler | None = None,
     clock: Callable[[], float] = time.time,
     dial_slots: asyncio.Semaphore | None = None,
@@ -203,15 +226,62 @@ def not_implemented_response(request: Message, now: float) -> Message:
     return messages.command_error(request, 501, reason, now)
 
 
+class WebSocket(Protocol):
+    """What the driver uses of aiohttp's client WebSocket (a test may give its own)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def close_code(self) -> int | None: ...
+
+    async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage: ...  # noqa: ASYNC109
+
+    async def send_str(self, data: str, compress: int | None = None) -> None: ...
+
+    async def ping(self, message: bytes = b"") -> None: ...
+
+    async def pong(self, message: bytes = b"") -> None: ...
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
+
+
+class _WakeFlag:
+    """What the `Waker` sets: a wake-up for the driver's loop, told apart from a frame."""
+
+    def __init__(self, attention: asyncio.Event) -> None:
+        self.woken = False
+        self._attention = attention
+
+    def set(self) -> None:
+        self.woken = True
+        self._attention.set()
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """The one delivery operation under way: a store call in a worker thread or a
+    batch write (a task of the connection)."""
+
+    operation: DeliveryOperation
+    future: asyncio.Future[Any]
+    started_at: float
+
+
+def _in_thread(call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    """A blocking store call in the default executor: the loop never waits on SQLite."""
+    return asyncio.get_running_loop().run_in_executor(None, call, *args)
+
+
 class Session:
-    """One CONNECTED endpoint of a server group; implements `nbwss.link.Link`."""
+    """One CONNECTED endpoint of a server group; implements `nbwss.link.CommandLink`."""
 
     def __init__(
         self,
-        ws: aiohttp.ClientWebSocketResponse,
+        ws: WebSocket,
         target: Target,
         settings: Settings,
-        delivery: NotificationPump | None,
+        delivery: GroupOutbox | None,
         command_handler: CommandHandler | None,
         clock: Callable[[], float],
     ) -> None:
@@ -227,6 +297,10 @@ class Session:
         self._reason: str | None = None
         self._core = GroupConnection(settings, target.token)  # the connection's rules
         self._commands: dict[int, _Command] = {}  # by id() of the request being answered
+        self._attention = asyncio.Event()  # a frame, an operation done, or a wake-up
+        self._frames: deque[aiohttp.WSMessage] = deque()
+        self._wake = _WakeFlag(self._attention)
+        self._pending: _Pending | None = None
         self.ended = asyncio.Event()
 
     # -- Link ------------------------------------------------------------------------------
@@ -243,15 +317,15 @@ class Session:
     def settings(self) -> Settings:
         return self._settings
 
-    def deliver_with(self, machine: DeliveryMachine | None) -> None:
-        self._core.deliver_with(machine)
-
     async def send(self, message: Message) -> None:
-        """Write one frame within `notification.sendTimeout` (the one owner of that
+        """Write one frame (a COMMAND answer; `Link.send`'s contract)."""
+        await self._write(messages.encode(message))
+
+    async def _write(self, text: str) -> None:
+        """Write one text frame within `notification.sendTimeout` (the one owner of that
         deadline): `TimeoutError` past it, `ConnectionError` when the connection failed."""
         if self._reason is not None or self._ws.closed:
             raise ConnectionError(f"connection to {self.host_name} is closed")
-        text = messages.encode(message)
         try:
             async with asyncio.timeout(self._settings.send_timeout_s):
                 await self._ws.send_str(text)
@@ -289,8 +363,10 @@ class Session:
         except (aiohttp.ClientError, OSError) as exc:
             return self._core.connection_lost(str(exc))
         if frame.type is aiohttp.WSMsgType.PING:
-            actions = self._core.ping_received(frame.data)
-            await self._carry_out_all(actions, None)
+            for action in self._core.ping_received(frame.data):
+                if isinstance(action, SendPong):
+                    with contextlib.suppress(aiohttp.ClientError, OSError):
+                        await self._ws.pong(action.data)
             return []
         return self._on_frame(frame)
 
@@ -324,20 +400,24 @@ class Session:
 
     async def run(self) -> str:
         """Serve the connection until it ends; return why it ended."""
+        waker = self._delivery.waker if self._delivery is not None else None
+        if waker is not None:
+            waker.register(self._wake)
         try:
             async with asyncio.TaskGroup() as group:
-                helpers = [group.create_task(self._keepalive(group))]
-                if self._delivery is not None:
-                    helpers.append(group.create_task(self._deliver(self._delivery)))
-                await self._read(group)
+                reader = group.create_task(self._receive())
+                await self._serve(group)
                 if self._close_task is not None:
                     await self._close_task
-                for task in (*helpers, *self._tasks):
+                for task in (reader, *self._tasks):
                     task.cancel()
         finally:
+            if waker is not None:
+                waker.unregister(self._wake)
             # Cancelled from outside (shutdown): still say goodbye with a close frame.
             self._reason = self._reason or "daemon stopping"
             try:
+                await self._settle_store_operation()
                 if self._close_task is not None:
                     await self._close_task
                 elif not self._ws.closed:
@@ -345,6 +425,59 @@ class Session:
             finally:
                 self.ended.set()
         return self._reason
+
+    async def _receive(self) -> None:
+        """The only caller of `receive()`: hands each frame to the loop in `_serve`."""
+        while True:
+            frame = await self._ws.receive()
+            self._frames.append(frame)
+            self._attention.set()
+            if frame.type in _ENDINGS:
+                return
+
+    async def _serve(self, group: asyncio.TaskGroup) -> None:
+        """The one loop of the connection: each frame, finished operation, wake-up and
+        deadline goes to the core, and its actions are carried out, until the
+        transport ends. Nothing here waits but the loop itself: writes and store calls
+        run beside it, one delivery operation at a time."""
+        if self._delivery is not None:
+            self._carry_out_all(self._core.deliver(self._delivery.ledger, self._clock()), group)
+        while True:
+            deadline = self._core.next_deadline()
+            if not self._attention.is_set():
+                delay = None if deadline is None else deadline - self._clock()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay if delay is None or delay > 0 else 0):
+                        await self._attention.wait()
+            self._attention.clear()
+            pending = self._pending
+            if pending is not None and pending.future.done():
+                self._pending = None
+                self._carry_out_all(self._finished(pending), group)
+            if self._wake.woken:
+                self._wake.woken = False
+                self._carry_out_all(self._core.wake(self._clock()), group)
+            while self._frames:
+                frame = self._frames.popleft()
+                self._carry_out_all(self._on_frame(frame), group)
+                if frame.type in _ENDINGS:
+                    return
+            now = self._clock()
+            deadline = self._core.next_deadline()
+            if deadline is not None and now >= deadline:
+                self._carry_out_all(self._core.tick(now), group)
+
+    async def _settle_store_operation(self) -> None:
+        """A store call still running when the connection ended is waited for (it cannot
+        be stopped) and told to the core, so the group's next connection starts from
+        what it did: never two store calls of one group at once."""
+        pending, self._pending = self._pending, None
+        if pending is None or isinstance(pending.future, asyncio.Task):
+            return  # a write: cancelled with the connection
+        await asyncio.wait([pending.future])
+        for action in self._finished(pending):
+            if isinstance(action, Report):  # nothing else starts now
+                self._report(action)
 
     async def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
         """Ask the connection to close (normal close frame) and wait until `run()` ended;
@@ -369,14 +502,6 @@ class Session:
             self._ws.close(code=close.code, message=_reason_bytes(close.reason))
         )
 
-    async def _read(self, group: asyncio.TaskGroup) -> None:
-        """The only caller of `receive()`: every frame goes to the core, its actions out."""
-        while True:
-            frame = await self._ws.receive()
-            await self._carry_out_all(self._on_frame(frame), group)
-            if frame.type in _ENDINGS:
-                return
-
     def _on_frame(self, frame: aiohttp.WSMessage) -> list[Action]:
         """One frame as an event for the core."""
         kinds = aiohttp.WSMsgType
@@ -399,43 +524,114 @@ class Session:
             self._reason = self._reason or why
         return self._core.connection_lost(why)
 
-    async def _carry_out_all(
-        self, actions: list[Action], group: asyncio.TaskGroup | None
-    ) -> None:
-        for action in actions:
-            await self._carry_out_action(action, group)
+    # -- carrying out the core's actions (none of them waits) --------------------------------
 
-    async def _carry_out_action(self, action: Action, group: asyncio.TaskGroup | None) -> None:
+    def _carry_out_all(self, actions: list[Action], group: asyncio.TaskGroup) -> None:
+        for action in actions:
+            self._carry_out_action(action, group)
+
+    def _carry_out_action(self, action: Action, group: asyncio.TaskGroup) -> None:
         if isinstance(action, Report):
             self._report(action)
+        elif isinstance(action, DeliveryOperation):
+            self._operate(action, group)
+        elif isinstance(action, SendPing):
+            self._start(group, self._control(self._ws.ping, action.data))
         elif isinstance(action, SendPong):
-            # A failed pong needs no handling: the reader sees the connection end next.
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                await self._ws.pong(action.data)
+            self._start(group, self._control(self._ws.pong, action.data))
         elif isinstance(action, Close):
             self._start_closing(action)
-        elif isinstance(action, DeliveryProgressed):
-            if self._delivery is not None:
-                self._delivery.kick()
-        elif group is not None and isinstance(action, CarryOutCommand):
+        elif isinstance(action, CarryOutCommand):
             self._start(group, self._answer_command(action.request))
-        elif group is not None and isinstance(action, AnswerMalformedCommand):
+        elif isinstance(action, AnswerMalformedCommand):
             self._start(group, self._answer_malformed(action))
 
-    def _report(self, report: Report) -> None:
-        log_method = self._log.warning if report.level == "warning" else self._log.info
-        log_method(report.event, **report.fields)
-        if report.counter is Counter.DECODE_ERRORS:
-            DECODE_ERRORS.labels(group=self.group_id, host=self.host_name).inc()
-        elif report.counter is Counter.PONG_MISSES:
-            PONG_MISSES.labels(group=self.group_id, host=self.host_name).inc()
-        elif report.counter is Counter.COMMANDS_400:
-            COMMANDS.labels(status="400").inc()
+    def _operate(self, operation: DeliveryOperation, group: asyncio.TaskGroup) -> None:
+        """Start the delivery operation the core asked for (one at a time)."""
+        assert self._delivery is not None
+        assert self._pending is None
+        outbox, now = self._delivery, self._clock()
+        future: asyncio.Future[Any]
+        if isinstance(operation, WriteBatch):
+            future = self._start(group, self._write_batch(operation.batch))
+        elif isinstance(operation, ReadEvents):
+            future = _in_thread(outbox.read_events, operation.range)
+        elif isinstance(operation, PersistBatch):
+            future = _in_thread(outbox.persist_batch, operation.row)
+        elif isinstance(operation, CommitAck):
+            future = _in_thread(outbox.acknowledge, operation.commit, now)
+        else:
+            future = _in_thread(outbox.load_position, now)
+        self._pending = _Pending(operation, future, now)
+        future.add_done_callback(self._operation_done)
 
-    def _start(self, group: asyncio.TaskGroup, answer: Coroutine[Any, Any, None]) -> None:
-        task = group.create_task(answer)
+    def _operation_done(self, _: asyncio.Future[Any]) -> None:
+        self._attention.set()
+
+    async def _write_batch(self, batch: Batch) -> Exception | None:
+        """Write a NOTIFICATION; its failure is an outcome for the loop, not the group's."""
+        try:
+            await self._write(messages.encode(batch.message))
+        except (TimeoutError, ConnectionError) as exc:
+            return exc
+        return None
+
+    def _finished(self, pending: _Pending) -> list[Action]:
+        """A delivery operation ended: its outcome for the core, or the close it calls
+        for (the connection lost under a write, the store failing)."""
+        future, operation = pending.future, pending.operation
+        if future.cancelled():
+            return []
+        error = future.exception()
+        if error is not None:
+            self._log.error("delivery.failed", exc_info=error)
+            return self._core.close(CLOSE_INTERNAL_ERROR, "delivery failed")
+        result, now = future.result(), self._clock()
+        if isinstance(operation, WriteBatch):
+            if result is None:
+                return self._core.batch_written(now)
+            if isinstance(result, TimeoutError):
+                return self._core.batch_write_timed_out(now)
+            return self._core.close(CLOSE_GOING_AWAY, f"delivery stopped: {result}")
+        if isinstance(operation, ReadEvents):
+            return self._core.events_read(result, now, messages.new_id())
+        if isinstance(operation, PersistBatch):
+            return self._core.persist_done(operation.row.message_id, now)
+        if isinstance(operation, CommitAck):
+            return self._core.ack_committed(operation.commit, pending.started_at, result)
+        return self._core.position_loaded(result, now)
+
+    async def _control(
+        self, write: Callable[[bytes], Coroutine[Any, Any, None]], data: bytes
+    ) -> None:
+        # A failed ping or pong needs no handling: the reader sees the connection end next.
+        with contextlib.suppress(aiohttp.ClientError, OSError):
+            async with asyncio.timeout(self._settings.send_timeout_s):
+                await write(data)
+
+    def _report(self, report: Report) -> None:
+        log_method = {"warning": self._log.warning, "error": self._log.error}.get(
+            report.level, self._log.info
+        )
+        log_method(report.event, **report.fields)
+        counter = report.counter
+        if counter is None:
+            return
+        if counter is Counter.DECODE_ERRORS:
+            DECODE_ERRORS.labels(group=self.group_id, host=self.host_name).inc()
+        elif counter is Counter.PONG_MISSES:
+            PONG_MISSES.labels(group=self.group_id, host=self.host_name).inc()
+        elif counter is Counter.COMMANDS_400:
+            COMMANDS.labels(status="400").inc()
+        else:
+            _DELIVERY_COUNTERS[counter].labels(self.group_id).inc(report.amount)
+
+    def _start(self, group: asyncio.TaskGroup, job: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """A task of this connection: cancelled when it ends."""
+        task = group.create_task(job)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- COMMAND requests ----------------------------------------------------------------
 
@@ -493,31 +689,13 @@ class Session:
             reason=reason,
         )
 
-    async def _keepalive(self, group: asyncio.TaskGroup) -> None:
-        """Wake at the core's next deadline and carry out what its `tick` decides: a
-        ping, or the close after exactly `keepAlive.maxPongMissAllowed` missed pongs."""
-        while True:
-            deadline = self._core.next_deadline()
-            if deadline is None:
-                return
-            await asyncio.sleep(max(0.0, deadline - self._clock()))
-            for action in self._core.tick(self._clock()):
-                if not isinstance(action, SendPing):
-                    await self._carry_out_action(action, group)
-                    continue
-                try:
-                    await self._ws.ping(action.data)
-                except (aiohttp.ClientError, OSError):
-                    return  # the reader sees the connection end
 
-    async def _deliver(self, delivery: NotificationPump) -> None:
-        try:
-            await delivery.run(self)
-        except (ConnectionError, TimeoutError) as exc:
-            self.request_close(f"delivery stopped: {exc}", CLOSE_GOING_AWAY)
-        except Exception:
-            self._log.exception("delivery.failed")
-            self.request_close("delivery failed", CLOSE_INTERNAL_ERROR)
+_DELIVERY_COUNTERS: Final = {
+    Counter.NOTIFICATIONS_SENT: NOTIFICATIONS_SENT,
+    Counter.NOTIFICATIONS_RESENT: NOTIFICATIONS_RESENT,
+    Counter.NOTIFICATIONS_ACKED: NOTIFICATIONS_ACKED,
+    Counter.BATCHES_STALLED: BATCHES_STALLED,
+}
 
 
 def _reason_bytes(reason: str) -> bytes:

@@ -46,11 +46,12 @@ from nbwss.failover import (
     retry_delay,
     token_digest,
 )
-from nbwss.link import CommandHandler, NotificationPump
+from nbwss.link import CommandHandler
 from nbwss.logs import get_logger, register_secret
 from nbwss.metrics import FAILOVERS
 from nbwss.outbound import Proxy, load_policy
 from nbwss.properties import Settings
+from nbwss.pump import GroupOutbox
 from nbwss.session import Session, Target, connect, trim_tls_read_buffer
 from nbwss.store import Store
 from nbwss.trust import pinned_context
@@ -76,7 +77,7 @@ class Supervisor:
         settings: Settings,
         store: Store,
         *,
-        delivery_for_group: Callable[[str], NotificationPump] | None = None,
+        delivery_for_group: Callable[[str], GroupOutbox] | None = None,
         command_handler: CommandHandler | None = None,
         rng: random.Random | None = None,
         backoff: Callable[[float], Backoff] | None = None,
@@ -356,9 +357,9 @@ class Supervisor:
             context = self._contexts[record.fingerprint] = pinned_context(record.certificate_der)
         return context
 
-    def _delivery(self, group_id: str) -> NotificationPump | None:
-        """The group's notification pump (the factory keeps one per group: it outlives
-        each connection)."""
+    def _delivery(self, group_id: str) -> GroupOutbox | None:
+        """The group's outbox to deliver (the factory keeps one per group: its ledger
+        outlives each connection)."""
         if self._delivery_for_group is None:
             return None
         return self._delivery_for_group(group_id)

@@ -1,9 +1,9 @@
 """Push, not poll: how the daemon learns of new outbox rows within milliseconds.
 
 `nbwss notify` commits, then sends a one-byte datagram to a Unix datagram socket beside
-the database (`Settings.wake_socket`); the daemon's `WakeListener` wakes every group's
-pump at once through the in-process `Waker` (which the REST poller calls directly). A
-lost datagram costs latency, never a notification: each pump still reads the database
+the database (`Settings.wake_socket`); the daemon's `WakeListener` wakes delivery on every
+live connection at once through the in-process `Waker` (which the REST poller calls directly). A
+lost datagram costs latency, never a notification: each connection still reads the database
 every `notification.scheduledRate` seconds. `nbwss endpoint add|enable|disable|delete`
 send another byte (`ENDPOINTS_DATAGRAM`), which runs the connection process at once
 instead of at its next `connectionInfo.period`.
@@ -19,42 +19,44 @@ import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from nbwss import logs
 from nbwss.component import Component
 from nbwss.errors import NbwssError
 
-if TYPE_CHECKING:
-    import asyncio
-
 log = logs.get_logger("nbwss.wake")
 
-# New notifications are committed: wake every pump.
+# New notifications are committed: wake delivery on every connection.
 WAKE_DATAGRAM = b"w"
 # An admin changed the endpoints: run the connection process now.
 ENDPOINTS_DATAGRAM = b"e"
 
 
-class Waker:
-    """Wakes every registered pump at once; each pump waits on its own `asyncio.Event`.
+class Wakeable(Protocol):
+    def set(self) -> None: ...
 
-    A pump clears its event *before* it reads the outbox and waits on it after, so a
-    wake-up that lands in between is never missed.
+
+class Waker:
+    """Wakes every registered connection at once; each has its own flag (an
+    `asyncio.Event` or anything with `set()`).
+
+    A connection's core forgets a wake-up only when it reads the outbox, so one that
+    lands while a read or write is under way ends the next wait at once: never missed.
     """
 
     def __init__(self) -> None:
-        self._events: set[asyncio.Event] = set()
+        self._events: set[Wakeable] = set()
         self._endpoint_listeners: list[Callable[[], None]] = []
 
-    def register(self, event: asyncio.Event) -> None:
+    def register(self, event: Wakeable) -> None:
         self._events.add(event)
 
-    def unregister(self, event: asyncio.Event) -> None:
+    def unregister(self, event: Wakeable) -> None:
         self._events.discard(event)
 
     def wake(self) -> None:
-        """New rows are committed: every pump looks now (call from the event loop's thread)."""
+        """New rows are committed: every connection looks now (from the loop's thread)."""
         for event in self._events:
             event.set()
 
@@ -126,7 +128,7 @@ class WakeListener(Component):
     async def start(self) -> None:
         """Bind the socket; when it cannot be had, log it and go on without it.
 
-        Not fatal: the pumps still find new rows by polling the database, only later.
+        Not fatal: delivery still finds new rows by polling the database, only later.
         """
         import asyncio
 
@@ -180,7 +182,7 @@ class WakeListener(Component):
             self.path.unlink()
 
     def _receive(self, sock: socket.socket) -> None:
-        """Read every datagram queued; wake the pumps and the connection process once each."""
+        """Read every datagram queued; wake delivery and the connection process once each."""
         wake = endpoints = False
         while True:
             try:

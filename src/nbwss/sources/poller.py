@@ -55,7 +55,7 @@ BACKOFF_CAP_S: Final = 60.0
 
 
 class Wakes(Protocol):
-    """What wakes the delivery pumps after a commit (`nbwss.wake.Waker` in the daemon)."""
+    """What wakes delivery after a commit (`nbwss.wake.Waker` in the daemon)."""
 
     def wake(self) -> None: ...
 
