@@ -353,6 +353,9 @@ def test_no_delivery_operation_once_the_connection_closes() -> None:
     connection.close(1000, "asked")
     assert connection.position_loaded(GroupPosition(0, None), T0) == []  # told, not acted on
     assert ledger.machine is not None
+    closing = opened()
+    closing.close(1000, "asked")
+    assert closing.deliver(DeliveryLedger("G1"), T0) == []  # nothing starts once closing
 
 
 def test_responses_are_judged_by_the_groups_delivery() -> None:

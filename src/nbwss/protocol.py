@@ -278,6 +278,137 @@ class GroupConnection:
         self._wait_due: float | None = None  # delivery waits: look again at this time
         self._woken = False  # a wake-up or an ack came: end the next wait at once
 
+    # -- the handshake -------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Action]:
+        """The CONNECT request to write first."""
+        request = messages.connect_request(self._token, now)
+        self._connect_id = request.id
+        return [WriteFrame(request)]
+
+    def connect_written(self, now: float) -> list[Action]:
+        """The CONNECT request is written: its answer is due within the response timeout."""
+        self._answer_due = now + self._response_timeout_s
+        return []
+
+    def write_timed_out(self, now: float) -> list[Action]:
+        """A write did not complete within `notification.sendTimeout`. During CONNECT
+        that fails the handshake; later writes are the driver's and delivery's concern."""
+        if self.state is not State.CONNECTING:
+            return []
+        return self._fail("timeout", f"CONNECT not sent in {self._send_timeout_s * 1000:g} ms",
+                          CLOSE_NORMAL)
+
+    def connection_lost(self, why: str) -> list[Action]:
+        """The transport ended (closed by the endpoint, reset, protocol error)."""
+        if self.state is State.CONNECTING:
+            return self._fail("error", f"connection lost during CONNECT: {why}", CLOSE_NORMAL)
+        self.state, self.close_reason = State.CLOSED, self.close_reason or why
+        return []
+
+    def _connect_answer(self, text: str, now: float) -> list[Action]:
+        try:
+            answer = messages.decode(text, self._max_bytes)
+            if answer.type is not MessageType.CONNECT or answer.is_request:
+                raise DecodeError(f"expected a CONNECT RESPONSE, got {answer.type} "
+                                  f"{answer.sub_type}")
+        except DecodeError as exc:
+            return self._fail("error", f"malformed CONNECT response: {exc}", CLOSE_PROTOCOL_ERROR)
+        if answer.id != self._connect_id:
+            return self._fail("error", "CONNECT response has another id", CLOSE_PROTOCOL_ERROR)
+        try:
+            valid = messages.connect_valid(answer)
+        except DecodeError as exc:
+            return self._fail("error", f"malformed CONNECT response: {exc}", CLOSE_PROTOCOL_ERROR)
+        if not valid:
+            return self._fail("invalid", "the endpoint refused the token", CLOSE_POLICY)
+        self.state, self._answer_due = State.OPEN, None
+        self._next_ping = now + self._keepalive_s
+        return [Opened()]
+
+    def _fail(self, result: str, reason: str, code: int) -> list[Action]:
+        self.state, self.close_reason, self._answer_due = State.CLOSED, reason, None
+        return [HandshakeFailed(result, reason, code)]
+
+    # -- frames --------------------------------------------------------------------------
+
+    def text_received(self, text: str, now: float) -> list[Action]:
+        if self.state is State.CONNECTING:
+            return self._connect_answer(text, now)
+        if self.state is State.CLOSED:
+            return []  # OPEN or CLOSING: what arrives still counts
+        try:
+            message = messages.decode(text, self._max_bytes)
+        except CommandDecodeError as exc:
+            return self._malformed_command(exc, now)
+        except DecodeError as exc:
+            return self._bad_frame(str(exc), CLOSE_PROTOCOL_ERROR)
+        actions: list[Action] = self._check_time_stamp(message)
+        if message.type is MessageType.COMMAND and message.is_request:
+            actions.append(CarryOutCommand(message))
+        elif message.type is MessageType.NOTIFICATION and not message.is_request:
+            actions.extend(self._judge(message, now))
+        elif message.sub_type is SubType.RESPONSE:
+            actions.append(Report("response.unmatched", "warning",
+                                  {"id": message.id, "type": str(message.type)}))
+        else:
+            actions.append(Report("request.unexpected", "warning",
+                                  {"id": message.id, "type": str(message.type)}))
+        return actions
+
+    def _judge(self, response: Message, now: float) -> list[Action]:
+        machine = self._delivery
+        if machine is None:
+            return [Report("notification.unexpected_response", "warning", {"id": response.id})]
+        verdict = machine.response_received(response)
+        if verdict is Verdict.ACKNOWLEDGED:
+            return self.wake(now)  # commit it and go on at once
+        if verdict is Verdict.DUPLICATE:
+            return [Report("notification.duplicate_ack", "info", {"id": response.id})]
+        return [Report("notification.response_refused", "warning",
+                       {"id": response.id, "reason": str(verdict)})]
+
+    def binary_received(self, now: float) -> list[Action]:
+        why = "a binary frame is not a message"
+        if self.state is State.CONNECTING:
+            return self._fail("error", f"malformed CONNECT response: {why}", CLOSE_PROTOCOL_ERROR)
+        if self.state is State.CLOSED:
+            return []
+        return self._bad_frame(why, CLOSE_UNSUPPORTED_DATA)
+
+    def ping_received(self, data: bytes) -> list[Action]:
+        return [] if self.state is State.CLOSED else [SendPong(data)]
+
+    def pong_received(self) -> list[Action]:
+        self._awaiting_pong, self.pong_misses = False, 0
+        return []
+
+    def _malformed_command(self, error: CommandDecodeError, now: float) -> list[Action]:
+        reason = str(error)
+        response = messages.command_error_to(error.message_id, 400, reason, now)
+        return [
+            Report("command.done", "warning",
+                   {"id": error.message_id, "status": 400, "reason": reason},
+                   Counter.COMMANDS_400),
+            AnswerMalformedCommand(error.message_id, response, reason),
+        ]
+
+    def _bad_frame(self, why: str, code: int) -> list[Action]:
+        if self._ignore_decoder:
+            return [Report("frame.ignored", "warning", {"reason": why}, Counter.DECODE_ERRORS)]
+        return [
+            Report("frame.rejected", "warning", {"reason": why}, Counter.DECODE_ERRORS),
+            *self.close(code, f"undecodable frame: {why}"),
+        ]
+
+    def _check_time_stamp(self, message: Message) -> list[Action]:
+        if self._warned_milliseconds or not messages.in_milliseconds(message.time_stamp):
+            return []
+        self._warned_milliseconds = True
+        return [Report("message.timestamp_milliseconds", "warning", {
+            "id": message.id, "type": str(message.type), "time_stamp": message.time_stamp,
+        })]
+
     # -- delivery: its steps as actions, one at a time -----------------------------------
 
     def deliver(self, ledger: DeliveryLedger, now: float) -> list[Action]:
@@ -288,6 +419,8 @@ class GroupConnection:
         again meanwhile starts at its new cursor. Only an acknowledgement still to commit
         keeps the machine, with this connection's caps."""
         self._ledger = ledger
+        if self.state is not State.OPEN:
+            return []
         machine = ledger.machine
         if machine is None or machine.awaiting_commit is None:
             return self._begin(LoadPosition(ledger.group_id))
@@ -432,137 +565,6 @@ class GroupConnection:
         self._wait_due = None
         self._delivery.waited()  # the deadline or the fallback poll of the outbox
         return self._advance(now)
-
-    # -- the handshake -------------------------------------------------------------------
-
-    def start(self, now: float) -> list[Action]:
-        """The CONNECT request to write first."""
-        request = messages.connect_request(self._token, now)
-        self._connect_id = request.id
-        return [WriteFrame(request)]
-
-    def connect_written(self, now: float) -> list[Action]:
-        """The CONNECT request is written: its answer is due within the response timeout."""
-        self._answer_due = now + self._response_timeout_s
-        return []
-
-    def write_timed_out(self, now: float) -> list[Action]:
-        """A write did not complete within `notification.sendTimeout`. During CONNECT
-        that fails the handshake; later writes are the driver's and delivery's concern."""
-        if self.state is not State.CONNECTING:
-            return []
-        return self._fail("timeout", f"CONNECT not sent in {self._send_timeout_s * 1000:g} ms",
-                          CLOSE_NORMAL)
-
-    def connection_lost(self, why: str) -> list[Action]:
-        """The transport ended (closed by the endpoint, reset, protocol error)."""
-        if self.state is State.CONNECTING:
-            return self._fail("error", f"connection lost during CONNECT: {why}", CLOSE_NORMAL)
-        self.state, self.close_reason = State.CLOSED, self.close_reason or why
-        return []
-
-    def _connect_answer(self, text: str, now: float) -> list[Action]:
-        try:
-            answer = messages.decode(text, self._max_bytes)
-            if answer.type is not MessageType.CONNECT or answer.is_request:
-                raise DecodeError(f"expected a CONNECT RESPONSE, got {answer.type} "
-                                  f"{answer.sub_type}")
-        except DecodeError as exc:
-            return self._fail("error", f"malformed CONNECT response: {exc}", CLOSE_PROTOCOL_ERROR)
-        if answer.id != self._connect_id:
-            return self._fail("error", "CONNECT response has another id", CLOSE_PROTOCOL_ERROR)
-        try:
-            valid = messages.connect_valid(answer)
-        except DecodeError as exc:
-            return self._fail("error", f"malformed CONNECT response: {exc}", CLOSE_PROTOCOL_ERROR)
-        if not valid:
-            return self._fail("invalid", "the endpoint refused the token", CLOSE_POLICY)
-        self.state, self._answer_due = State.OPEN, None
-        self._next_ping = now + self._keepalive_s
-        return [Opened()]
-
-    def _fail(self, result: str, reason: str, code: int) -> list[Action]:
-        self.state, self.close_reason, self._answer_due = State.CLOSED, reason, None
-        return [HandshakeFailed(result, reason, code)]
-
-    # -- frames --------------------------------------------------------------------------
-
-    def text_received(self, text: str, now: float) -> list[Action]:
-        if self.state is State.CONNECTING:
-            return self._connect_answer(text, now)
-        if self.state is State.CLOSED:
-            return []  # OPEN or CLOSING: what arrives still counts
-        try:
-            message = messages.decode(text, self._max_bytes)
-        except CommandDecodeError as exc:
-            return self._malformed_command(exc, now)
-        except DecodeError as exc:
-            return self._bad_frame(str(exc), CLOSE_PROTOCOL_ERROR)
-        actions: list[Action] = self._check_time_stamp(message)
-        if message.type is MessageType.COMMAND and message.is_request:
-            actions.append(CarryOutCommand(message))
-        elif message.type is MessageType.NOTIFICATION and not message.is_request:
-            actions.extend(self._judge(message, now))
-        elif message.sub_type is SubType.RESPONSE:
-            actions.append(Report("response.unmatched", "warning",
-                                  {"id": message.id, "type": str(message.type)}))
-        else:
-            actions.append(Report("request.unexpected", "warning",
-                                  {"id": message.id, "type": str(message.type)}))
-        return actions
-
-    def _judge(self, response: Message, now: float) -> list[Action]:
-        machine = self._delivery
-        if machine is None:
-            return [Report("notification.unexpected_response", "warning", {"id": response.id})]
-        verdict = machine.response_received(response)
-        if verdict is Verdict.ACKNOWLEDGED:
-            return self.wake(now)  # commit it and go on at once
-        if verdict is Verdict.DUPLICATE:
-            return [Report("notification.duplicate_ack", "info", {"id": response.id})]
-        return [Report("notification.response_refused", "warning",
-                       {"id": response.id, "reason": str(verdict)})]
-
-    def binary_received(self, now: float) -> list[Action]:
-        why = "a binary frame is not a message"
-        if self.state is State.CONNECTING:
-            return self._fail("error", f"malformed CONNECT response: {why}", CLOSE_PROTOCOL_ERROR)
-        if self.state is State.CLOSED:
-            return []
-        return self._bad_frame(why, CLOSE_UNSUPPORTED_DATA)
-
-    def ping_received(self, data: bytes) -> list[Action]:
-        return [] if self.state is State.CLOSED else [SendPong(data)]
-
-    def pong_received(self) -> list[Action]:
-        self._awaiting_pong, self.pong_misses = False, 0
-        return []
-
-    def _malformed_command(self, error: CommandDecodeError, now: float) -> list[Action]:
-        reason = str(error)
-        response = messages.command_error_to(error.message_id, 400, reason, now)
-        return [
-            Report("command.done", "warning",
-                   {"id": error.message_id, "status": 400, "reason": reason},
-                   Counter.COMMANDS_400),
-            AnswerMalformedCommand(error.message_id, response, reason),
-        ]
-
-    def _bad_frame(self, why: str, code: int) -> list[Action]:
-        if self._ignore_decoder:
-            return [Report("frame.ignored", "warning", {"reason": why}, Counter.DECODE_ERRORS)]
-        return [
-            Report("frame.rejected", "warning", {"reason": why}, Counter.DECODE_ERRORS),
-            *self.close(code, f"undecodable frame: {why}"),
-        ]
-
-    def _check_time_stamp(self, message: Message) -> list[Action]:
-        if self._warned_milliseconds or not messages.in_milliseconds(message.time_stamp):
-            return []
-        self._warned_milliseconds = True
-        return [Report("message.timestamp_milliseconds", "warning", {
-            "id": message.id, "type": str(message.type), "time_stamp": message.time_stamp,
-        })]
 
     # -- time and closing ----------------------------------------------------------------
 

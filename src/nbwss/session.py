@@ -313,10 +313,6 @@ class Session:
     def host_name(self) -> str:
         return self.target.host_name
 
-    @property
-    def settings(self) -> Settings:
-        return self._settings
-
     async def send(self, message: Message) -> None:
         """Write one frame (a COMMAND answer; `Link.send`'s contract)."""
         await self._write(messages.encode(message))
