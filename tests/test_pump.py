@@ -291,6 +291,44 @@ async def test_failover_resends_the_outstanding_batch_first(store: Store, runnin
     assert second.job_ids() == [1, 2]
 
 
+async def test_a_stall_is_reported_once_and_its_count_carries_over_a_failover(
+    store: Store, running: Any
+) -> None:
+    put(store, 1)
+    delivery = group_outbox(store)
+    stalling = link_settings(notification_rate_s=0.05, notification_stall_after_sends=3)
+    first = Endpoint(ack=False)
+    with capture_logs() as logged:
+        run = await running(delivery, first, stalling)
+        await first.wait_for(lambda: len(first.sent) == 4)
+        await run.stop()  # the endpoint drops the connection on the batch it refuses
+        second = Endpoint(ack=False)
+        run = await running(delivery, second, stalling, "ep2")
+        await second.wait_for(lambda: len(second.sent) == 2)
+        await run.stop()
+    stalled = [e for e in logged if e["event"] == "notification.stalled"]
+    assert [(e["sends"], e["host"], e["log_level"]) for e in stalled] == [(3, "ep1", "error")]
+    assert delivery.ledger.machine is not None
+    assert delivery.ledger.machine.sends >= 6  # counted on, not from zero
+    assert delivery.ledger.machine.stalled
+
+
+async def test_an_event_too_large_for_a_frame_goes_alone_and_is_reported(
+    store: Store, running: Any
+) -> None:
+    with store.transaction() as conn:
+        outbox.enqueue(conn, [("JOB", {"jobId": 1, "state": "x" * 2000}), ("JOB", job(2))], 0)
+    endpoint = Endpoint()
+    with capture_logs() as logged:
+        run = await running(group_outbox(store), endpoint, link_settings(message_max_bytes=1024))
+        await endpoint.wait_for(lambda: len(endpoint.sent) == 2)
+        await run.stop()
+    assert endpoint.job_ids() == [1, 2]
+    [oversized] = [e for e in logged if e["event"] == "notification.oversized"]
+    assert (oversized["max_bytes"], oversized["first_seq"]) == (1024, 1)
+    assert oversized["size_bytes"] > 1024
+
+
 async def test_restart_resends_the_persisted_batch_with_its_id(tmp_path: Path) -> None:
     before = Store(tmp_path / "db", tmp_path / "key")
     add_group(before)
