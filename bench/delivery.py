@@ -209,7 +209,7 @@ async def throughput(
 
     async def work(settings: Settings) -> tuple[float, float]:
         if precommitted:
-            # The backlog is committed first (no wake-up: the pumps idle on a 5 s poll),
+            # The backlog is committed first (no wake-up: delivery idles on a 5 s poll),
             # then the clock starts with the wake-up: delivery of a durable backlog.
             with store.transaction() as conn:
                 outbox.enqueue(conn, ((obj, data) for obj, data in items), time.time())

@@ -600,10 +600,10 @@ class Session:
     async def _control(
         self, write: Callable[[bytes], Coroutine[Any, Any, None]], data: bytes
     ) -> None:
-        # A failed ping or pong needs no handling: the reader sees the connection end next.
+        # A failed ping or pong needs no handling: the reader sees the connection end next,
+        # and a ping that never goes out is a missed pong.
         with contextlib.suppress(aiohttp.ClientError, OSError):
-            async with asyncio.timeout(self._settings.send_timeout_s):
-                await write(data)
+            await write(data)
 
     def _report(self, report: Report) -> None:
         log_method = {"warning": self._log.warning, "error": self._log.error}.get(
