@@ -220,6 +220,7 @@ class Database:
         self.acked_seq = 0
         self.batch_row: PersistedBatch | None = None
         self.written: list[Message] = []
+        self.committed: set[str] = set()  # ids of the batches whose ack is committed
         self._ids: Iterator[str] = (f"ID-{n}" for n in itertools.count())
 
     def read(self, wanted: EventRange) -> list[OutboxEvent]:
@@ -233,9 +234,11 @@ class Database:
 
     def carry_out(
         self, connection: GroupConnection, actions: list[Action], now: float,
-        *, write_times_out: bool = False,
+        *, write_times_out: bool = False, acked_before_written: bool = False,
     ) -> list[Action]:
-        """Answer every delivery operation (and those they lead to); the other actions."""
+        """Answer every delivery operation (and those they lead to); the other actions.
+        `acked_before_written`: the endpoint's ack of a batch arrives before its write is
+        known to be complete (the frame went out, the driver still awaited the drain)."""
         rest: list[Action] = []
         todo = list(actions)
         while todo:
@@ -253,12 +256,18 @@ class Database:
                 assert self.batch_row == action.batch.persisted()  # never before its row
                 if write_times_out:
                     todo += connection.batch_write_timed_out(now)
+                elif acked_before_written:
+                    self.written.append(action.batch.message)
+                    ack_first = response_to(action.batch.message, [], now)
+                    todo += connection.text_received(encode(ack_first), now)
+                    todo += connection.batch_written(now)
                 else:
                     self.written.append(action.batch.message)
                     todo += connection.batch_written(now)
             elif isinstance(action, CommitAck):
                 commit = action.commit  # one transaction: the cursor and the next row
                 self.acked_seq, self.batch_row = commit.last_seq, commit.next_row
+                self.committed.add(commit.acknowledged.id)
                 todo += connection.ack_committed(commit, now, 0)
             else:
                 rest.append(action)
@@ -330,6 +339,19 @@ def test_the_fallback_poll_and_a_wake_up_read_the_outbox_again() -> None:
     assert connection.events_read([], T0 + 5.3, "ID-2") == []  # consumed: once only
     assert connection.next_deadline() == T0 + 10.3
     assert connection.wake(T0 + 6) == [ReadEvents(EventRange(0, 500))]
+
+
+def test_a_wake_up_during_a_write_is_answered_by_the_read_that_follows_it() -> None:
+    connection = opened(Settings(keepalive_rate_s=1000.0, notification_rate_s=5.0))
+    [_load] = connection.deliver(DeliveryLedger("G1"), T0)
+    [_read] = connection.position_loaded(GroupPosition(0, None), T0)
+    [_persist] = connection.events_read(events("JOB"), T0, "ID-1")
+    [_write] = connection.persist_done("ID-1", T0)
+    assert connection.wake(T0) == []  # the write is under way
+    _sent, read_ahead = connection.batch_written(T0)
+    assert read_ahead == ReadEvents(EventRange(1, 500, ahead=True))
+    assert connection.events_read([], T0, "ID-2") == []  # that read answered the wake-up
+    assert connection.next_deadline() == T0 + 5.0
 
 
 def test_a_write_past_the_send_timeout_counts_as_not_sent_and_goes_after_the_rate() -> None:
@@ -469,7 +491,8 @@ def test_whatever_happens_there_is_one_close_and_the_pong_rule_holds(
 
 RATE = 5.0
 DELIVERY_STEPS = st.sampled_from(
-    ["ack", "lose", "wrong", "wait", "wake", "queue", "timeout", "failover", "restart"]
+    ["ack", "lose", "wrong", "wait", "wake", "queue", "timeout", "early_ack", "failover",
+     "ack_while_closing", "restart"]
 )
 OBJECTS = st.sampled_from(["JOB", "IMAGE"])
 
@@ -501,17 +524,15 @@ def test_whatever_happens_the_core_delivers_in_order_across_failovers_and_restar
     ledger = DeliveryLedger("G1")
     now = T0
     connection = delivering(ledger, db, now, max_batch)
-    acknowledged: set[str] = set()
     total = len(initial) + sum(len(queued) for step, queued in steps if step == "queue")
     settle: list[tuple[str, list[str]]] = [("wait", []), ("ack", [])] * (2 * total + 10)
     for step, queued in [*steps, *settle]:
         actions: list[Action] = []
-        if step in ("ack", "wrong") and db.written:
-            payload: list[Any] = [] if step == "ack" else [{"refused": True}]
+        if step in ("ack", "early_ack", "wrong") and db.written:
+            payload: list[Any] = [{"refused": True}] if step == "wrong" else []
             actions = connection.text_received(text(response_to(db.written[-1], payload, now)),
                                                now)
-            acknowledged |= {c.commit.acknowledged.id for c in commits(actions)}
-        elif step == "wait":
+        elif step in ("wait", "timeout"):  # timeout: the write now due takes too long
             now += RATE
             actions = connection.tick(now)
         elif step == "wake":
@@ -522,13 +543,29 @@ def test_whatever_happens_the_core_delivers_in_order_across_failovers_and_restar
         elif step == "failover":
             connection.connection_lost("gone")
             connection = delivering(ledger, db, now, max_batch)
+        elif step == "ack_while_closing" and db.written:
+            # The close is decided, then the endpoint's ack arrives: it still commits.
+            connection.close(1001, "going away")
+            closing = connection.text_received(text(response_to(db.written[-1], [], now)), now)
+            assert all(isinstance(a, (CommitAck, Report)) for a in closing)
+            db.carry_out(connection, closing, now)
+            connection.connection_lost("closed")
+            connection = delivering(ledger, db, now, max_batch)
         elif step == "restart":
             connection.connection_lost("killed")
             ledger = DeliveryLedger("G1")
             connection = delivering(ledger, db, now, max_batch)
-        db.carry_out(connection, actions, now, write_times_out=step == "timeout")
-        assert len({m.id for m in db.written} - acknowledged) <= 1
+        # early_ack: the ack of each batch written next beats the end of its write.
+        db.carry_out(connection, actions, now, write_times_out=step == "timeout",
+                     acked_before_written=step == "early_ack")
+        assert len({m.id for m in db.written} - db.committed) <= 1
         assert connection.next_deadline() is not None  # delivery never stops waiting
+    assert_delivered_in_order(db)
+
+
+def assert_delivered_in_order(db: Database) -> None:
+    """Every event arrived once in order (resends aside, each the same bytes), one
+    element per object type per message, and every ack is committed."""
     first_copy: dict[str, str] = {}
     order: list[int] = []
     for message in db.written:
