@@ -368,6 +368,21 @@ def test_a_write_past_the_send_timeout_counts_as_not_sent_and_goes_after_the_rat
     assert len(db.written) == 1
 
 
+def test_a_write_lost_with_the_connection_counts_as_not_sent_and_closes() -> None:
+    connection = opened(Settings(keepalive_rate_s=1000.0))
+    ledger = DeliveryLedger("G1")
+    [_load] = connection.deliver(ledger, T0)
+    [_read] = connection.position_loaded(GroupPosition(0, None), T0)
+    [_persist] = connection.events_read(events("JOB"), T0, "ID-1")
+    [_write] = connection.persist_done("ID-1", T0)
+    assert connection.batch_write_failed(T0, "reset") == [Close(1001, "delivery stopped: reset")]
+    assert ledger.machine is not None
+    assert ledger.machine.sends == 0
+    failed_store = opened()
+    failed_store.deliver(DeliveryLedger("G1"), T0)
+    assert failed_store.operation_failed() == [Close(1011, "delivery failed")]
+
+
 def test_no_delivery_operation_once_the_connection_closes() -> None:
     connection = opened()
     ledger = DeliveryLedger("G1")

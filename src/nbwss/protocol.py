@@ -499,6 +499,20 @@ class GroupConnection:
         report = Report("notification.send_timeout", "warning", _batch_fields(write.batch))
         return [report, *self._advance(now)]
 
+    def batch_write_failed(self, now: float, why: str) -> list[Action]:
+        """The answer to `WriteBatch` when the connection failed under it: not sent (the
+        next connection sends it again), and this one closes."""
+        write, self._operation = self._operation, None
+        if isinstance(write, WriteBatch) and self._delivery is not None:
+            self._delivery.write_timed_out(write.batch.id, now)
+        return self.close(CLOSE_GOING_AWAY, f"delivery stopped: {why}")
+
+    def operation_failed(self) -> list[Action]:
+        """A store call failed (the driver logs why): the connection closes, and the
+        group's next connection starts again from the database."""
+        self._operation = None
+        return self.close(CLOSE_INTERNAL_ERROR, "delivery failed")
+
     def ack_committed(self, commit: AckCommit, now: float, purged: int) -> list[Action]:
         """The answer to `CommitAck`: the cursor moved (and `purged` rows went)."""
         self._operation = None

@@ -64,8 +64,6 @@ from nbwss.neterrors import describe
 from nbwss.outbound import Proxy, request_options
 from nbwss.properties import Settings
 from nbwss.protocol import (
-    CLOSE_GOING_AWAY,
-    CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
     Action,
     AnswerMalformedCommand,
@@ -439,13 +437,7 @@ class Session:
         if self._delivery is not None:
             self._carry_out_all(self._core.deliver(self._delivery.ledger, self._clock()), group)
         while True:
-            deadline = self._core.next_deadline()
-            if not self._attention.is_set():
-                delay = None if deadline is None else deadline - self._clock()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay if delay is None or delay > 0 else 0):
-                        await self._attention.wait()
-            self._attention.clear()
+            await self._attend()
             pending = self._pending
             if pending is not None and pending.future.done():
                 self._pending = None
@@ -462,6 +454,17 @@ class Session:
             deadline = self._core.next_deadline()
             if deadline is not None and now >= deadline:
                 self._carry_out_all(self._core.tick(now), group)
+
+    async def _attend(self) -> None:
+        """Until something happened (a frame, an operation done, a wake-up) or the
+        core's next deadline: the loop's one wait and one timer."""
+        if not self._attention.is_set():
+            deadline = self._core.next_deadline()
+            delay = None if deadline is None else max(0.0, deadline - self._clock())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._attention.wait()
+        self._attention.clear()
 
     async def _settle_store_operation(self) -> None:
         """A store call still running when the connection ended is waited for (it cannot
@@ -565,10 +568,11 @@ class Session:
         self._attention.set()
 
     async def _write_batch(self, batch: Batch) -> Exception | None:
-        """Write a NOTIFICATION; its failure is an outcome for the loop, not the group's."""
+        """Write a NOTIFICATION; a failure is an outcome for the loop (`_finished`), never
+        one that ends the connection's TaskGroup."""
         try:
             await self._write(messages.encode(batch.message))
-        except (TimeoutError, ConnectionError) as exc:
+        except Exception as exc:  # judged in `_finished`
             return exc
         return None
 
@@ -578,17 +582,19 @@ class Session:
         future, operation = pending.future, pending.operation
         if future.cancelled():
             return []
-        error = future.exception()
+        error, now = future.exception(), self._clock()
+        if isinstance(operation, WriteBatch) and error is None:
+            error = future.result()
+            if error is None:
+                return self._core.batch_written(now)
+            if isinstance(error, TimeoutError):
+                return self._core.batch_write_timed_out(now)
+            if isinstance(error, ConnectionError):
+                return self._core.batch_write_failed(now, str(error))
         if error is not None:
             self._log.error("delivery.failed", exc_info=error)
-            return self._core.close(CLOSE_INTERNAL_ERROR, "delivery failed")
-        result, now = future.result(), self._clock()
-        if isinstance(operation, WriteBatch):
-            if result is None:
-                return self._core.batch_written(now)
-            if isinstance(result, TimeoutError):
-                return self._core.batch_write_timed_out(now)
-            return self._core.close(CLOSE_GOING_AWAY, f"delivery stopped: {result}")
+            return self._core.operation_failed()
+        result = future.result()
         if isinstance(operation, ReadEvents):
             return self._core.events_read(result, now, messages.new_id())
         if isinstance(operation, PersistBatch):
