@@ -323,6 +323,8 @@ def test_delivery_steps_are_actions_one_at_a_time() -> None:
     assert (acked.event, acked.amount, acked.fields["purged"]) == ("notification.acked", 1, 1)
     assert ledger.last_ack_at == T0 + 2
     assert read == ReadEvents(EventRange(1, 500))
+    # The ack ended the wait: once read after the cursor moved, delivery waits again.
+    assert connection.events_read([], T0 + 2, "ID-3") == []
 
 
 def test_the_fallback_poll_and_a_wake_up_read_the_outbox_again() -> None:

@@ -526,9 +526,14 @@ class GroupConnection:
         return [report, *self._advance(now)]
 
     def wake(self, now: float) -> list[Action]:
-        """New outbox rows may be committed (`nbwss notify`, the poller): look now, or
-        after the operation under way."""
-        self._woken = True
+        """New outbox rows may be committed (`nbwss notify`, the poller), or an ack came:
+        the wait ends now, or, with an operation under way, the next wait ends at once."""
+        machine = self._delivery
+        if machine is None or self._wait_due is None:
+            self._woken = True
+            return self._advance(now)
+        self._wait_due = None
+        machine.waited()
         return self._advance(now)
 
     def _begin(self, operation: DeliveryOperation) -> list[Action]:
