@@ -284,3 +284,107 @@ def test_a_known_group_loads_its_position_without_the_write_lock(tmp_path: Path)
     finally:
         writer.close()
         store.close()
+
+
+def test_backlog_counts_match_the_rows_after_each_cursor(store: Store) -> None:
+    """The backlog is arithmetic on the seq run (no COUNT): it must agree with counting,
+    through intake, a rolled-back intake, acks, purges, retention and a group added
+    after the outbox emptied (its cursor is then below the run)."""
+
+    def check() -> None:
+        with store.reading() as conn:
+            counted = dict(conn.execute(
+                "SELECT c.group_id, (SELECT COUNT(*) FROM outbox o WHERE o.seq > c.acked_seq)"
+                " FROM group_cursors c"
+            ).fetchall())  # fmt: skip
+        assert {g.group_id: g.backlog for g in outbox.backlog(store, T0)} == counted
+
+    add_group(store, "G1")
+    check()
+    put(store, 1, 2, 3)
+    add_group(store, "G2")
+    check()
+    def rolled_back() -> None:
+        with store.transaction() as conn:
+            outbox.enqueue(conn, [("JOB", job(4))], T0)
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        rolled_back()
+    assert put(store, 5, 6, now=T0 + 40 * DAY) == 5  # seqs 4 and 5: no gap where 4 was
+    check()
+    outbox.acknowledge(store, "G1", 2, T0)
+    outbox.acknowledge(store, "G2", 4, T0)
+    assert seqs(store) == [3, 4, 5]
+    check()
+    outbox.acknowledge(store, "G1", 4, T0)
+    assert seqs(store) == [5]
+    check()
+    outbox.acknowledge(store, "G2", 5, T0)
+    outbox.acknowledge(store, "G1", 5, T0)  # the outbox is empty now
+    put(store, 7, now=T0 + 40 * DAY)
+    check()
+    store.delete_endpoint("g1.test")
+    store.delete_endpoint("g2.test")
+    outbox.purge(store)  # no group: everything goes
+    assert seqs(store) == []
+    add_group(store, "G3")  # the outbox is empty: its cursor starts at 0, below the run
+    put(store, 8, 9, now=T0)
+    check()
+    put(store, 10, now=T0 + 40 * DAY)
+    outbox.expire(store, T0 + 35 * DAY, retention_days=30)
+    check()
+    assert [g.backlog for g in outbox.backlog(store, T0)] == [1]
+
+
+def test_a_new_store_gives_back_the_pages_a_drained_backlog_freed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "nbwss.db", tmp_path / "nbwss.key")
+    try:
+        with store.reading() as conn:
+            assert conn.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # INCREMENTAL
+        add_group(store, "G1")
+        last = put(store, *range(20_000))
+        outbox.acknowledge(store, "G1", last, T0)  # purged as it commits; pages kept
+        with store.reading() as conn:
+            (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        grown = store.path.stat().st_size
+        assert free > 100
+        assert outbox.reclaim_free_pages(store, pages_per_step=64) == free  # several steps
+        with store.reading() as conn:
+            assert conn.execute("PRAGMA freelist_count").fetchone() == (0,)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert store.path.stat().st_size < grown / 10
+        assert seqs(store) == []
+        assert put(store, 1) == last + 1  # and it works on as before
+    finally:
+        store.close()
+
+
+def test_an_older_store_without_auto_vacuum_keeps_and_reuses_its_free_pages(
+    tmp_path: Path,
+) -> None:
+    """A store made before release 2 has auto_vacuum=NONE: reclaiming does nothing (and
+    does not loop), and the free pages serve the next backlog instead of growing the file."""
+    path = tmp_path / "nbwss.db"
+    old = sqlite3.connect(path)
+    old.execute("PRAGMA auto_vacuum = NONE")
+    old.execute("CREATE TABLE placeholder (x)")  # fixes the mode, as an old schema did
+    old.close()
+    store = Store(path, tmp_path / "nbwss.key")
+    try:
+        with store.reading() as conn:
+            assert conn.execute("PRAGMA auto_vacuum").fetchone() == (0,)
+        add_group(store, "G1")
+        outbox.acknowledge(store, "G1", put(store, *range(20_000)), T0)
+        assert outbox.purge(store) == 0
+        with store.reading() as conn:
+            assert conn.execute("PRAGMA freelist_count").fetchone()[0] > 100
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        grown = path.stat().st_size
+        outbox.acknowledge(store, "G1", put(store, *range(20_000)), T0)
+        with store.reading() as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert path.stat().st_size < grown * 1.05  # not twice: the free pages were reused
+    finally:
+        store.close()
