@@ -26,6 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
         (["delivery", "--events", "2000", "--groups", "2", "--group-events", "100",
           "--samples", "5", "--cli-samples", "1"], "backlog drained vs bare client, durable: "),
         (["intake", "--quick"], "notify one event, wall (median of 3): nbwss "),
+        (["backlog", "--small", "500", "--repeat", "1", "--big", "2000"],
+         "drain rate, backlog 2,000: nbwss "),
+        (["idle", "--groups", "5", "--seconds", "1"], "5 groups idle, "),
     ],
     ids=lambda value: value[0] if isinstance(value, list) else "",
 )
