@@ -1,0 +1,55 @@
+"""`OutboxWatch`: one read of the outbox's head a period wakes every pump when it moved."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nbwss import outbox
+from nbwss.store import Store
+from nbwss.wake import OutboxWatch, Waker
+from tests.conftest import timeout
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path / "nbwss.db", tmp_path / "nbwss.key")
+    yield store
+    store.close()
+
+
+async def reads_reach(watch: OutboxWatch, count: int) -> None:
+    watch.read_done = watch.read_done or asyncio.Event()
+    async with asyncio.timeout(timeout(10)):
+        while watch.reads < count:
+            watch.read_done.clear()
+            await watch.read_done.wait()
+
+
+async def test_rows_queued_without_a_wake_wake_every_pump_once(store: Store) -> None:
+    waker = Waker()
+    pumps = [asyncio.Event(), asyncio.Event()]
+    for event in pumps:
+        waker.register(event)
+    with store.transaction() as conn:  # queued before the watch starts: not news to it
+        outbox.enqueue(conn, [("JOB", {"jobId": 1})], 0.0)
+    watch = OutboxWatch(store, waker, period_s=0.01)
+    task = asyncio.create_task(watch.run())
+    try:
+        await reads_reach(watch, 3)
+        assert not any(event.is_set() for event in pumps)  # the head did not move
+        with store.transaction() as conn:  # another process's commit, its datagram lost
+            outbox.enqueue(conn, [("JOB", {"jobId": 2})], 0.0)
+        async with asyncio.timeout(timeout(10)):
+            await asyncio.gather(*(event.wait() for event in pumps))
+        for event in pumps:
+            event.clear()
+        await reads_reach(watch, watch.reads + 3)
+        assert not any(event.is_set() for event in pumps)  # woken once, not every period
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
