@@ -418,6 +418,9 @@ PROPERTIES: tuple[Property, ...] = (
     Property("status.maxBacklogAge", "status_max_backlog_age_s", _seconds, "600",
              "Seconds the oldest unacknowledged notification of a group may wait before "
              "`nbwss status --check` and /ready report the group as failing."),
+    Property("eventLoop", "event_loop", _choice("auto", "asyncio", "uvloop"), "auto",
+             "The daemon's event loop: auto takes uvloop when it is installed (nbwss[speed]), "
+             "else asyncio's; uvloop refuses to start without it."),
     Property("log.level", "log_level", _choice("debug", "info", "warning", "error"), "info",
              "Least severe log events written.",
              applies=Applies.NOW),
@@ -476,6 +479,7 @@ class Settings:
     status_max_backlog_age_s: float = 600.0
     log_level: str = "info"
     log_format: str = "auto"
+    event_loop: str = "auto"
     warnings: tuple[str, ...] = field(default=(), compare=False)
     source: Path | None = field(default=None, compare=False)
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 from typing import Any
 
-from nbwss import properties
+from nbwss import eventloop, properties
 from nbwss.commands import Context, examples
 from nbwss.daemon import build_service, instance_lock
 from nbwss.doctor import check_key
@@ -41,7 +40,7 @@ def handle(args: argparse.Namespace, context: Context) -> int:
         check_key(context.store, settings)  # a wrong key stops here, naming both paths
         service = build_service(settings, context.store, reload_settings=reload_settings)
         try:
-            asyncio.run(service.async_run())
+            eventloop.run(service.async_run(), settings.event_loop)
         except Exception as exc:
             user_error = _only_user_errors(exc)
             if user_error is not None:
