@@ -21,7 +21,7 @@ from nbwss.errors import (
     NotFoundError,
     StoreError,
 )
-from nbwss.store import MIGRATIONS, Store, open_database
+from nbwss.store import JOURNAL_SIZE_LIMIT_BYTES, MIGRATIONS, Store, open_database
 from tests.strategies import valid_details
 
 TOKEN = "tok-3f9a61c2e0b84d7aa1e5-secret-value"
@@ -352,5 +352,26 @@ def test_any_valid_details_are_stored_and_read_back(
                 endpoint.url, endpoint.group_id, endpoint.priority
             )
             assert store.token(endpoint.host_name) == endpoint.token
+    finally:
+        store.close()
+
+
+def test_the_wal_is_cut_back_after_a_large_transaction(tmp_path: Path) -> None:
+    """SQLite keeps the WAL at its largest unless told: after a big intake and a
+    checkpoint, the next write truncates it to `JOURNAL_SIZE_LIMIT_BYTES`."""
+    store = Store(tmp_path / "nbwss.db", tmp_path / "nbwss.key")
+    wal = tmp_path / "nbwss.db-wal"
+    try:
+        with store.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO outbox (object, data, queued_at) VALUES ('JOB', ?, 0)",
+                (("x" * 1000,) for _ in range(2 * JOURNAL_SIZE_LIMIT_BYTES // 1000)),
+            )
+        assert wal.stat().st_size > JOURNAL_SIZE_LIMIT_BYTES
+        with store.reading() as conn:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        with store.transaction() as conn:  # the next write starts the WAL over, cut back
+            conn.execute("INSERT INTO outbox (object, data, queued_at) VALUES ('JOB', '{}', 0)")
+        assert wal.stat().st_size <= JOURNAL_SIZE_LIMIT_BYTES
     finally:
         store.close()
