@@ -178,6 +178,16 @@ def test_malformed_headers_are_refused(headers: Any) -> None:
     assert (refusal.status, refusal.field) == (400, "headers")
 
 
+def test_a_header_set_seen_before_gets_the_same_answer() -> None:
+    # The check is cached by the header pairs: a number equal to an accepted string's
+    # value, or a repeat after a refusal, must not pick up another set's answer.
+    assert accepted(command(headers={"X-Number": "1"})).headers == (("X-Number", "1"),)
+    assert refused(command(headers={"X-Number": 1})).field == "headers"
+    assert refused(command(headers={"X-Number": True})).field == "headers"
+    assert refused(command(headers={"X-List": ["1"]})).field == "headers"
+    assert accepted(command(headers={"X-Number": "1"})).headers == (("X-Number", "1"),)
+
+
 def test_hop_by_hop_and_host_headers_are_dropped() -> None:
     headers = {
         "Host": "evil.example", "Connection": "keep-alive, X-Secret-Hop",

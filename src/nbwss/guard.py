@@ -267,8 +267,20 @@ def check_headers(headers: Any) -> tuple[tuple[str, str], ...] | Refusal:
         return _malformed("headers", "must be an object of strings")
     if len(headers) > MAX_HEADERS:
         return _malformed("headers", f"more than {MAX_HEADERS} headers")
+    try:
+        return _check_header_items(tuple(headers.items()))
+    except TypeError:  # unhashable, so a value that is no string (a list, an object)
+        return _malformed("headers", "must be an object of strings")
+
+
+@functools.lru_cache(maxsize=256)
+def _check_header_items(
+    items: tuple[tuple[Any, Any], ...],
+) -> tuple[tuple[str, str], ...] | Refusal:
+    # Cached, as `_check_uri_text`: an app sends the same few header sets again and again,
+    # and the answer depends on nothing else. A refusal is cached too (it is a value).
     forwarded: list[tuple[str, str]] = []
-    for name, value in headers.items():
+    for name, value in items:
         if not isinstance(name, str) or not isinstance(value, str):
             return _malformed("headers", "must be an object of strings")
         if "\r" in name or "\n" in name or "\r" in value or "\n" in value:

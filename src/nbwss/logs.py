@@ -96,7 +96,8 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
     Runs for every event (each COMMAND, each batch), so plain values take a short path."""
     secrets = _ordered_secrets
     for key, value in event_dict.items():  # values replaced in place: the keys stay
-        if _is_secret_name(key):
+        # Keys are the call's keyword names, so strings (`_is_secret_name`, inline).
+        if key.lower() in SECRET_FIELDS:
             event_dict[key] = REDACTED
         elif type(value) is str:
             if secrets:
@@ -162,6 +163,21 @@ def is_journal(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
     return expected == f"{status.st_dev}:{status.st_ino}"
 
 
+def _render_json(event_dict: Mapping[str, Any], **_: Any) -> str:
+    """One event as a JSON line, by an encoder made once (`json.dumps` with `default`
+    makes one per call); what JSON cannot hold is written as its repr()."""
+    global _json_encoder
+    if _json_encoder is None:
+        import json
+
+        _json_encoder = json.JSONEncoder(default=repr)
+    line: str = _json_encoder.encode(event_dict)
+    return line
+
+
+_json_encoder: Any = None
+
+
 def _with_priority(renderer: Any) -> Any:
     """Render, then prefix the line with its syslog priority for journald."""
 
@@ -222,7 +238,7 @@ def _apply_pending() -> None:
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=False)
         if fmt == "console"
-        else structlog.processors.JSONRenderer(sort_keys=False)
+        else structlog.processors.JSONRenderer(_render_json)
     )
     if is_journal(stream):
         renderer = _with_priority(renderer)

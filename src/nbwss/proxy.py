@@ -33,6 +33,7 @@ outcome unknown to the app.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import ssl
 import time
@@ -40,10 +41,10 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from nbwss import metrics
@@ -250,7 +251,8 @@ class CommandProxy:
                 async with self._session.request(
                     api_request.method,
                     url,
-                    headers=CIMultiDict(api_request.headers),
+                    # The checked pairs as they are: aiohttp builds its own multidict.
+                    headers=api_request.headers,
                     data=api_request.body,
                     allow_redirects=False,
                 ) as response:
@@ -305,7 +307,7 @@ class CommandProxy:
     def _record(
         self, request: Message, link: Link, method: str, uri: str, answer: Answer, took: float
     ) -> None:
-        metrics.COMMANDS.labels(status=str(answer.status)).inc()
+        _commands_counted(answer.status).inc()
         metrics.COMMAND_SECONDS.observe(took)
         event = log.info if answer.reason is None else log.warning
         event(
@@ -322,12 +324,24 @@ class CommandProxy:
         )
 
 
+@functools.lru_cache(maxsize=64)
+def _commands_counted(status: int) -> Any:
+    """The `nbwss_commands_total` child of one status (prometheus' `labels` lookup costs
+    a COMMAND more than the count itself)."""
+    return metrics.COMMANDS.labels(status=str(status))
+
+
 def _api_answer(status: int, headers: CIMultiDictProxy[str], raw: bytes) -> Answer:
     # Hop-by-hop headers describe the daemon's HTTP connection to the API, not the answer.
-    hop_by_hop = HOP_BY_HOP | connection_options(headers.items())
+    hop_by_hop = (
+        HOP_BY_HOP | connection_options(headers.items()) if "Connection" in headers
+        else HOP_BY_HOP
+    )  # fmt: skip
     names: dict[str, str] = {}
     for raw_name, raw_value in headers.items():
-        key, value = _text(raw_name).lower(), _text(raw_value)
+        # `_text` only for what is not ASCII (rare): a call per header costs every COMMAND.
+        key = (raw_name if raw_name.isascii() else _text(raw_name)).lower()
+        value = raw_value if raw_value.isascii() else _text(raw_value)
         if key in hop_by_hop:
             continue
         names[key] = f"{names[key]}, {value}" if key in names else value
