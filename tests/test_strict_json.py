@@ -135,7 +135,8 @@ def test_notification_data_at_its_limit_still_decodes_inside_a_frame() -> None:
 # digest (a hash of whatever the REST API sent, NaN included), and the stand-in REST
 # API's pages (a test makes a record hold what a faulty API could send).
 DISPLAY_ONLY = {("messages.py", "_show"), ("notifications.py", "_show"),
-                ("mapping.py", "record_digest"), ("restapi.py", "_api_json")}
+                ("mapping.py", "record_digest"), ("restapi.py", "_api_json"),
+                ("logs.py", "_render_json")}  # a log line, as structlog's own renderer
 
 
 def _encoder_calls(tree: ast.AST) -> list[tuple[str, ast.Call]]:
@@ -181,3 +182,38 @@ def test_the_scan_finds_encoders() -> None:
     """The scan above is not vacuous: it sees a call without the flag."""
     calls = _encoder_calls(ast.parse("import json\ndef f():\n    return json.dumps(1)\n"))
     assert [(f, c.lineno) for f, c in calls] == [("f", 3)]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (' {"a": 1}', {"a": 1}),
+        ('{"a": 1} \t\r\n', {"a": 1}),
+        ("\n[1, 2]\n", [1, 2]),
+        ('"x"', "x"),
+        ("7", 7),
+    ],
+)
+def test_json_whitespace_around_a_value_is_accepted(text: str, expected: object) -> None:
+    assert strictjson.loads(text) == expected
+    assert strictjson.loads(text.encode()) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"a": 1} x', "line 3 is not JSON: Extra data at offset 9"),
+        ('{"a": 1}{}', "line 3 is not JSON: Extra data at offset 8"),
+        ("[1] 2", "line 3 is not JSON: Extra data at offset 4"),
+        ('{"a": 1}\u00a0', "line 3 is not JSON: Extra data at offset 8"),
+        ("", "line 3 is not JSON: Expecting value at offset 0"),
+        ("  ", "line 3 is not JSON: Expecting value at offset 2"),
+        ('{"a": }', "line 3 is not JSON: Expecting value at offset 6"),
+    ],
+)
+def test_text_that_is_not_one_json_value_is_named_with_its_offset(
+    text: str, message: str
+) -> None:
+    with pytest.raises(strictjson.StrictJsonError) as caught:
+        strictjson.loads(text, "line 3")
+    assert str(caught.value) == message
