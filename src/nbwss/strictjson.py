@@ -175,7 +175,8 @@ _DECODER_NAMING_INTEGERS: Final = json.JSONDecoder(
 )
 
 
-_scan_once: Final = _DECODER.scan_once
+# `scan_once` is set by JSONDecoder.__init__ (the C scanner), not declared in its stubs.
+_scan_once: Final[Callable[[str, int], tuple[Any, int]]] = getattr(_DECODER, "scan_once")  # noqa: B009
 _JSON_WHITESPACE: Final = " \t\n\r"
 
 
