@@ -39,12 +39,27 @@ def test_the_chosen_command_skips_global_options(argv: list[str], chosen: str | 
     assert cli._chosen_command(argv) == chosen
 
 
-def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("argv", [["--help"], ["--help", "notify"], ["-c", "x", "-h", "run"]])
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     with pytest.raises(SystemExit):
-        cli.main(["--help"])
+        cli.main(argv)
     out = capsys.readouterr().out
     for name in cli.COMMANDS:
         assert f"    {name} " in out
+
+
+def test_a_named_command_gets_only_its_own_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each parser costs `nbwss notify` (once per event) argparse's set-up."""
+    with pytest.raises(SystemExit):
+        cli.main(["notify", "--help"])
+    assert capsys.readouterr().out.startswith("usage: nbwss notify ")
+    assert _command_names(["-c", "x", "notify", "-"]) == ["notify"]
+    assert _command_names(["notfy"]) == list(cli.COMMANDS)  # the error lists them all
+
+
+def _command_names(argv: list[str]) -> list[str]:
+    (commands,) = (a for a in cli.build_parser(argv)._actions if a.dest == "command")
+    return list(commands.choices or ())
 
 
 def test_notify_starts_without_loading_aiohttp_or_the_demo() -> None:

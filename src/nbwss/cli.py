@@ -52,18 +52,23 @@ COMMANDS: dict[str, str] = {
 
 
 def _chosen_command(argv: Sequence[str]) -> str | None:
-    """The command named on the line, skipping the global options and their values."""
+    """The command named on the line, skipping the global options and their values;
+    None when `nbwss --help` comes first (its list of commands needs them all)."""
     words = iter(argv)
     for word in words:
         if word in ("-c", "--config"):
             next(words, None)
+        elif word in ("-h", "--help"):
+            return None
         elif not word.startswith("-"):
             return word
     return None
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; with `argv`, only the command it names is loaded (all of them without)."""
+    """The parser; with `argv` naming a command, only that command's parser is made (each
+    costs `nbwss notify`, once per event, argparse's set-up); all of them otherwise, so a
+    misspelt command is told the list."""
     parser = _Parser(
         prog="nbwss",
         description="NetBackup WebSocket Service: keeps the master server connected to "
@@ -90,7 +95,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for name, summary in COMMANDS.items():
         if chosen in (None, name):
             importlib.import_module(f"nbwss.commands.{name}").register(commands)
-        else:
+        elif chosen not in COMMANDS:
             commands.add_parser(name, help=summary)
     return parser
 
