@@ -13,7 +13,8 @@ import pytest
 from tests.conftest import timeout
 
 HEAVY = ("asyncio", "aiohttp", "structlog", "cryptography", "ssl", "prometheus_client",
-         "tenacity", "logging")  # fmt: skip
+         "tenacity", "logging",
+         "dataclasses")  # with `inspect`, a tenth of a notify's wall time (issue 14)  # fmt: skip
 
 # Runs `nbwss ARGS...` in a fresh interpreter, then prints which heavy packages it loaded.
 PROBE = f"""

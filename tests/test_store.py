@@ -195,6 +195,14 @@ def test_add_then_list_show_and_token(store: Store) -> None:
     assert store.token("a.example") == TOKEN
 
 
+def test_has_endpoints_until_the_last_is_deleted(store: Store) -> None:
+    assert not store.has_endpoints()
+    store.add_endpoint(details("h1"), CERT, "AB")
+    assert store.has_endpoints()
+    store.delete_endpoint("h1")
+    assert not store.has_endpoints()
+
+
 def test_adding_a_host_twice_is_refused_and_changes_nothing(store: Store) -> None:
     store.add_endpoint(details("h1"), CERT, "AB")
     with pytest.raises(AlreadyExistsError, match=f"^{MSG_EXISTS}: h1$"):

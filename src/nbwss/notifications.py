@@ -12,8 +12,7 @@ import itertools
 import json
 import operator
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from nbwss import strictjson
 from nbwss.errors import NotificationError
@@ -28,9 +27,11 @@ ENVELOPE_DEPTH: Final = 4
 DATA_MAX_DEPTH: Final = strictjson.MAX_DEPTH - ENVELOPE_DEPTH
 
 
-@dataclass(frozen=True, slots=True)
-class Field:
-    """One required field: its type, and where the spec lists them, its allowed values."""
+class Field(NamedTuple):
+    """One required field: its type, and where the spec lists them, its allowed values.
+
+    (Tuples, not dataclasses: `nbwss notify` imports this once per event, and must not
+    pay for `dataclasses`.)"""
 
     name: str
     kind: type
@@ -95,8 +96,7 @@ def _check_field(spec: Field, value: Any) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class _FastCheck:
+class _FastCheck(NamedTuple):
     """`FIELDS` of one object regrouped by rule, so that a notification that fits (nearly
     all of them) is passed in one loop per rule, without a call per field; the first
     failure is then named by the field-by-field loop of `validate`."""

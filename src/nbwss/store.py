@@ -27,11 +27,13 @@ from nbwss.errors import (
     NotFoundError,
     StoreError,
 )
-from nbwss.values import EndpointRecord
 from nbwss.vault import TokenVault, create_private_file
 
 if TYPE_CHECKING:  # endpoints.py brings aiohttp, which `nbwss notify` must not pay for
     from nbwss.endpoints import EndpointDetails
+
+    # values.py makes dataclasses: imported where records are made, not by `nbwss notify`.
+    from nbwss.values import EndpointRecord
 
 # Each entry upgrades the schema by one version; never edit a released one, append.
 MIGRATIONS: tuple[str, ...] = (
@@ -313,8 +315,18 @@ class Store:
         except StoreError as exc:
             raise StoreError(f"{MSG_TRUSTSTORE_WRITE}: {exc}") from None
 
+    def has_endpoints(self) -> bool:
+        """Whether any endpoint is configured (`nbwss notify` warns when none is). Read
+        from the table itself, not its smaller index, so damage there is seen as by
+        `endpoints`."""
+        with self.reading() as conn:
+            found = conn.execute("SELECT 1 FROM endpoints NOT INDEXED LIMIT 1").fetchone()
+        return found is not None
+
     def endpoints(self) -> list[EndpointRecord]:
         """Every endpoint, by group, then priority (lowest first), then host name."""
+        from nbwss.values import EndpointRecord  # see the TYPE_CHECKING import
+
         with self.reading() as conn:
             rows = conn.execute(
                 "SELECT e.host_name, e.url, e.group_id, e.priority, e.enabled, e.fingerprint,"

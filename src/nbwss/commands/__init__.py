@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nbwss import logs, properties
-from nbwss.properties import Settings
+from nbwss import logs, propertyfile
 from nbwss.store import Store
 
 if TYPE_CHECKING:
     from nbwss.outbound import ProxyPolicy
+    from nbwss.properties import Settings  # dataclasses: loaded by the commands that use it
 
 EXAMPLES = "examples:\n"
 # The longest wait an option of seconds takes: an hour is already far past any network's.
@@ -86,19 +86,37 @@ class Context:
         self.config = config
         self.admin = admin
         self._settings: Settings | None = None
+        self._intake: propertyfile.IntakeSettings | None = None
         self._store: Store | None = None
         self._outbound: ProxyPolicy | None = None
 
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from nbwss import properties
+
             self._settings = properties.load(self.config)
-            logs.configure(self._settings.log_level, self._settings.log_format,
-                           admin=self.admin)
-            log = logs.get_logger("nbwss.config")
-            for warning in self._settings.warnings:
-                log.warning("config.unknown_key", detail=warning)
+            if self._intake is None:  # else logging is set up and the file's warnings said
+                self._configure_logs(self._settings.log_level, self._settings.log_format,
+                                     self._settings.warnings)  # fmt: skip
         return self._settings
+
+    @property
+    def intake(self) -> propertyfile.IntakeSettings:
+        """The settings `nbwss notify` needs, from the same file with the same checks, but
+        without building `Settings` (whose dataclass machinery each event would pay for)."""
+        if self._intake is None:
+            self._intake = propertyfile.intake_settings(self.config)
+            if self._settings is None:
+                self._configure_logs(self._intake.log_level, self._intake.log_format,
+                                     self._intake.warnings)  # fmt: skip
+        return self._intake
+
+    def _configure_logs(self, level: str, fmt: str, warnings: tuple[str, ...]) -> None:
+        logs.configure(level, fmt, admin=self.admin)
+        log = logs.get_logger("nbwss.config")
+        for warning in warnings:
+            log.warning("config.unknown_key", detail=warning)
 
     @property
     def outbound(self) -> ProxyPolicy:
@@ -113,8 +131,8 @@ class Context:
     @property
     def store(self) -> Store:
         if self._store is None:
-            settings = self.settings
-            self._store = Store(settings.database, settings.key_file)
+            paths = self._settings or self.intake  # the same paths, whichever was read
+            self._store = Store(paths.database, paths.key_file)
         return self._store
 
     def close(self) -> None:

@@ -25,11 +25,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
-from nbwss import outbox, strictjson
+from nbwss import intake, strictjson
 from nbwss.commands import Context, examples
 from nbwss.errors import NbwssError, NotificationError
+from nbwss.intake import Queued
 from nbwss.notifications import DATA_MAX_DEPTH, OBJECTS, check_depth, encode_data, validate
-from nbwss.outbox import Queued
 from nbwss.store import Store
 from nbwss.wake import send_wake
 
@@ -60,7 +60,7 @@ def handle(args: argparse.Namespace, context: Context) -> int:
         rows, lines = rows_from_option(args.object, args.data), None
     else:
         parser.error("give --object and --data, or '-' to read JSON lines from stdin")
-    settings = context.settings
+    settings = context.intake
 
     def wake() -> None:  # after each committed chunk, so the daemon starts sending at once
         send_wake(settings.wake_socket)
@@ -150,7 +150,7 @@ def queue(
     """Commit validated rows; one too large for any frame is refused before any commit."""
     for number, row in enumerate(rows, start=1):
         _check_size(number, row, max_bytes)
-    return outbox.queue_chunked(store, rows, time.time, after_commit=after_commit)
+    return intake.queue_chunked(store, rows, time.time, after_commit=after_commit)
 
 
 def queue_lines(
@@ -161,7 +161,7 @@ def queue_lines(
 ) -> Queued:
     """`nbwss notify -`: check and queue JSON lines, all or none, in flat memory."""
     rows = rows_from_lines(lines, max_bytes)
-    return outbox.queue_stream(store, rows, time.time, after_commit=after_commit)
+    return intake.queue_stream(store, rows, time.time, after_commit=after_commit)
 
 
 def _check_size(number: int, row: tuple[str, str], max_bytes: int) -> None:
@@ -187,5 +187,5 @@ def report(queued: Queued, store: Store, out: TextIO | None = None) -> None:
         else f"seq {queued.first_seq}-{queued.last_seq}"
     )
     out.write(f"queued {queued.count} {noun} ({span})\n")
-    if not store.endpoints():
+    if not store.has_endpoints():
         sys.stderr.write("nbwss: warning: no endpoint is configured; nothing will deliver these\n")

@@ -1,0 +1,217 @@
+"""Intake: validated notifications into the durable outbox (`nbwss notify`, the poller).
+
+A notification is durable once its transaction commits; only then may intake report it
+queued. `enqueue` alone expects an open transaction, so that the REST poller can queue
+events and advance its watermark atomically; the rest commit in chunks. The reading,
+acknowledging and purging side is `nbwss.outbox` (which re-exports these names). Apart
+because `nbwss notify`, started once per event, imports this and not the delivery side
+and its value types (nor `dataclasses`, which they are made with).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
+from typing import Any
+
+from nbwss.errors import StoreError
+from nbwss.notifications import encode_data
+from nbwss.store import Store
+
+INTAKE_CHUNK = 5_000
+
+
+class Queued:
+    """What one intake committed: how many, and the lowest and highest seq given.
+
+    A plain value class: a NamedTuple's `count` would hide tuple.count, and a dataclass
+    would load `dataclasses` (see the module docstring)."""
+
+    __slots__ = ("count", "first_seq", "last_seq")
+
+    def __init__(self, count: int, first_seq: int, last_seq: int) -> None:
+        self.count = count
+        self.first_seq = first_seq
+        self.last_seq = last_seq
+
+    def _fields(self) -> tuple[int, int, int]:
+        return self.count, self.first_seq, self.last_seq
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Queued) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return f"Queued(count={self.count}, first_seq={self.first_seq}, last_seq={self.last_seq})"
+
+
+def enqueue(
+    conn: sqlite3.Connection, items: Iterable[tuple[str, dict[str, Any]]], now: float
+) -> int:
+    """Queue validated notifications inside the caller's open transaction.
+
+    Returns the seq of the last one queued (the current head when `items` is empty).
+    Nothing is durable until the caller commits.
+    """
+    _, last_seq = enqueue_encoded(conn, ((obj, encode_data(data)) for obj, data in items), now)
+    return last_seq
+
+
+def enqueue_encoded(
+    conn: sqlite3.Connection, rows: Iterable[tuple[str, str]], now: float
+) -> tuple[int, int]:
+    """Queue `(object, data JSON text)` rows in the open transaction; `(count, last_seq)`."""
+    cursor = conn.executemany(
+        "INSERT INTO outbox (object, data, queued_at) VALUES (?, ?, ?)",
+        ((obj, text, now) for obj, text in rows),
+    )
+    count = max(cursor.rowcount, 0)
+    if count:
+        (last_seq,) = conn.execute("SELECT last_insert_rowid()").fetchone()
+    else:
+        (last_seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()
+    return count, int(last_seq)
+
+
+def queue_chunked(
+    store: Store,
+    rows: Sequence[tuple[str, str]],
+    clock: Callable[[], float],
+    chunk_size: int = INTAKE_CHUNK,
+    after_commit: Callable[[], object] | None = None,
+) -> Queued:
+    """Queue many validated rows, one transaction per chunk, calling `after_commit` after each.
+
+    Chunks keep the write lock short, so the daemon's acknowledgements never wait long
+    behind a big intake, and the daemon can start sending the first chunk at once.
+    Seqs are contiguous within a chunk; another producer may interleave between chunks.
+    """
+
+    def copy(conn: sqlite3.Connection, start: int, end: int) -> tuple[int, int]:
+        return enqueue_encoded(conn, rows[start:end], clock())
+
+    return _commit_chunks(store, len(rows), chunk_size, copy, after_commit)
+
+
+def queue_stream(
+    store: Store,
+    rows: Iterable[tuple[str, str]],
+    clock: Callable[[], float],
+    chunk_size: int = INTAKE_CHUNK,
+    after_commit: Callable[[], object] | None = None,
+) -> Queued:
+    """Queue rows checked as they are read: every one, or none when one is refused.
+
+    The rows go first to a TEMP table (this connection's own database, which SQLite
+    spills to a temporary file past its page cache), so memory stays flat however long
+    the input, and the outbox's write lock is not held while the input is read and
+    checked. An exception from `rows` (the first bad line) leaves the outbox untouched.
+    Then the rows are copied to the outbox in their order, in chunks, as
+    `queue_chunked` does (the same write-lock and wake-up rhythm).
+    """
+    count = _spool(store, rows)
+
+    def copy(conn: sqlite3.Connection, start: int, end: int) -> tuple[int, int]:
+        copied = conn.execute(
+            "INSERT INTO outbox (object, data, queued_at) SELECT object, data, ?"
+            " FROM temp.intake_spool WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
+            (clock(), start, end),
+        ).rowcount
+        (last_seq,) = conn.execute("SELECT last_insert_rowid()").fetchone()
+        return copied, int(last_seq)
+
+    try:
+        return _commit_chunks(store, count, chunk_size, copy, after_commit)
+    finally:
+        # Best effort: the rows may be committed already, and a failure to tidy must not
+        # report them unqueued (a script would queue them twice). The table goes with the
+        # connection anyway, and the next `_spool` drops any left over.
+        with suppress(StoreError), store.reading() as conn:
+            conn.execute("DROP TABLE IF EXISTS temp.intake_spool")
+
+
+def _commit_chunks(
+    store: Store,
+    count: int,
+    chunk_size: int,
+    copy: Callable[[sqlite3.Connection, int, int], tuple[int, int]],
+    after_commit: Callable[[], object] | None,
+) -> Queued:
+    """Rows [0, count) into the outbox, one transaction per chunk (`copy` writes rows
+    [start, end) and says how many and the last seq), `after_commit` after each."""
+    first_seq = last_seq = 0
+    for start in range(0, count, chunk_size):
+        try:
+            with store.transaction() as conn:
+                written = copy(conn, start, min(start + chunk_size, count))
+        except StoreError as exc:
+            if not start:
+                raise
+            # Say what is durable, so a caller resends the rest, not everything again.
+            raise StoreError(
+                f"{exc}; notifications 1-{start} were queued (seq {first_seq}-{last_seq}), "
+                f"{start + 1}-{count} were not"
+            ) from None
+        copied, last_seq = written  # committed: only now does it count as queued
+        if not first_seq:
+            first_seq = last_seq - copied + 1
+        if after_commit is not None:
+            after_commit()
+    return Queued(count, first_seq, last_seq)
+
+
+def _spool(store: Store, rows: Iterable[tuple[str, str]]) -> int:
+    """Every row into a fresh TEMP table, in one transaction that locks nothing of the
+    database's own; the count. An exception from `rows` drops the table and goes on.
+
+    The TEMP table lives in SQLite's temporary directory, not beside the database: a
+    failure to write there is named as such (`_spool_error`), not as the database's."""
+    with store.reading() as conn:
+        try:
+            conn.execute("DROP TABLE IF EXISTS temp.intake_spool")
+            conn.execute(
+                "CREATE TEMP TABLE intake_spool (object TEXT NOT NULL, data TEXT NOT NULL)"
+            )
+            conn.execute("BEGIN")  # deferred: it touches the temp database only
+            try:
+                conn.executemany(
+                    "INSERT INTO temp.intake_spool (object, data) VALUES (?, ?)", rows
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                # Tidying must not hide why the spool stopped (a refused line, say).
+                with suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    conn.execute("DROP TABLE temp.intake_spool")
+                raise
+            (count,) = conn.execute("SELECT COUNT(*) FROM temp.intake_spool").fetchone()
+        except sqlite3.Error as exc:
+            raise _spool_error(exc) from None
+    return int(count)
+
+
+def _spool_error(exc: sqlite3.Error) -> StoreError:
+    """The spool's SQLite failure, naming the directory SQLite writes TEMP tables to
+    (the database's own name would send an admin to the wrong file)."""
+    directory = sqlite_temp_directory()
+    return StoreError(
+        f"cannot hold the input in SQLite's temporary directory {directory}: {exc}; "
+        "make it writable (with room for the input), or set SQLITE_TMPDIR to a directory "
+        "that is"
+    )
+
+
+def sqlite_temp_directory() -> str:
+    """Where SQLite (on Unix) puts temporary files: the first of $SQLITE_TMPDIR, $TMPDIR,
+    /var/tmp, /usr/tmp, /tmp that is a directory it may write to, else the current one."""
+    candidates = [os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR")]
+    # SQLite's own list: named in a message, nothing is written here.
+    for directory in [*candidates, "/var/tmp", "/usr/tmp", "/tmp"]:  # noqa: S108
+        if directory and os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK):
+            return directory
+    return "."
