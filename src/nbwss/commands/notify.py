@@ -109,17 +109,26 @@ def rows_from_lines(
 ) -> Iterator[tuple[str, str]]:
     """Every JSON line validated, in order, as it is read; the first bad one (or, with
     `max_bytes`, one too large for any frame) raises, and its caller queues nothing."""
+    # `_parse`, `_row` and the cheap half of `_check_size`, inline: the calls were a tenth
+    # of intake's time at 100,000 lines (issue 14, item 4).
     count = 0
+    loads, encode, fits_any_frame = strictjson.loads, encode_data, (max_bytes or 0) - 300
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"line {number}"
-        record = _parse(line, where)
-        if not isinstance(record, dict) or "object" not in record or "data" not in record:
+        try:
+            record = loads(line, where)
+        except strictjson.StrictJsonError as exc:
+            raise NotificationError(str(exc)) from None
+        if type(record) is not dict or "object" not in record or "data" not in record:
             raise NotificationError(f'{where}: expected {{"object": ..., "data": {{...}}}}')
-        row = _row(record["object"], record["data"], where, _may_nest(line))
+        obj, data = validate(record["object"], record["data"], where)
+        if _may_nest(line):
+            check_depth(obj, data, where)
+        row = obj, encode(data)
         count += 1
-        if max_bytes is not None:
+        if max_bytes is not None and 4 * len(row[1]) > fits_any_frame:
             _check_size(count, row, max_bytes)
         yield row
     if not count:
