@@ -217,3 +217,47 @@ def test_text_that_is_not_one_json_value_is_named_with_its_offset(
     with pytest.raises(strictjson.StrictJsonError) as caught:
         strictjson.loads(text, "line 3")
     assert str(caught.value) == message
+
+
+class _Pairs(list):  # type: ignore[type-arg]
+    """An object as written: its members in order, keys possibly repeated."""
+
+
+def _written(value: Any) -> str:
+    if isinstance(value, _Pairs):
+        return "{" + ", ".join(f"{json.dumps(k)}: {_written(v)}" for k, v in value) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_written(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+_KEYS = st.sampled_from(["a", "b", "a:b", ":"])
+_WRITTEN = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**65), 2**65) | st.sampled_from(["x", "x:y"]),
+    lambda children: st.lists(children, max_size=3)
+    | st.lists(st.tuples(_KEYS, children), max_size=3).map(_Pairs),
+    max_leaves=12,
+)
+
+
+@given(_WRITTEN)
+def test_the_quick_parse_accepts_only_what_the_full_parse_accepts(written: Any) -> None:
+    """Duplicate keys and integers outside a long are proved absent without the per-object
+    hook, or left to the full parse: both must agree on every text the quick one takes."""
+    text = _written(written)
+    quick = strictjson._quick_decode(text)
+    try:
+        full = strictjson._DECODER.decode(text)
+    except ValueError:
+        assert quick is None
+        return
+    assert quick is None or quick == [full]
+
+
+def test_a_duplicate_key_is_refused_beside_a_colon_in_a_string() -> None:
+    with pytest.raises(strictjson.StrictJsonError, match="duplicate key 'a' in line 3"):
+        strictjson.loads('{"a": 1, "u": "http://x", "a": 2}', "line 3")
+    with pytest.raises(strictjson.StrictJsonError, match="duplicate key 'a' in line 3"):
+        strictjson.loads('{"d": {"a": 1, "a": 2}}', "line 3")
+    with pytest.raises(strictjson.StrictJsonError, match="outside the signed 64-bit range"):
+        strictjson.loads('{"d": [1, {"n": 9223372036854775808}]}', "line 3")

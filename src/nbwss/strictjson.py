@@ -180,7 +180,51 @@ _scan_once: Final[Callable[[str, int], tuple[Any, int]]] = getattr(_DECODER, "sc
 _JSON_WHITESPACE: Final = " \t\n\r"
 
 
+# The same decoder without the per-object hook, for `_quick_decode`.
+_plain_scan: Final[Callable[[str, int], tuple[Any, int]]] = getattr(  # noqa: B009
+    json.JSONDecoder(parse_constant=_constant, parse_float=_number), "scan_once"
+)
+_QUICK_MAX_CHARS: Final = 64 * 1024
+
+
+def _quick_decode(text: str) -> list[Any] | None:
+    """`[value]` when `text` is one JSON value that keeps the rules, proved without a Python
+    call per object (`_pairs`); None when not proved: then the full way parses it and names
+    what is wrong, exactly as before. A plain decode keeps the last of duplicate keys, so
+    duplicates are found by counting: each member of an object takes one ':' of the text,
+    so as many members as colons means none was lost (a colon in a string, or a text over
+    `_QUICK_MAX_CHARS`, leaves it to the full way, which costs that text a second parse)."""
+    if len(text) > _QUICK_MAX_CHARS:
+        return None
+    try:
+        value, end = _plain_scan(text, 0)
+    except (ValueError, StopIteration, RecursionError):
+        return None
+    if end != len(text) and text[end:].strip(_JSON_WHITESPACE):
+        return None
+    members = 0
+    pending: list[Any] = [[value]]
+    while pending:
+        node = pending.pop()
+        if type(node) is dict:
+            members += len(node)
+            children: Any = node.values()
+        else:
+            children = node
+        for child in children:
+            kind = type(child)
+            if kind is int:
+                if not INT_MIN <= child <= INT_MAX:
+                    return None
+            elif kind is dict or kind is list:
+                pending.append(child)
+    return [value] if members == text.count(":") else None
+
+
 def _decode(text: str) -> Any:
+    quick = _quick_decode(text)
+    if quick is not None:
+        return quick[0]
     try:
         # `JSONDecoder.decode`'s own steps, minus its two Python-level calls and two regex
         # matches per text (a fifth of intake's parsing): a value from the first character,
