@@ -249,9 +249,21 @@ def _decode(text: str) -> Any:
     return value
 
 
-def loads(text: str | bytes, subject: str = "JSON text", max_depth: int = MAX_DEPTH) -> Any:
-    """Parse `text` under the strict rules; `subject` names it in errors ("line 7")."""
+def loads(
+    text: str | bytes,
+    subject: str = "JSON text",
+    max_depth: int = MAX_DEPTH,
+    *,
+    brackets: int | None = None,
+) -> Any:
+    """Parse `text` under the strict rules; `subject` names it in errors ("line 7").
+
+    `brackets`: how many `[` and `{` the text holds, when the caller has counted them
+    already (intake does, for its own depth limit): the depth is walked only past
+    `max_depth` of them, and the text is not counted again."""
     text = _text_of(text, subject)
+    if brackets is None:
+        brackets = text.count("[") + text.count("{")
     try:
         value = _decode(text)
     except _Refused as exc:
@@ -262,7 +274,7 @@ def loads(text: str | bytes, subject: str = "JSON text", max_depth: int = MAX_DE
         ) from None
     except RecursionError:
         raise StrictJsonError(f"{subject} is nested deeper than {max_depth} levels") from None
-    if text.count("[") + text.count("{") > max_depth:  # else it cannot nest that deep
+    if brackets > max_depth:  # else it cannot nest that deep
         check_depth(value, max_depth, subject)
     if "\\u" in text and re.search(_SURROGATE_ESCAPE, text):
         _check_surrogate_escapes(text, value, subject)

@@ -117,14 +117,15 @@ def rows_from_lines(
         if not line.strip():
             continue
         where = f"line {number}"
+        brackets = _brackets(line)
         try:
-            record = loads(line, where)
+            record = loads(line, where, brackets=brackets)
         except strictjson.StrictJsonError as exc:
             raise NotificationError(str(exc)) from None
         if type(record) is not dict or "object" not in record or "data" not in record:
             raise NotificationError(f'{where}: expected {{"object": ..., "data": {{...}}}}')
         obj, data = validate(record["object"], record["data"], where)
-        if _may_nest(line):
+        if brackets > DATA_MAX_DEPTH:  # `_may_nest`, counted once for both checks
             check_depth(obj, data, where)
         row = obj, encode(data)
         count += 1
@@ -138,9 +139,13 @@ def rows_from_lines(
 def _may_nest(text: str | bytes) -> bool:
     """Whether `text` has brackets enough to nest data past DATA_MAX_DEPTH: a count in C,
     so only such rare lines pay for walking their data."""
+    return _brackets(text) > DATA_MAX_DEPTH
+
+
+def _brackets(text: str | bytes) -> int:
     if isinstance(text, bytes):
-        return text.count(b"[") + text.count(b"{") > DATA_MAX_DEPTH
-    return text.count("[") + text.count("{") > DATA_MAX_DEPTH
+        return text.count(b"[") + text.count(b"{")
+    return text.count("[") + text.count("{")
 
 
 def _row(obj: Any, data: Any, where: str, deep: bool) -> tuple[str, str]:
