@@ -125,7 +125,8 @@ def _forbidden(field: str, reason: str) -> Refusal:
 
 def check_command(payload: Any, policy: Policy) -> ApiRequest | Refusal:
     """Check a COMMAND REQUEST payload; the request to send, or why not."""
-    if not isinstance(payload, Mapping):
+    # `type(...) is dict` first: a decoded payload is one, and the ABC check costs more.
+    if type(payload) is not dict and not isinstance(payload, Mapping):
         return _malformed("payload", "must be an object")
     method = _check_method(payload.get("method"))
     if isinstance(method, Refusal):
@@ -263,7 +264,7 @@ def check_headers(headers: Any) -> tuple[tuple[str, str], ...] | Refusal:
     dropped."""
     if headers is None:
         return ()
-    if not isinstance(headers, Mapping):
+    if type(headers) is not dict and not isinstance(headers, Mapping):
         return _malformed("headers", "must be an object of strings")
     if len(headers) > MAX_HEADERS:
         return _malformed("headers", f"more than {MAX_HEADERS} headers")

@@ -281,9 +281,10 @@ class CommandProxy:
         limit = self._settings.command_max_body_bytes
         coding = response.headers.get("Content-Encoding", "identity").strip().lower()
         identity = coding in ("", "identity")
-        if identity and response.content_length is not None:
-            if response.content_length > limit:
-                raise _ResponseTooLarge(response.content_length)
+        length = response.content_length
+        if identity and length is not None:
+            if length > limit:
+                raise _ResponseTooLarge(length)
             # The common case: length known and within the cap, nothing to inflate.
             return await response.read()
         inflate = None if identity else _decompressor(coding)
@@ -357,9 +358,9 @@ def _oversized_frame(response: Message, answer: Answer, max_bytes: int) -> int |
     JSON escaping takes at most 6 bytes per character (`\\u0001`), so when six times
     the body, headers and id, plus the envelope's own text, fits, the frame is not
     encoded twice: only large answers are measured."""
-    characters = len(answer.body) + len(response.id) + sum(
-        len(name) + len(value) + 8 for name, value in answer.headers.items()
-    )
+    headers = answer.headers
+    characters = (len(answer.body) + len(response.id) + 8 * len(headers)
+                  + sum(map(len, headers)) + sum(map(len, headers.values())))  # fmt: skip
     if 6 * characters + _ENVELOPE_BYTES <= max_bytes:
         return None
     size = len(encode(response).encode("utf-8"))
