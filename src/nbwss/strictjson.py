@@ -261,7 +261,13 @@ def loads(
     `brackets`: how many `[` and `{` the text holds, when the caller has counted them
     already (intake does, for its own depth limit): the depth is walked only past
     `max_depth` of them, and the text is not counted again."""
-    text = _text_of(text, subject)
+    if type(text) is bytes:  # `_text_of`'s common case, without the call
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            text = _text_of(text, subject)  # raises, naming the byte
+    else:
+        text = _text_of(text, subject)
     if brackets is None:
         brackets = text.count("[") + text.count("{")
     try:

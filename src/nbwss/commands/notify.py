@@ -117,7 +117,8 @@ def rows_from_lines(
         if not line.strip():
             continue
         where = f"line {number}"
-        brackets = _brackets(line)
+        brackets = (line.count(b"[") + line.count(b"{") if type(line) is bytes
+                    else _brackets(line))  # fmt: skip
         try:
             record = loads(line, where, brackets=brackets)
         except strictjson.StrictJsonError as exc:
