@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import secrets
 from typing import Any
 from urllib.parse import unquote
 
@@ -9,7 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nbwss.guard import ApiRequest, Policy, Refusal, check_command, check_uri, loggable_uri
+from nbwss.guard import (
+    ApiRequest,
+    Policy,
+    Refusal,
+    check_command,
+    check_headers,
+    check_uri,
+    loggable_uri,
+)
 
 POLICY = Policy()
 PREFIXES = POLICY.allowed_prefixes
@@ -335,3 +345,11 @@ def test_forwarded_headers_never_carry_line_breaks_or_hop_by_hop(headers: dict[s
                     max_leaves=12))
 def test_any_json_payload_is_answered_not_raised(payload: Any) -> None:
     assert isinstance(check_command(payload, POLICY), ApiRequest | Refusal)
+
+
+def test_checked_headers_are_not_kept_after_the_call() -> None:
+    """No cache of header sets: it would keep the app's Authorization values after their
+    call (and up to 256 sets of 100 values of 16 KiB)."""
+    token = "Bearer " + secrets.token_hex(32)
+    assert check_headers({"Authorization": token, "Accept": "application/json"}) != ()
+    assert not [holder for holder in gc.get_referrers(token) if isinstance(holder, tuple)]

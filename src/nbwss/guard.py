@@ -57,6 +57,7 @@ ROUTING_HEADERS: Final = frozenset(
     }
 )
 ROUTING_HEADER_PREFIXES: Final = ("x-forwarded-",)
+_ALWAYS_DROPPED: Final = DROPPED_HEADERS | ROUTING_HEADERS
 MAX_URI_LENGTH: Final = 8192
 MAX_HEADERS: Final = 100
 MAX_HEADER_VALUE_LENGTH: Final = 16384
@@ -274,16 +275,21 @@ def check_headers(headers: Any) -> tuple[tuple[str, str], ...] | Refusal:
         return _malformed("headers", "must be an object of strings")
 
 
-@functools.lru_cache(maxsize=256)
 def _check_header_items(
     items: tuple[tuple[Any, Any], ...],
 ) -> tuple[tuple[str, str], ...] | Refusal:
-    # Cached, as `_check_uri_text`: an app sends the same few header sets again and again,
-    # and the answer depends on nothing else. A refusal is cached too (it is a value).
+    # Not cached, unlike `_check_uri_text`: a cache would keep the app's Authorization
+    # values after their call, and up to 256 header sets of 100 values of 16 KiB each.
     forwarded: list[tuple[str, str]] = []
     for name, value in items:
         if not isinstance(name, str) or not isinstance(value, str):
             return _malformed("headers", "must be an object of strings")
+        if value.isascii() and value.isprintable() and _TOKEN.fullmatch(name):
+            # The usual header, in C: no CR, LF or control character, so encodable.
+            if len(value) > MAX_HEADER_VALUE_LENGTH:
+                return _malformed("headers", f"the value of {name} is too long")
+            forwarded.append((name, value))
+            continue
         if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
             return _malformed("headers", "names and values must not contain CR or LF")
         if not _TOKEN.fullmatch(name):
@@ -295,7 +301,7 @@ def _check_header_items(
         if len(value) > MAX_HEADER_VALUE_LENGTH:
             return _malformed("headers", f"the value of {name} is too long")
         forwarded.append((name, value))
-    dropped = DROPPED_HEADERS | ROUTING_HEADERS | connection_options(forwarded)
+    dropped = _ALWAYS_DROPPED | connection_options(forwarded)
     return tuple(
         (n, v)
         for n, v in forwarded
