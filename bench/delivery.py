@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import io
 import json
 import os
+import pstats
 import ssl
 import statistics
 import sys
@@ -198,6 +201,7 @@ async def with_daemon(
 async def throughput(
     workdir: Path, name: str, groups: int, events: int, port: int, leaf_der: bytes,
     endpoint: asyncio.subprocess.Process, precommitted: bool = False,
+    profile: cProfile.Profile | None = None,
 ) -> float:  # fmt: skip
     config, store = setup_state(workdir / name, groups, port, leaf_der)
     arrivals = Arrivals()
@@ -214,11 +218,15 @@ async def throughput(
             with store.transaction() as conn:
                 outbox.enqueue(conn, ((obj, data) for obj, data in items), time.time())
             cpu_before, started = cpu_s(), time.monotonic()
+            if profile is not None:
+                profile.enable()
             send_wake(settings.wake_socket)
         else:
             cpu_before, started = cpu_s(), time.monotonic()
             await notify_process(config, lines)
         await arrivals.until(lambda: all(arrivals.last_id.get(p) == events - 1 for p in paths))
+        if profile is not None:
+            profile.disable()
         ended = max(arrivals.arrived_at.values()) if groups == 1 else time.monotonic()
         return ended - started, cpu_s() - cpu_before
 
@@ -314,7 +322,19 @@ async def intake(workdir: Path, events: int) -> float:
     return events / took
 
 
+def print_profile(profile: cProfile.Profile, path: str, top: int = 20) -> None:
+    """Save the profile at `path` (pstats) and print its top functions both ways."""
+    profile.dump_stats(path)
+    for order in ("cumulative", "tottime"):
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats(order).print_stats(top)
+        print(f"-- profile of the drain, top {top} by {order} (main thread; saved in {path})")
+        print(out.getvalue().split("\n\n", 1)[-1].rstrip(), flush=True)
+
+
 async def run(args: argparse.Namespace) -> bool:
+    if args.profile:
+        return await run_profiled(args)
     with tempfile.TemporaryDirectory(prefix="nbwb") as tmp:
         workdir = Path(tmp)
         tls = write_server_cert(workdir)
@@ -355,6 +375,30 @@ async def run(args: argparse.Namespace) -> bool:
     return ok
 
 
+async def run_profiled(args: argparse.Namespace) -> bool:
+    """The one-group backlog drain alone, under cProfile (its rate is the profiled one)."""
+    with tempfile.TemporaryDirectory(prefix="nbwb") as tmp:
+        workdir = Path(tmp)
+        tls = write_server_cert(workdir)
+        endpoint = await asyncio.create_subprocess_exec(
+            sys.executable, SCRIPT, "--serve", str(tls.cert_file),
+            str(tls.key_file), stdout=asyncio.subprocess.PIPE, env=ENV, limit=1 << 20,
+        )  # fmt: skip
+        try:
+            assert endpoint.stdout is not None
+            port = int(await endpoint.stdout.readline())
+            profile = cProfile.Profile()
+            await throughput(
+                workdir, "one-group-backlog (profiled)", 1, args.events, port, tls.der,
+                endpoint, precommitted=True, profile=profile,
+            )  # fmt: skip
+        finally:
+            endpoint.terminate()
+            await endpoint.wait()
+    print_profile(profile, args.profile)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench delivery",
@@ -366,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group-events", type=int, default=5_000, help="events, many groups")
     parser.add_argument("--samples", type=int, default=300, help="latency samples")
     parser.add_argument("--cli-samples", type=int, default=20, help="latency via the command")
+    parser.add_argument(
+        "--profile", metavar="FILE",
+        help="only the one-group backlog drain, under cProfile: save the stats, print the top",
+    )  # fmt: skip
     parser.add_argument("--serve", nargs=2, metavar=("CERT", "KEY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:

@@ -37,50 +37,65 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import itertools
 import json
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
-from nbwss.messages import Message, MessageType, SubType, encode, request
-from nbwss.notifications import NOTIFICATION_TYPE, element
+from nbwss.messages import Message, MessageType, SubType, notification_frame, request
+from nbwss.notifications import NOTIFICATION_TYPE, encode_data
 from nbwss.values import OutboxEvent, OutstandingStatus, PersistedBatch
 
-# Bytes an element adds around its data: {"notificationType":"INFO","object":"JOB","data":[]}
-_ELEMENT_OVERHEAD: Final = {
-    obj: len(
-        json.dumps(
-            {"notificationType": NOTIFICATION_TYPE, "object": obj, "data": []},
-            separators=(",", ":"),
-            allow_nan=False,
-        )
-    )
+# What a payload element writes before and after its data, as `notifications.element`
+# gives it to `messages.encode`: {"notificationType":"INFO","object":"JOB","data":[...]}
+_ELEMENT_OPEN: Final = {
+    obj: '{"notificationType":"' + NOTIFICATION_TYPE + '","object":"' + obj + '","data":['
     for obj in ("JOB", "IMAGE")
 }
+_ELEMENT_CLOSE: Final = "]}"
 # A margin under message.maxBytes, so that no miscount of a byte or two ever matters.
 _ENVELOPE_SLACK: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """One NOTIFICATION request and the seq range it carries."""
+    """One NOTIFICATION request and the seq range it carries.
 
-    message: Message
+    The request is kept as its payload's JSON text, spliced from the stored rows (see
+    `build_batch`): `text` is the frame, the very bytes written on every (re)send.
+    """
+
+    id: str
+    time_stamp: int
+    payload_text: str
     first_seq: int
     last_seq: int
     count: int
-    size_bytes: int
+    size_bytes: int  # of `text`, UTF-8
     oversized: bool = False
 
     @property
-    def id(self) -> str:
-        return self.message.id
+    def text(self) -> str:
+        """The frame, as `messages.encode` would write `message`."""
+        return notification_frame(self.id, self.time_stamp, self.payload_text)
+
+    @property
+    def message(self) -> Message:
+        """The request as a value (decoded, so it costs a parse: for tests and tools)."""
+        payload = json.loads(self.payload_text)
+        return request(MessageType.NOTIFICATION, payload, self.time_stamp, id=self.id)
+
+    def stamped(self, now: float) -> Batch:
+        """This batch with timeStamp `now` (its size follows the digits)."""
+        time_stamp = int(now)
+        grown = len(str(time_stamp)) - len(str(self.time_stamp))
+        return dataclasses.replace(
+            self, time_stamp=time_stamp, size_bytes=self.size_bytes + grown
+        )
 
     def persisted(self) -> PersistedBatch:
         """The row that lets a restart rebuild this very message (id, range, timeStamp)."""
-        return PersistedBatch(self.id, self.first_seq, self.last_seq, self.message.time_stamp)
+        return PersistedBatch(self.id, self.first_seq, self.last_seq, self.time_stamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +136,7 @@ class AckCommit:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Write `batch.message` now; `resend` when it (may) have been written before."""
+    """Write `batch.text` now; `resend` when it (may) have been written before."""
 
     batch: Batch
     resend: bool
@@ -158,24 +173,50 @@ class Phase(enum.StrEnum):
     ACKED = "acked"  # acknowledged, cursor not committed yet
 
 
-def _frame_size(message: Message) -> int:
-    return len(encode(message).encode("utf-8"))
+def _wire_texts(events: Sequence[OutboxEvent]) -> list[str]:
+    """The text each event has on the wire: its stored text, which intake wrote as
+    `messages.encode` writes it (`notifications.encode_data`).
+
+    Except for rows queued before intake was strict, which may hold NaN or Infinity: no
+    endpoint can decode those (the group would never be acknowledged), so they are sent
+    as null, re-encoded as before. One search of the texts finds them; a row that only
+    has the word in a string is re-encoded to the same text.
+    """
+    texts = [event.data for event in events]
+    joined = "".join(texts)
+    if "NaN" not in joined and "Infinity" not in joined:
+        return texts
+    return [_null_for_nan(text) if "NaN" in text or "Infinity" in text else text for text in texts]
 
 
-def _payload(events: Sequence[OutboxEvent]) -> list[dict[str, Any]]:
-    """The payload elements of `events`, one per run of one object (after `build_batch`,
-    one per object type); each run's data is parsed by one `json.loads` (one call per
-    event was the largest cost of building a batch)."""
-    return [
-        element(obj, _STORED.decode("[" + ",".join(event.data for event in run) + "]"))
-        for obj, run in itertools.groupby(events, key=operator.attrgetter("object"))
-    ]
+def _null_for_nan(text: str) -> str:
+    return encode_data(_STORED.decode(text))
 
 
-# Rows queued before intake was strict may hold NaN or Infinity, which no endpoint can
-# decode (the group would never be acknowledged) and the encoder now refuses: they are
-# sent as null.
+# Rows queued before intake was strict may hold NaN or Infinity: read as null.
 _STORED: Final = json.JSONDecoder(parse_constant=lambda _name: None)
+
+
+def _utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _payload_text(objects: Sequence[str], texts: Sequence[str]) -> str:
+    """The payload array's JSON text: one element per run of one object (after
+    `build_batch`, one per object type), its data the texts joined, never decoded."""
+    parts = ["["]
+    start = 0
+    for index in range(1, len(objects) + 1):
+        if index < len(objects) and objects[index] == objects[start]:
+            continue
+        if start:
+            parts.append(",")
+        parts.extend(
+            (_ELEMENT_OPEN[objects[start]], ",".join(texts[start:index]), _ELEMENT_CLOSE)
+        )
+        start = index
+    parts.append("]")
+    return "".join(parts)
 
 
 def build_batch(
@@ -189,23 +230,26 @@ def build_batch(
     """The longest prefix of `events` (at least one) within both caps and the grouping
     rule (one element per object type, see the module docstring), as one request.
 
-    Sizes are counted from the stored JSON text, which is exactly what the encoder
-    writes, so the frame is never built twice.
+    The frame is spliced from the events' wire texts (`_wire_texts`), and its size is
+    counted from them as the prefix grows: nothing is decoded or encoded.
     """
     if not events:
         raise ValueError("a batch needs at least one event")
-    empty = request(MessageType.NOTIFICATION, [], now, id=message_id)
-    size = _frame_size(empty) + _ENVELOPE_SLACK
+    window = events[:max_batch]
+    texts = _wire_texts(window)
+    time_stamp = int(now)
+    size = len(notification_frame(message_id, time_stamp, "[]").encode("utf-8"))
+    size += _ENVELOPE_SLACK
     taken = 0
     previous: str | None = None
     started: set[str] = set()  # the types that have their element in this message
-    for event in events[:max_batch]:
-        cost = len(event.data.encode("utf-8"))
+    for event, text in zip(window, texts, strict=True):
+        cost = _utf8_size(text)
         if event.object != previous:
             if event.object in started:
                 break  # the type would come again after the other one: next message
             started.add(event.object)
-            cost += _ELEMENT_OVERHEAD[event.object] + (1 if previous else 0)
+            cost += len(_ELEMENT_OPEN[event.object]) + len(_ELEMENT_CLOSE) + (1 if previous else 0)
         elif taken:
             cost += 1  # the comma between two data objects
         if taken and size + cost > max_bytes:
@@ -213,7 +257,17 @@ def build_batch(
         size += cost
         taken += 1
         previous = event.object
-    return _batch(events[:taken], message_id, now, size - _ENVELOPE_SLACK, size > max_bytes)
+    objects = [event.object for event in window[:taken]]
+    return Batch(
+        id=message_id,
+        time_stamp=time_stamp,
+        payload_text=_payload_text(objects, texts[:taken]),
+        first_seq=window[0].seq,
+        last_seq=window[taken - 1].seq,
+        count=taken,
+        size_bytes=size - _ENVELOPE_SLACK,
+        oversized=size > max_bytes,
+    )
 
 
 def rebuild_batch(events: Sequence[OutboxEvent], restored: PersistedBatch) -> Batch:
@@ -222,22 +276,17 @@ def rebuild_batch(events: Sequence[OutboxEvent], restored: PersistedBatch) -> Ba
     which is one per type for any batch `build_batch` made)."""
     if not events:
         raise ValueError("a batch needs at least one event")
-    batch = _batch(events, restored.message_id, restored.sent_at, 0, oversized=False)
-    # Encoded once to size it: a restart is rare, and the caps do not apply here.
-    return dataclasses.replace(batch, size_bytes=_frame_size(batch.message))
-
-
-def _batch(
-    chosen: Sequence[OutboxEvent], message_id: str, now: float, size: int, oversized: bool
-) -> Batch:
-    message = request(MessageType.NOTIFICATION, _payload(chosen), now, id=message_id)
+    time_stamp = int(restored.sent_at)
+    payload_text = _payload_text([event.object for event in events], _wire_texts(events))
+    frame = notification_frame(restored.message_id, time_stamp, payload_text)
     return Batch(
-        message=message,
-        first_seq=chosen[0].seq,
-        last_seq=chosen[-1].seq,
-        count=len(chosen),
-        size_bytes=size,
-        oversized=oversized,
+        id=restored.message_id,
+        time_stamp=time_stamp,
+        payload_text=payload_text,
+        first_seq=events[0].seq,
+        last_seq=events[-1].seq,
+        count=len(events),
+        size_bytes=len(frame.encode("utf-8")),
     )
 
 
@@ -478,10 +527,7 @@ class DeliveryMachine:
         batch = self.awaiting_commit
         if batch is None:
             raise RuntimeError("no acknowledged batch to commit")
-        prepared = self.prepared
-        if prepared is not None:
-            message = dataclasses.replace(prepared.message, time_stamp=int(now))
-            prepared = dataclasses.replace(prepared, message=message)
+        prepared = None if self.prepared is None else self.prepared.stamped(now)
         return AckCommit(batch, prepared)
 
     def commit_done(self, commit: AckCommit, now: float) -> None:

@@ -73,6 +73,27 @@ def encode(message: Message) -> str:
     return strictjson.dumps(message.to_json())
 
 
+def notification_frame(message_id: str, time_stamp: int, payload_text: str) -> str:
+    """The text `encode` writes for a NOTIFICATION request whose payload is JSON text
+    already (`payload_text`, compact, UTF-8 as is, as `encode` writes it).
+
+    Delivery splices the stored notifications into a frame this way, never decoding
+    them: the envelope's keys, their order and separators are `encode`'s (the tests
+    compare the two byte for byte).
+    """
+    return "".join(
+        (_NOTIFICATION_HEAD, strictjson.dumps(message_id), _NOTIFICATION_STAMP,
+         str(time_stamp), _NOTIFICATION_PAYLOAD, payload_text, "}")
+    )  # fmt: skip
+
+
+_NOTIFICATION_HEAD: Final = '{"version":"' + VERSION + '","id":'
+_NOTIFICATION_STAMP: Final = (
+    f',"type":"{MessageType.NOTIFICATION}","subType":"{SubType.REQUEST}","timeStamp":'
+)
+_NOTIFICATION_PAYLOAD: Final = ',"payload":'
+
+
 # -- decoding ------------------------------------------------------------------------------
 
 
