@@ -22,6 +22,7 @@ from nbwss.delivery import (
     Verdict,
     WaitUntil,
     build_batch,
+    rebuild_batch,
 )
 from nbwss.messages import Message, MessageType, SubType, decode, encode, request, response_to
 from nbwss.notifications import element, encode_data, message_payloads, repeated_objects
@@ -566,6 +567,76 @@ def test_any_batch_is_the_longest_in_order_prefix_the_caps_and_the_rule_allow(
                 evs[: batch.count + 1], message_id="X", now=T0, max_batch=99, max_bytes=1 << 30
             )
             assert bigger.size_bytes > max_bytes - 8
+
+
+# -- the spliced frame ------------------------------------------------------------------------
+
+# Text as intake stores it: no lone surrogate (strict intake refuses them), any other
+# character, JSON escapes included; the words the NaN search looks for inside strings.
+_TEXT = st.one_of(
+    st.text(st.characters(codec="utf-8"), max_size=12),
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "a\"NaN\\", "\u2028é€😀"]),
+)
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False), _TEXT,
+)  # fmt: skip
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(_TEXT, children, max_size=3)
+    ),
+    max_leaves=8,
+)
+# A row an earlier release queued (json.dumps allowed them): NaN, Infinity, -Infinity.
+_LEGACY = st.sampled_from([float("nan"), float("inf"), float("-inf")])
+
+
+@st.composite
+def stored_rows(draw: st.DrawFn) -> tuple[OutboxEvent, dict[str, Any]]:
+    """A row as some release stored it, and the data an endpoint must receive for it."""
+    data = draw(st.dictionaries(_TEXT, _VALUES, max_size=4))
+    sent = dict(data)
+    if draw(st.booleans()):
+        key = draw(_TEXT)
+        data[key] = draw(_LEGACY)
+        sent[key] = None
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    else:
+        text = encode_data(data)
+    return OutboxEvent(0, draw(OBJECTS), text), sent
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(stored_rows(), min_size=1, max_size=12),
+    message_id=st.text(st.characters(codec="utf-8"), min_size=1, max_size=40),
+    now=st.floats(0, 2**40),
+    later=st.floats(0, 2**40),
+    max_bytes=st.integers(100, 3000),
+)
+def test_a_spliced_frame_is_byte_for_byte_what_the_encoder_writes(
+    rows: list[tuple[OutboxEvent, dict[str, Any]]], message_id: str, now: float,
+    later: float, max_bytes: int,
+) -> None:  # fmt: skip
+    evs = [OutboxEvent(seq, e.object, e.data) for seq, (e, _) in enumerate(rows, start=1)]
+    batch = build_batch(evs, message_id=message_id, now=now, max_batch=99, max_bytes=max_bytes)
+    taken = [(e.object, sent) for e, sent in rows[: batch.count]]
+    payload = [
+        element(obj, [sent for _, sent in run])
+        for obj, run in itertools.groupby(taken, key=lambda pair: pair[0])
+    ]
+    expected = request(MessageType.NOTIFICATION, payload, now, id=message_id)
+    assert batch.text == encode(expected)
+    assert batch.message == expected
+    assert batch.size_bytes == len(batch.text.encode("utf-8"))
+    assert batch.size_bytes <= max_bytes or (batch.count == 1 and batch.oversized)
+    # A restart rebuilds the very bytes; an ack's commit re-stamps them, size and all.
+    rebuilt = rebuild_batch(evs[: batch.count], batch.persisted())
+    assert (rebuilt.text, rebuilt.size_bytes) == (batch.text, batch.size_bytes)
+    stamped = batch.stamped(later)
+    assert stamped.text == encode(request(MessageType.NOTIFICATION, payload, later, id=message_id))
+    assert stamped.size_bytes == len(stamped.text.encode("utf-8"))
 
 
 def seqs_in(message: Message) -> list[int]:

@@ -17,6 +17,7 @@ import structlog
 
 from nbwss import outbox
 from nbwss.cli import main
+from nbwss.notifications import encode_data
 from nbwss.store import Store
 from nbwss.wake import WakeListener, Waker
 from tests.conftest import SPEC_EXAMPLES, timeout
@@ -92,6 +93,23 @@ def test_the_spec_examples_are_accepted(state_dir: Path) -> None:
     with pytest.MonkeyPatch.context() as patch:
         assert run_stdin(patch, lines(*records)) == 0
     assert queued(state_dir) == records
+
+
+def test_what_is_stored_is_the_wire_text_whatever_the_input_spelling(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Delivery splices the stored text into frames as is (`delivery.build_batch`): it
+    must be `encode_data`'s compact UTF-8 form, not the spaces and escapes of the input."""
+    data = job(7, clientName="Zürich \u2028 \"q\" €", extra={"b": [1.5, -0.0, 10**18]})
+    line = json.dumps({"object": "JOB", "data": data}, ensure_ascii=True)  # ", " and ": "
+    assert run_stdin(monkeypatch, line + "\n") == 0
+    assert main(["notify", "--object", "JOB", "--data", json.dumps(data, indent=2)]) == 0
+    store = Store(state_dir / "nbwss.db", state_dir / "nbwss.key")
+    try:
+        texts = [event.data for event in outbox.read_events(store, 0, 10)]
+    finally:
+        store.close()
+    assert texts == [encode_data(data)] * 2
 
 
 @pytest.mark.parametrize(
