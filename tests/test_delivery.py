@@ -848,3 +848,20 @@ def test_after_a_commit_the_events_past_the_cursor_are_read_at_once() -> None:
     assert isinstance(commit, AckCommit)
     delivery.commit_done(commit, T0)
     assert delivery.next_step(T0) == EventRange(1, 500)
+
+
+def test_a_cursor_moved_past_the_batch_meanwhile_is_where_reading_starts_again() -> None:
+    """The group was deleted and added again (at a later head) while its ack awaited the
+    commit: the batch read ahead was not persisted, so it does not go; the events after
+    the new cursor are read instead."""
+    delivery = machine()
+    batch = started(delivery, events("JOB"))
+    delivery.write_done(batch.id, T0)
+    delivery.events_read(events("JOB", start=2), T0, "ID-2")
+    delivery.response_received(ack(batch))
+    commit = delivery.next_step(T0)
+    assert isinstance(commit, AckCommit)
+    assert commit.next_batch is not None
+    delivery.commit_done(commit, T0, cursor=5)
+    assert delivery.outstanding is None
+    assert delivery.next_step(T0) == EventRange(5, 500)

@@ -77,6 +77,7 @@ def test_seq_is_never_reused_after_a_purge(store: Store) -> None:
     add_group(store, "G1")
     put(store, 1, 2)
     outbox.acknowledge(store, "G1", 2, T0)
+    assert outbox.purge(store) == 2
     assert seqs(store) == []
     assert put(store, 3) == 3
 
@@ -106,6 +107,7 @@ def test_a_group_without_endpoints_gets_no_cursor(store: Store) -> None:
     put(store, 1, 2)
     assert outbox.load_position(store, "GONE", T0) == GroupPosition(2, None)
     outbox.acknowledge(store, "G1", 2, T0)
+    outbox.purge(store)
     assert seqs(store) == []  # the forgotten group held nothing back
 
 
@@ -152,10 +154,23 @@ def test_purge_keeps_what_any_group_still_needs(store: Store) -> None:
     add_group(store, "G1")
     add_group(store, "G2")
     put(store, 1, 2, 3, 4)
-    assert outbox.acknowledge(store, "G1", 4, T0) == 0
+    outbox.acknowledge(store, "G1", 4, T0)
+    assert outbox.purge(store) == 0
     assert seqs(store) == [1, 2, 3, 4]
-    assert outbox.acknowledge(store, "G2", 2, T0) == 2
+    outbox.acknowledge(store, "G2", 2, T0)
+    assert seqs(store) == [1, 2, 3, 4]  # an acknowledgement deletes nothing itself
+    assert outbox.purge(store) == 2
     assert seqs(store) == [3, 4]
+
+
+def test_purge_goes_in_chunks_and_deletes_all_that_every_group_acknowledged(
+    store: Store,
+) -> None:
+    add_group(store, "G1")
+    put(store, *range(1, 12))
+    outbox.acknowledge(store, "G1", 10, T0)
+    assert outbox.purge(store, chunk=3) == 10
+    assert seqs(store) == [11]
 
 
 def test_purge_without_any_group_drops_what_nobody_can_receive(store: Store) -> None:
@@ -212,6 +227,21 @@ def test_backlog_per_group(store: Store) -> None:
     assert g2.oldest_unacked_age_s == pytest.approx(10)
     outbox.acknowledge(store, "G1", 3, T0)
     assert outbox.backlog(store, T0)[0].oldest_unacked_age_s is None
+
+
+def test_an_ack_behind_the_cursor_persists_no_next_batch_and_says_the_cursor(
+    store: Store,
+) -> None:
+    add_group(store, "G1")
+    put(store, 1, 2, 3)
+    next_batch = PersistedBatch("ID-B", 2, 2, T0)
+    assert outbox.acknowledge(store, "G1", 1, T0, next_batch) == 1
+    assert outbox.load_position(store, "G1", T0) == GroupPosition(1, next_batch)
+    with store.transaction() as conn:  # the group deleted and added again at the head
+        conn.execute("UPDATE group_cursors SET acked_seq = 3")
+    assert outbox.acknowledge(store, "G1", 2, T0, PersistedBatch("ID-C", 3, 3, T0)) == 3
+    assert outbox.load_position(store, "G1", T0) == GroupPosition(3, None)
+    assert outbox.acknowledge(store, "GONE", 2, T0) is None
 
 
 def test_ack_and_the_next_batch_are_one_transaction(store: Store) -> None:
@@ -315,13 +345,18 @@ def test_backlog_counts_match_the_rows_after_each_cursor(store: Store) -> None:
     check()
     outbox.acknowledge(store, "G1", 2, T0)
     outbox.acknowledge(store, "G2", 4, T0)
+    check()  # acknowledged, not deleted yet (the janitor does that)
+    outbox.delete_acknowledged(store)
     assert seqs(store) == [3, 4, 5]
     check()
     outbox.acknowledge(store, "G1", 4, T0)
+    check()
+    outbox.delete_acknowledged(store)
     assert seqs(store) == [5]
     check()
     outbox.acknowledge(store, "G2", 5, T0)
-    outbox.acknowledge(store, "G1", 5, T0)  # the outbox is empty now
+    outbox.acknowledge(store, "G1", 5, T0)
+    outbox.delete_acknowledged(store)  # the outbox is empty now
     put(store, 7, now=T0 + 40 * DAY)
     check()
     store.delete_endpoint("g1.test")
@@ -344,7 +379,8 @@ def test_a_new_store_gives_back_the_pages_a_drained_backlog_freed(tmp_path: Path
             assert conn.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # INCREMENTAL
         add_group(store, "G1")
         last = put(store, *range(20_000))
-        outbox.acknowledge(store, "G1", last, T0)  # purged as it commits; pages kept
+        outbox.acknowledge(store, "G1", last, T0)
+        outbox.delete_acknowledged(store)  # the janitor's delete; the pages are kept
         with store.reading() as conn:
             (free,) = conn.execute("PRAGMA freelist_count").fetchone()
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -377,12 +413,13 @@ def test_an_older_store_without_auto_vacuum_keeps_and_reuses_its_free_pages(
             assert conn.execute("PRAGMA auto_vacuum").fetchone() == (0,)
         add_group(store, "G1")
         outbox.acknowledge(store, "G1", put(store, *range(20_000)), T0)
-        assert outbox.purge(store) == 0
+        assert outbox.purge(store) == 20_000
         with store.reading() as conn:
             assert conn.execute("PRAGMA freelist_count").fetchone()[0] > 100
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         grown = path.stat().st_size
         outbox.acknowledge(store, "G1", put(store, *range(20_000)), T0)
+        outbox.delete_acknowledged(store)
         with store.reading() as conn:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         assert path.stat().st_size < grown * 1.05  # not twice: the free pages were reused

@@ -268,7 +268,7 @@ class Database:
                 commit = action.commit  # one transaction: the cursor and the next row
                 self.acked_seq, self.batch_row = commit.last_seq, commit.next_row
                 self.committed.add(commit.acknowledged.id)
-                todo += connection.ack_committed(commit, now, 0)
+                todo += connection.ack_committed(commit, now, commit.last_seq)
             else:
                 rest.append(action)
         return rest
@@ -318,9 +318,9 @@ def test_delivery_steps_are_actions_one_at_a_time() -> None:
     assert connection.next_deadline() == T0 + 5.0
     [commit] = connection.text_received(text(ack(write.batch)), T0 + 2)
     assert isinstance(commit, CommitAck)
-    acked, read = connection.ack_committed(commit.commit, T0 + 2, purged=1)
+    acked, read = connection.ack_committed(commit.commit, T0 + 2, cursor=1)
     assert isinstance(acked, Report)
-    assert (acked.event, acked.amount, acked.fields["purged"]) == ("notification.acked", 1, 1)
+    assert (acked.event, acked.amount, acked.fields["last_seq"]) == ("notification.acked", 1, 1)
     assert ledger.last_ack_at == T0 + 2
     assert read == ReadEvents(EventRange(1, 500))
     # The ack ended the wait: once read after the cursor moved, delivery waits again.

@@ -200,7 +200,7 @@ async def test_delivers_in_order_in_batches_and_advances_the_cursor(
     assert len({m.id for m in endpoint.sent}) == 3
     await run.stop()  # every ack that arrived before the close is committed
     assert acked_seq(store) == 7
-    assert outbox.read_events(store, 0, 100) == []  # acknowledged by every group: purged
+    assert outbox.purge(store) == 7  # acknowledged by every group: the janitor's to purge
     assert acked_metric() == acked_before + 7
     assert delivery.ledger.last_ack_at is not None
 

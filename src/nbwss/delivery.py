@@ -530,14 +530,20 @@ class DeliveryMachine:
         prepared = None if self.prepared is None else self.prepared.stamped(now)
         return AckCommit(batch, prepared)
 
-    def commit_done(self, commit: AckCommit, now: float) -> None:
-        """The transaction of `commit` is durable: the next batch is in flight, due now."""
+    def commit_done(self, commit: AckCommit, now: float, cursor: int | None = None) -> None:
+        """The transaction of `commit` is durable: the next batch is in flight, due now.
+
+        `cursor` is the group's cursor the transaction left: past the batch (the group was
+        deleted and added again at a later head meanwhile), the batch read ahead was not
+        persisted, and reading starts again from the cursor.
+        """
         if self.awaiting_commit is not commit.acknowledged:
             raise RuntimeError("that acknowledgement is not the one awaiting its commit")
-        self.acked_seq = max(self.acked_seq, commit.last_seq)
+        moved = cursor is not None and cursor > commit.last_seq
+        self.acked_seq = max(self.acked_seq, commit.last_seq, cursor or 0)
         self.last_acked_id = commit.acknowledged.id
         self.outstanding, self.phase, self.written_before = None, Phase.IDLE, False
         self.prepared, self.sends = None, 0
         self.read_since_wait = False  # the cursor moved: what follows it is read next
-        if commit.next_batch is not None:
+        if commit.next_batch is not None and not moved:
             self._start(commit.next_batch, now)

@@ -31,6 +31,7 @@ log = logs.get_logger("nbwss.outbox")
 
 RECLAIM_PAGES_PER_STEP = 2_048  # 8 MiB of 4 KiB pages: a short write lock
 AUTO_VACUUM_INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
+PURGE_CHUNK = 5_000
 SECONDS_PER_DAY = 86_400.0
 
 
@@ -138,12 +139,17 @@ def acknowledge(
     last_seq: int,
     now: float,
     next_batch: PersistedBatch | None = None,
-) -> int:
-    """Advance the group's cursor to `last_seq` and forget its batch, in one transaction.
+) -> int | None:
+    """Advance the group's cursor to `last_seq` and forget its batch, in one transaction;
+    the cursor after it (None: the group has none, it was deleted).
 
     `next_batch` (read ahead while the ack was awaited) becomes the batch in flight in
-    the same transaction. Events now acknowledged by every group are purged there too.
-    The cursor only moves forward. Returns how many events were purged.
+    the same transaction, unless the cursor is past `last_seq` already (the group was
+    deleted and added again at a later head meanwhile): then the caller reads again from
+    the cursor returned. The cursor only moves forward. Nothing is purged here: the
+    delete of what every group acknowledged cost more than the rest of the ack (and the
+    next batch waits for this commit); the janitor does it, off the delivery's path
+    (`purge`).
     """
     with store.transaction() as conn:
         conn.execute(
@@ -151,28 +157,50 @@ def acknowledge(
             " WHERE group_id = ?",
             (last_seq, now, group_id),
         )
+        row = conn.execute(
+            "SELECT acked_seq FROM group_cursors WHERE group_id = ?", (group_id,)
+        ).fetchone()
         conn.execute("DELETE FROM group_batches WHERE group_id = ?", (group_id,))
-        if next_batch is not None:
+        cursor = None if row is None else int(row[0])
+        if next_batch is not None and (cursor is None or cursor <= last_seq):
             _persist_batch(conn, group_id, next_batch)
-        return _purge_acknowledged(conn)
+    return cursor
 
 
-def _purge_acknowledged(conn: sqlite3.Connection) -> int:
+def _purge_acknowledged(conn: sqlite3.Connection, limit: int) -> int:
+    """Delete the oldest `limit` events acknowledged by every group; how many went."""
     (floor,) = conn.execute("SELECT MIN(acked_seq) FROM group_cursors").fetchone()
-    if floor is None:
-        # No group at all: nobody will ever receive these (a group added later starts
-        # at the head, spec section 7), so they are acknowledged by every group there is.
-        return conn.execute("DELETE FROM outbox").rowcount
-    return conn.execute("DELETE FROM outbox WHERE seq <= ?", (floor,)).rowcount
+    # No group at all: nobody will ever receive these (a group added later starts at the
+    # head, spec section 7), so they are acknowledged by every group there is.
+    ceiling = (1 << 62) if floor is None else floor
+    return conn.execute(
+        "DELETE FROM outbox WHERE seq IN"
+        " (SELECT seq FROM outbox WHERE seq <= ? ORDER BY seq LIMIT ?)",
+        (ceiling, limit),
+    ).rowcount
 
 
-def purge(store: Store) -> int:
-    """Delete every event acknowledged by every group, then give the file's free pages
-    back (`reclaim_free_pages`); how many events were deleted."""
-    with store.transaction() as conn:
-        deleted = _purge_acknowledged(conn)
+def purge(store: Store, chunk: int = PURGE_CHUNK) -> int:
+    """Delete every event acknowledged by every group (`delete_acknowledged`), then give
+    the file's free pages back (`reclaim_free_pages`); how many events were deleted."""
+    deleted = delete_acknowledged(store, chunk)
     reclaim_free_pages(store)
     return deleted
+
+
+def delete_acknowledged(store: Store, chunk: int = PURGE_CHUNK) -> int:
+    """Delete every event acknowledged by every group; how many were deleted.
+
+    One transaction per `chunk` events, so an ack waits at most one chunk's delete for
+    the write lock however much is deleted at once.
+    """
+    deleted = 0
+    while True:
+        with store.transaction() as conn:
+            count = _purge_acknowledged(conn, chunk)
+        deleted += count
+        if count < chunk:
+            return deleted
 
 
 def reclaim_free_pages(store: Store, pages_per_step: int = RECLAIM_PAGES_PER_STEP) -> int:

@@ -513,15 +513,16 @@ class GroupConnection:
         self._operation = None
         return self.close(CLOSE_INTERNAL_ERROR, "delivery failed")
 
-    def ack_committed(self, commit: AckCommit, now: float, purged: int) -> list[Action]:
-        """The answer to `CommitAck`: the cursor moved (and `purged` rows went)."""
+    def ack_committed(self, commit: AckCommit, now: float, cursor: int | None) -> list[Action]:
+        """The answer to `CommitAck`: the cursor moved (to `cursor`, what the transaction
+        left: see `DeliveryMachine.commit_done`)."""
         self._operation = None
         if self._delivery is not None:
-            self._delivery.commit_done(commit, now)
+            self._delivery.commit_done(commit, now, cursor)
         if self._ledger is not None:
             self._ledger.last_ack_at = now
         batch = commit.acknowledged
-        report = Report("notification.acked", "info", {**_batch_fields(batch), "purged": purged},
+        report = Report("notification.acked", "info", _batch_fields(batch),
                         Counter.NOTIFICATIONS_ACKED, batch.count)
         return [report, *self._advance(now)]
 

@@ -26,6 +26,8 @@ from nbwss.values import GroupPosition, OutboxEvent, PersistedBatch
 from nbwss.wake import WakeListener, Waker
 
 Clock = Callable[[], float]
+# How long an acknowledged event may stay in the outbox before the janitor deletes it.
+PURGE_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,19 +53,21 @@ class GroupOutbox:
     def persist_batch(self, row: PersistedBatch) -> None:
         outbox.persist_batch(self.store, self.group_id, row)
 
-    def acknowledge(self, commit: AckCommit, now: float) -> int:
-        """Commit the ack's transaction; how many outbox rows it purged."""
+    def acknowledge(self, commit: AckCommit, now: float) -> int | None:
+        """Commit the ack's transaction; the group's cursor after it (None: no cursor)."""
         return outbox.acknowledge(
             self.store, self.group_id, commit.last_seq, now, commit.next_row
         )
 
 
 class OutboxJanitor(Component):
-    """Daemon component: applies `notification.retentionDays` and purges what all acked.
+    """Daemon component: deletes what every group acknowledged, every
+    `purge_interval_s`; every `interval_s` (at start, then hourly), also applies
+    `notification.retentionDays`, logging loudly when it drops anything a group had not
+    acknowledged, and gives the file's free pages back (`outbox.purge`).
 
-    Acknowledgements purge as they commit; this sweep catches the rest (a group deleted,
-    events with no group to go to) and the retention, which logs loudly when it drops
-    anything a group had not acknowledged.
+    The delete is here, not in each acknowledgement's transaction, to keep it off the
+    delivery's path: an acknowledged event stays in the file up to `purge_interval_s`.
     """
 
     def __init__(
@@ -72,11 +76,13 @@ class OutboxJanitor(Component):
         settings: Settings,
         *,
         interval_s: float = 3600.0,
+        purge_interval_s: float = PURGE_INTERVAL_S,
         clock: Clock = time.time,
     ) -> None:
         self._store = store
         self._settings = settings
         self._interval_s = interval_s
+        self._purge_interval_s = purge_interval_s
         self._clock = clock
 
     def sweep(self) -> outbox.Expired:
@@ -87,9 +93,15 @@ class OutboxJanitor(Component):
         return expired
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        expire_at = loop.time()
         while True:
-            await asyncio.to_thread(self.sweep)
-            await asyncio.sleep(self._interval_s)
+            if loop.time() >= expire_at:
+                await asyncio.to_thread(self.sweep)
+                expire_at = loop.time() + self._interval_s
+            else:
+                await asyncio.to_thread(outbox.delete_acknowledged, self._store)
+            await asyncio.sleep(min(self._purge_interval_s, self._interval_s))
 
 
 class DeliveryWiring:
