@@ -35,9 +35,12 @@ The rules it keeps:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
+import itertools
 import json
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -53,6 +56,8 @@ _ELEMENT_OPEN: Final = {
     for obj in ("JOB", "IMAGE")
 }
 _ELEMENT_CLOSE: Final = "]}"
+_ELEMENT_SIZE: Final = {obj: len(text) + len(_ELEMENT_CLOSE) for obj, text in _ELEMENT_OPEN.items()}
+_OTHER: Final = {"JOB": "IMAGE", "IMAGE": "JOB"}  # the two object types (spec section 3)
 # A margin under message.maxBytes, so that no miscount of a byte or two ever matters.
 _ENVELOPE_SLACK: Final = 8
 
@@ -173,9 +178,9 @@ class Phase(enum.StrEnum):
     ACKED = "acked"  # acknowledged, cursor not committed yet
 
 
-def _wire_texts(events: Sequence[OutboxEvent]) -> list[str]:
-    """The text each event has on the wire: its stored text, which intake wrote as
-    `messages.encode` writes it (`notifications.encode_data`).
+def _wire_texts(events: Sequence[OutboxEvent]) -> tuple[list[str], bool]:
+    """The text each event has on the wire, and whether all of it is ASCII: its stored
+    text, which intake wrote as `messages.encode` writes it (`notifications.encode_data`).
 
     Except for rows queued before intake was strict, which may hold NaN or Infinity: no
     endpoint can decode those (the group would never be acknowledged), so they are sent
@@ -184,9 +189,9 @@ def _wire_texts(events: Sequence[OutboxEvent]) -> list[str]:
     """
     texts = [event.data for event in events]
     joined = "".join(texts)
-    if "NaN" not in joined and "Infinity" not in joined:
-        return texts
-    return [_null_for_nan(text) if "NaN" in text or "Infinity" in text else text for text in texts]
+    if "NaN" in joined or "Infinity" in joined:
+        texts = [_null_for_nan(t) if "NaN" in t or "Infinity" in t else t for t in texts]
+    return texts, joined.isascii()
 
 
 def _null_for_nan(text: str) -> str:
@@ -198,7 +203,15 @@ _STORED: Final = json.JSONDecoder(parse_constant=lambda _name: None)
 
 
 def _utf8_size(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
+    return len(text.encode("utf-8"))
+
+
+def _index(objects: Sequence[str], obj: str, start: int) -> int:
+    """Where `obj` is next in `objects` from `start` (the end if nowhere)."""
+    try:
+        return objects.index(obj, start)
+    except ValueError:
+        return len(objects)
 
 
 def _payload_text(objects: Sequence[str], texts: Sequence[str]) -> str:
@@ -206,15 +219,12 @@ def _payload_text(objects: Sequence[str], texts: Sequence[str]) -> str:
     `build_batch`, one per object type), its data the texts joined, never decoded."""
     parts = ["["]
     start = 0
-    for index in range(1, len(objects) + 1):
-        if index < len(objects) and objects[index] == objects[start]:
-            continue
+    while start < len(objects):
+        end = _index(objects, _OTHER[objects[start]], start)
         if start:
             parts.append(",")
-        parts.extend(
-            (_ELEMENT_OPEN[objects[start]], ",".join(texts[start:index]), _ELEMENT_CLOSE)
-        )
-        start = index
+        parts += (_ELEMENT_OPEN[objects[start]], ",".join(texts[start:end]), _ELEMENT_CLOSE)
+        start = end
     parts.append("]")
     return "".join(parts)
 
@@ -230,43 +240,41 @@ def build_batch(
     """The longest prefix of `events` (at least one) within both caps and the grouping
     rule (one element per object type, see the module docstring), as one request.
 
-    The frame is spliced from the events' wire texts (`_wire_texts`), and its size is
-    counted from them as the prefix grows: nothing is decoded or encoded.
+    The frame is spliced from the events' wire texts (`_wire_texts`) and its size counted
+    from their lengths: nothing is decoded or encoded. The first n events make a frame of
+    the envelope, their texts, n - 1 commas and each element's own bytes; those sizes
+    only grow with n, so the longest prefix that fits is found by bisection.
     """
     if not events:
         raise ValueError("a batch needs at least one event")
     window = events[:max_batch]
-    texts = _wire_texts(window)
+    texts, ascii_only = _wire_texts(window)
+    objects = [event.object for event in window]
     time_stamp = int(now)
-    size = len(notification_frame(message_id, time_stamp, "[]").encode("utf-8"))
-    size += _ENVELOPE_SLACK
-    taken = 0
-    previous: str | None = None
-    started: set[str] = set()  # the types that have their element in this message
-    for event, text in zip(window, texts, strict=True):
-        cost = _utf8_size(text)
-        if event.object != previous:
-            if event.object in started:
-                break  # the type would come again after the other one: next message
-            started.add(event.object)
-            cost += len(_ELEMENT_OPEN[event.object]) + len(_ELEMENT_CLOSE) + (1 if previous else 0)
-        elif taken:
-            cost += 1  # the comma between two data objects
-        if taken and size + cost > max_bytes:
-            break
-        size += cost
-        taken += 1
-        previous = event.object
-    objects = [event.object for event in window[:taken]]
+    envelope = len(notification_frame(message_id, time_stamp, "[]").encode("utf-8")) - 1
+    # ends[n - 1]: the bytes of the first n texts with a comma after each.
+    sizes = map(len if ascii_only else _utf8_size, texts)
+    ends = list(itertools.accumulate(map(operator.add, sizes, itertools.repeat(1))))
+    split = _index(objects, _OTHER[objects[0]], 0)  # where the first element's run ends
+    rule_end = _index(objects, objects[0], split)  # its type again: the next message
+    overhead = envelope + _ELEMENT_SIZE[objects[0]]
+    room = max_bytes - _ENVELOPE_SLACK - overhead
+    taken = bisect.bisect_right(ends, room, 0, split)
+    if taken == split < rule_end:
+        second = _ELEMENT_SIZE[objects[split]]
+        taken = bisect.bisect_right(ends, room - second, split, rule_end)
+        overhead += second if taken > split else 0
+    oversized = taken == 0  # too large even alone: it goes alone
+    taken = max(taken, 1)
     return Batch(
         id=message_id,
         time_stamp=time_stamp,
-        payload_text=_payload_text(objects, texts[:taken]),
+        payload_text=_payload_text(objects[:taken], texts[:taken]),
         first_seq=window[0].seq,
         last_seq=window[taken - 1].seq,
         count=taken,
-        size_bytes=size - _ENVELOPE_SLACK,
-        oversized=size > max_bytes,
+        size_bytes=overhead + ends[taken - 1],
+        oversized=oversized,
     )
 
 
@@ -277,7 +285,7 @@ def rebuild_batch(events: Sequence[OutboxEvent], restored: PersistedBatch) -> Ba
     if not events:
         raise ValueError("a batch needs at least one event")
     time_stamp = int(restored.sent_at)
-    payload_text = _payload_text([event.object for event in events], _wire_texts(events))
+    payload_text = _payload_text([event.object for event in events], _wire_texts(events)[0])
     frame = notification_frame(restored.message_id, time_stamp, payload_text)
     return Batch(
         id=restored.message_id,
