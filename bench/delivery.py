@@ -122,7 +122,7 @@ class Arrivals:
 
     connected: set[str] = field(default_factory=set)
     last_id: dict[str, int] = field(default_factory=dict)
-    arrived_at: dict[int, float] = field(default_factory=dict)  # first path only
+    arrived_at: dict[int, float] = field(default_factory=dict)  # a batch's last id, /g0
     out_of_order: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -136,9 +136,8 @@ class Arrivals:
             if previous is not None and first != previous + 1 and first > previous:
                 self.out_of_order += 1
             self.last_id[path] = max(last, previous or last)
-            if path == "/g0":
-                for n in range(first, last + 1):
-                    self.arrived_at.setdefault(n, at)
+            if path == "/g0":  # per batch, not per id: this process is the daemon's too
+                self.arrived_at.setdefault(last, at)
         self.changed.set()
 
     async def until(self, predicate: Callable[[], bool], seconds: float = 300) -> None:

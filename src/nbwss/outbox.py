@@ -114,7 +114,7 @@ def read_events(
             "SELECT seq, object, data FROM outbox WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
             (after_seq, ceiling, limit),
         ).fetchall()
-    return [OutboxEvent(seq, obj, data) for seq, obj, data in rows]
+    return list(map(OutboxEvent._make, rows))
 
 
 def persist_batch(store: Store, group_id: str, batch: PersistedBatch) -> None:

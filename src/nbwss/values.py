@@ -9,11 +9,15 @@ import them from here, never the other way round.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxEvent:
-    """One queued notification; `data` is its compact JSON text, as it goes on the wire."""
+class OutboxEvent(NamedTuple):
+    """One queued notification; `data` is its compact JSON text, as it goes on the wire.
+
+    A named tuple, not a frozen dataclass: delivery reads 500 at a time in a worker
+    thread, and a tuple is made from an SQLite row in half the time (and GIL).
+    """
 
     seq: int
     object: str
