@@ -302,8 +302,9 @@ DELIVERY_GOAL = Goal(0.7, higher_is_better=True)  # issue 14, item 2: of the dur
 async def delivery_against_limits(
     name: str, nbwss_rate: float, peer: Peer, texts: Sequence[str], batch: int,
     workdir: Path, peer_stdout: asyncio.StreamReader | None,
-) -> bool:  # fmt: skip
-    """The bare client's rates over the same events, and nbwss's rate beside each."""
+) -> tuple[bool, float]:  # fmt: skip
+    """The bare client's rates over the same events, and nbwss's rate beside each;
+    whether the goal is met, and the durable limit (notifications/s)."""
     db = workdir / f"limit-{len(texts)}.db"
     write_events(db, texts)
     async with draining(peer_stdout):
@@ -313,7 +314,7 @@ async def delivery_against_limits(
     met = figure(f"{name} vs bare client, durable", nbwss_rate, durable_count / durable_s, unit,
                  DELIVERY_GOAL)  # fmt: skip
     figure(f"{name} vs bare client, in memory", nbwss_rate, memory_count / memory_s, unit, RATE)
-    return met
+    return met, durable_count / durable_s
 
 
 def connect_against_limit(groups: int, nbwss_s: float, peer: Peer, at_once: int) -> None:
