@@ -178,18 +178,20 @@ class Phase(enum.StrEnum):
     ACKED = "acked"  # acknowledged, cursor not committed yet
 
 
-def _wire_texts(events: Sequence[OutboxEvent]) -> tuple[list[str], bool]:
+def _wire_texts(events: Sequence[OutboxEvent], legacy: bool) -> tuple[list[str], bool]:
     """The text each event has on the wire, and whether all of it is ASCII: its stored
     text, which intake wrote as `messages.encode` writes it (`notifications.encode_data`).
 
-    Except for rows queued before intake was strict, which may hold NaN or Infinity: no
+    Except for rows queued before intake was strict (`legacy`: some of `events` were
+    queued before the schema that records which), which may hold NaN or Infinity: no
     endpoint can decode those (the group would never be acknowledged), so they are sent
-    as null, re-encoded as before. One search of the texts finds them; a row that only
-    has the word in a string is re-encoded to the same text.
+    as null, re-encoded as before. One search of the texts finds them (it costs as much
+    as the rest of the batch, hence only for those rows); a row that only has the word
+    in a string is re-encoded to the same text.
     """
     texts = [event.data for event in events]
     joined = "".join(texts)
-    if "NaN" in joined or "Infinity" in joined:
+    if legacy and ("NaN" in joined or "Infinity" in joined):
         texts = [_null_for_nan(t) if "NaN" in t or "Infinity" in t else t for t in texts]
     return texts, joined.isascii()
 
@@ -236,6 +238,7 @@ def build_batch(
     now: float,
     max_batch: int,
     max_bytes: int,
+    legacy_up_to_seq: int | None = None,
 ) -> Batch:
     """The longest prefix of `events` (at least one) within both caps and the grouping
     rule (one element per object type, see the module docstring), as one request.
@@ -244,11 +247,12 @@ def build_batch(
     from their lengths: nothing is decoded or encoded. The first n events make a frame of
     the envelope, their texts, n - 1 commas and each element's own bytes; those sizes
     only grow with n, so the longest prefix that fits is found by bisection.
+    `legacy_up_to_seq` (None: unknown) is `GroupPosition`'s: see `_wire_texts`.
     """
     if not events:
         raise ValueError("a batch needs at least one event")
     window = events[:max_batch]
-    texts, ascii_only = _wire_texts(window)
+    texts, ascii_only = _wire_texts(window, _legacy(window, legacy_up_to_seq))
     objects = [event.object for event in window]
     time_stamp = int(now)
     envelope = len(notification_frame(message_id, time_stamp, "[]").encode("utf-8")) - 1
@@ -278,14 +282,21 @@ def build_batch(
     )
 
 
-def rebuild_batch(events: Sequence[OutboxEvent], restored: PersistedBatch) -> Batch:
+def _legacy(events: Sequence[OutboxEvent], legacy_up_to_seq: int | None) -> bool:
+    return legacy_up_to_seq is None or events[0].seq <= legacy_up_to_seq
+
+
+def rebuild_batch(
+    events: Sequence[OutboxEvent], restored: PersistedBatch, legacy_up_to_seq: int | None = None
+) -> Batch:
     """The persisted batch again, from every event of its range: same id, timeStamp and
     bytes as when it was first built, whatever the caps are now (one element per run,
     which is one per type for any batch `build_batch` made)."""
     if not events:
         raise ValueError("a batch needs at least one event")
     time_stamp = int(restored.sent_at)
-    payload_text = _payload_text([event.object for event in events], _wire_texts(events)[0])
+    texts, _ = _wire_texts(events, _legacy(events, legacy_up_to_seq))
+    payload_text = _payload_text([event.object for event in events], texts)
     frame = notification_frame(restored.message_id, time_stamp, payload_text)
     return Batch(
         id=restored.message_id,
@@ -327,6 +338,7 @@ class DeliveryMachine:
     read_since_wait: bool = False  # the outbox was read since the last wait or write
     last_acked_id: str | None = field(default=None, repr=False)
     stall_after: int = 12
+    legacy_up_to_seq: int | None = None  # see `GroupPosition` (None: unknown, look always)
     sends: int = 0  # completed writes of the batch in flight
     stalled: bool = False  # `sends` reached `stall_after` without an ack
     _carried: tuple[str, int, bool] | None = field(default=None, repr=False)
@@ -393,7 +405,7 @@ class DeliveryMachine:
         if not events:
             return None
         if restored is not None:
-            batch = rebuild_batch(events, restored)
+            batch = rebuild_batch(events, restored, self.legacy_up_to_seq)
         else:
             batch = build_batch(
                 events,
@@ -401,6 +413,7 @@ class DeliveryMachine:
                 now=now,
                 max_batch=self.max_batch,
                 max_bytes=self.max_bytes,
+                legacy_up_to_seq=self.legacy_up_to_seq,
             )
         self._start(batch, now)
         if restored is not None:
@@ -427,6 +440,7 @@ class DeliveryMachine:
             now=now,
             max_batch=self.max_batch,
             max_bytes=self.max_bytes,
+            legacy_up_to_seq=self.legacy_up_to_seq,
         )
         return self.prepared
 

@@ -76,9 +76,11 @@ def load_position(store: Store, group_id: str, now: float) -> GroupPosition:
             " WHERE c.group_id = ?",
             (group_id,),
         ).fetchone()
+        (legacy_up_to_seq,) = conn.execute("SELECT up_to_seq FROM outbox_legacy").fetchone()
     if known is not None:
         acked_seq, *batch = known
-        return _position(int(acked_seq), PersistedBatch(*batch) if batch[0] is not None else None)
+        outstanding = PersistedBatch(*batch) if batch[0] is not None else None
+        return _position(int(acked_seq), outstanding, legacy_up_to_seq)
     with store.transaction() as conn:
         conn.execute(
             "INSERT OR IGNORE INTO group_cursors (group_id, acked_seq, updated_at)"
@@ -95,13 +97,15 @@ def load_position(store: Store, group_id: str, now: float) -> GroupPosition:
             "SELECT message_id, first_seq, last_seq, sent_at FROM group_batches WHERE group_id = ?",
             (group_id,),
         ).fetchone()
-    return _position(int(cursor[0]), PersistedBatch(*row) if row else None)
+    return _position(int(cursor[0]), PersistedBatch(*row) if row else None, legacy_up_to_seq)
 
 
-def _position(acked_seq: int, outstanding: PersistedBatch | None) -> GroupPosition:
+def _position(
+    acked_seq: int, outstanding: PersistedBatch | None, legacy_up_to_seq: int
+) -> GroupPosition:
     if outstanding is not None and outstanding.last_seq <= acked_seq:
         outstanding = None  # already acknowledged (e.g. retention moved the cursor past it)
-    return GroupPosition(acked_seq, outstanding)
+    return GroupPosition(acked_seq, outstanding, legacy_up_to_seq)
 
 
 def read_events(

@@ -109,6 +109,12 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (object, record_id)
     );
     """,
+    """
+    -- Rows up to this seq were queued before this schema, maybe by a release whose intake
+    -- let NaN and Infinity through: delivery looks for those in these rows only.
+    CREATE TABLE outbox_legacy (up_to_seq INTEGER NOT NULL);
+    INSERT INTO outbox_legacy (up_to_seq) SELECT COALESCE(MAX(seq), 0) FROM outbox;
+    """,
 )
 
 BUSY_TIMEOUT_MS = 10_000

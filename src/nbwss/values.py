@@ -37,10 +37,12 @@ class PersistedBatch:
 
 @dataclass(frozen=True, slots=True)
 class GroupPosition:
-    """Where a group's delivery resumes: after `acked_seq`, the persisted batch first."""
+    """Where a group's delivery resumes: after `acked_seq`, the persisted batch first.
+    `legacy_up_to_seq`: the rows up to it may hold NaN or Infinity (an older intake)."""
 
     acked_seq: int
     outstanding: PersistedBatch | None
+    legacy_up_to_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
