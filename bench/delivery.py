@@ -207,7 +207,8 @@ async def throughput(
     workdir: Path, name: str, groups: int, events: int, port: int, leaf_der: bytes,
     endpoint: asyncio.subprocess.Process, precommitted: bool = False,
     profile: cProfile.Profile | None = None,
-) -> float:  # fmt: skip
+) -> tuple[float, float]:  # fmt: skip
+    """Notifications/s and the daemon's CPU microseconds per notification."""
     config, store = setup_state(workdir / name, groups, port, leaf_der)
     arrivals = Arrivals()
     assert endpoint.stdout is not None
@@ -251,7 +252,7 @@ async def throughput(
     )
     if arrivals.out_of_order:
         raise OrderBroken(f"{name}: {arrivals.out_of_order} batches arrived out of order")
-    return rate
+    return rate, cpu / delivered * 1e6
 
 
 class OrderBroken(Exception):
@@ -352,17 +353,17 @@ async def run(args: argparse.Namespace) -> bool:
             assert endpoint.stdout is not None
             port = int(await endpoint.stdout.readline())
             await intake(workdir, args.events)
-            one = await throughput(
+            one, one_cpu_us = await throughput(
                 workdir, "one-group-backlog", 1, args.events, port, leaf_der, endpoint,
                 precommitted=True,
             )  # fmt: skip
             one_met, durable_limit = await limits.delivery_against_limits(
                 "one group, backlog drained", one, limits.Peer(port, leaf_der),
                 [encode_data(job(n)) for n in range(args.events)],
-                Settings().notification_max_batch, workdir, endpoint.stdout,
+                Settings().notification_max_batch, workdir, endpoint.stdout, one_cpu_us,
             )  # fmt: skip
             await throughput(workdir, "one-group-notify", 1, args.events, port, leaf_der, endpoint)
-            many = await throughput(
+            many, _ = await throughput(
                 workdir, "many-groups-backlog", args.groups, args.group_events, port, leaf_der,
                 endpoint, precommitted=True,
             )  # fmt: skip

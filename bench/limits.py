@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import ssl
 import statistics
@@ -301,20 +302,35 @@ DELIVERY_GOAL = Goal(0.7, higher_is_better=True)  # issue 14, item 2: of the dur
 
 async def delivery_against_limits(
     name: str, nbwss_rate: float, peer: Peer, texts: Sequence[str], batch: int,
-    workdir: Path, peer_stdout: asyncio.StreamReader | None,
+    workdir: Path, peer_stdout: asyncio.StreamReader | None, nbwss_cpu_us: float | None = None,
 ) -> tuple[bool, float]:  # fmt: skip
     """The bare client's rates over the same events, and nbwss's rate beside each;
-    whether the goal is met, and the durable limit (notifications/s)."""
+    whether the goal is met, and the durable limit (notifications/s).
+
+    With `nbwss_cpu_us` (the daemon's CPU per notification), the bare durable client's
+    CPU per notification is beside it: CPU is the figure other load on the machine
+    skews least (this process runs nothing else meanwhile)."""
     db = workdir / f"limit-{len(texts)}.db"
     write_events(db, texts)
     async with draining(peer_stdout):
+        cpu_before = _cpu_s()
         durable_count, durable_s = await deliver_durable(peer, db, batch)
+        durable_cpu_us = (_cpu_s() - cpu_before) / durable_count * 1e6
         memory_count, memory_s = await deliver_in_memory(peer, texts, batch)
     unit = "notifications/s"
     met = figure(f"{name} vs bare client, durable", nbwss_rate, durable_count / durable_s, unit,
                  DELIVERY_GOAL)  # fmt: skip
     figure(f"{name} vs bare client, in memory", nbwss_rate, memory_count / memory_s, unit, RATE)
+    if nbwss_cpu_us is not None:
+        figure(f"{name}, CPU per notification vs bare client, durable", nbwss_cpu_us,
+               durable_cpu_us, "us", COST)  # fmt: skip
     return met, durable_count / durable_s
+
+
+def _cpu_s() -> float:
+    """This process's CPU seconds, all threads."""
+    times = os.times()
+    return times.user + times.system
 
 
 def connect_against_limit(groups: int, nbwss_s: float, peer: Peer, at_once: int) -> None:
