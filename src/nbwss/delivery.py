@@ -193,6 +193,7 @@ def _wire_texts(events: Sequence[OutboxEvent], legacy: bool) -> tuple[list[str],
     joined = "".join(texts)
     if legacy and ("NaN" in joined or "Infinity" in joined):
         texts = [_null_for_nan(t) if "NaN" in t or "Infinity" in t else t for t in texts]
+        joined = "".join(texts)  # re-encoded, an escaped character is itself again
     return texts, joined.isascii()
 
 
