@@ -118,6 +118,15 @@ def test_read_events_in_order_with_limit_and_ceiling(store: Store) -> None:
     assert outbox.read_events(store, 10, 5) == []
 
 
+def test_read_events_if_free_reads_or_says_the_store_is_busy(store: Store) -> None:
+    put(store, *range(1, 6))
+    assert outbox.read_events_if_free(store, 1, 2) == outbox.read_events(store, 1, 2)
+    assert [e.seq for e in outbox.read_events_if_free(store, 3, 9) or []] == [4, 5]
+    with store.reading():  # another user of the connection: no waiting for it
+        assert outbox.read_events_if_free(store, 1, 2) is None
+    assert outbox.read_events_if_free(store, 5, 2) == []
+
+
 def test_persisted_batch_survives_a_reopen_and_ack_clears_it(tmp_path: Path) -> None:
     first = Store(tmp_path / "db", tmp_path / "key")
     add_group(first, "G1")

@@ -271,6 +271,19 @@ class Store:
             yield self.conn
 
     @contextmanager
+    def reading_if_free(self) -> Iterator[sqlite3.Connection | None]:
+        """`reading()` if no other thread is using the connection now, else None: for
+        the event loop, which must not wait for the lock (it goes to a worker thread)."""
+        if not self._lock.acquire(blocking=False):
+            yield None
+            return
+        try:
+            with self._errors_named():
+                yield self.conn
+        finally:
+            self._lock.release()
+
+    @contextmanager
     def _errors_named(self) -> Iterator[None]:
         try:
             yield
