@@ -441,6 +441,7 @@ class GroupConnection:
             stall_after=settings.notification_stall_after_sends,
             acked_seq=position.acked_seq,
             restored=position.outstanding,
+            legacy_up_to_seq=position.legacy_up_to_seq,
         )
         machine.carry_over(self._ledger.machine)
         self._ledger.machine = machine

@@ -50,6 +50,13 @@ class GroupOutbox:
     def read_events(self, wanted: EventRange) -> list[OutboxEvent]:
         return outbox.read_events(self.store, wanted.after_seq, wanted.limit, wanted.up_to_seq)
 
+    def read_events_if_free(self, wanted: EventRange) -> list[OutboxEvent] | None:
+        """`read_events` at once, or None when another thread has the store (see
+        `outbox.read_events_if_free`: the event loop never waits for it)."""
+        return outbox.read_events_if_free(
+            self.store, wanted.after_seq, wanted.limit, wanted.up_to_seq
+        )
+
     def persist_batch(self, row: PersistedBatch) -> None:
         outbox.persist_batch(self.store, self.group_id, row)
 

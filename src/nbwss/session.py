@@ -10,7 +10,8 @@ is one loop, the only driver of the core: a reader task (the only caller of
 operation under way, a wake-up or the core's `next_deadline()` (pings, CONNECT's
 answer, a resend, the fallback poll of the outbox), and carries out the actions
 without waiting for any: a batch write runs in a task of the connection, the group's
-store calls (`pump.GroupOutbox`) in a worker thread, one delivery operation at a time;
+store calls (`pump.GroupOutbox`) in a worker thread (an outbox read at once when the
+store is free), one delivery operation at a time;
 COMMAND requests run in their own tasks so a slow REST call never stalls the loop.
 `_write()` owns the write deadline (`notification.sendTimeout`). Every COMMAND request
 gets one answer (a
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 import aiohttp
 
 from nbwss import messages
-from nbwss.delivery import Batch
+from nbwss.delivery import Batch, EventRange
 from nbwss.errors import (
     MSG_CERT_MISMATCH,
     ConnectError,
@@ -269,6 +270,17 @@ class _Pending:
 def _in_thread(call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
     """A blocking store call in the default executor: the loop never waits on SQLite."""
     return asyncio.get_running_loop().run_in_executor(None, call, *args)
+
+
+def _read_events(outbox: GroupOutbox, wanted: EventRange) -> asyncio.Future[Any]:
+    """The read at once when the store is free (a WAL read waits for no writer, and two
+    thread hand-offs cost as much as the read), else in a worker thread."""
+    events = outbox.read_events_if_free(wanted)
+    if events is None:
+        return _in_thread(outbox.read_events, wanted)
+    done = asyncio.get_running_loop().create_future()
+    done.set_result(events)
+    return done
 
 
 class Session:
@@ -554,7 +566,7 @@ class Session:
         if isinstance(operation, WriteBatch):
             future = self._start(group, self._write_batch(operation.batch))
         elif isinstance(operation, ReadEvents):
-            future = _in_thread(outbox.read_events, operation.range)
+            future = _read_events(outbox, operation.range)
         elif isinstance(operation, PersistBatch):
             future = _in_thread(outbox.persist_batch, operation.row)
         elif isinstance(operation, CommitAck):
@@ -571,7 +583,7 @@ class Session:
         """Write a NOTIFICATION; a failure is an outcome for the loop (`_finished`), never
         one that ends the connection's TaskGroup."""
         try:
-            await self._write(messages.encode(batch.message))
+            await self._write(batch.text)  # spliced from the stored rows (delivery.py)
         except Exception as exc:  # judged in `_finished`
             return exc
         return None
