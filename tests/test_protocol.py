@@ -327,20 +327,34 @@ def test_delivery_steps_are_actions_one_at_a_time() -> None:
     assert connection.events_read([], T0 + 2, "ID-3") == []
 
 
-def test_the_fallback_poll_and_a_wake_up_read_the_outbox_again() -> None:
+def test_an_idle_group_waits_for_a_wake_up_and_never_polls_the_outbox() -> None:
+    """No per-connection poll: with nothing in flight, only a wake-up (a datagram, the
+    poller, the daemon's one outbox watch) reads the outbox again."""
     rules = Settings(keepalive_rate_s=1000.0, notification_rate_s=5.0)
     connection = opened(rules)
     db = Database([])
     assert db.carry_out(connection, connection.deliver(DeliveryLedger("G1"), T0), T0) == []
-    assert connection.next_deadline() == T0 + 5.0  # the fallback poll, every rate
-    assert connection.tick(T0 + 4.9) == []
-    assert connection.tick(T0 + 5.0) == [ReadEvents(EventRange(0, 500))]
+    assert connection.next_deadline() == T0 + 1001.0  # the ping only: no poll every rate
+    assert connection.tick(T0 + 5.0) == []
+    assert connection.tick(T0 + 500.0) == []
+    assert connection.wake(T0 + 600) == [ReadEvents(EventRange(0, 500))]
     # A wake-up during a read may announce rows the read missed: it ends the next wait.
-    assert connection.wake(T0 + 5.1) == []
-    assert connection.events_read([], T0 + 5.2, "ID-1") == [ReadEvents(EventRange(0, 500))]
-    assert connection.events_read([], T0 + 5.3, "ID-2") == []  # consumed: once only
-    assert connection.next_deadline() == T0 + 10.3
-    assert connection.wake(T0 + 6) == [ReadEvents(EventRange(0, 500))]
+    assert connection.wake(T0 + 600.1) == []
+    assert connection.events_read([], T0 + 600.2, "ID-1") == [ReadEvents(EventRange(0, 500))]
+    assert connection.events_read([], T0 + 600.3, "ID-2") == []  # consumed: once only
+    assert connection.next_deadline() == T0 + 1001.0
+    assert connection.wake(T0 + 601) == [ReadEvents(EventRange(0, 500))]
+
+
+def test_a_wake_up_before_the_position_is_loaded_is_answered_by_the_first_read() -> None:
+    connection = opened(Settings(keepalive_rate_s=1000.0, notification_rate_s=5.0))
+    [load] = connection.deliver(DeliveryLedger("G1"), T0)
+    assert load == LoadPosition("G1")
+    assert connection.wake(T0) == []  # rows committed while the position is read
+    assert connection.position_loaded(GroupPosition(0, None), T0) == [
+        ReadEvents(EventRange(0, 500))]  # begun after the wake-up: it sees those rows
+    assert connection.events_read([], T0, "ID-1") == []  # so the wake-up is spent
+    assert connection.next_deadline() == T0 + 1001.0
 
 
 def test_a_wake_up_during_a_write_is_answered_by_the_read_that_follows_it() -> None:

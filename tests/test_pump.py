@@ -24,8 +24,9 @@ from nbwss.protocol import DeliveryLedger
 from nbwss.pump import DeliveryWiring, GroupOutbox, OutboxJanitor
 from nbwss.session import Session, Target
 from nbwss.store import Store
-from nbwss.wake import WakeListener, Waker, send_wake
+from nbwss.wake import OutboxWatch, WakeListener, Waker, send_wake
 from tests.conftest import timeout
+from tests.test_outbox_watch import reads_reach
 
 GROUP = "G1"
 TOKEN = "token-of-the-endpoint=="
@@ -217,13 +218,24 @@ async def test_a_wake_sends_new_events_at_once(store: Store, running: Any) -> No
     await endpoint.wait_for(lambda: endpoint.job_ids() == [1, 2], seconds=2)
 
 
-async def test_without_a_wake_the_outbox_is_polled_every_rate(store: Store, running: Any) -> None:
+async def test_without_a_wake_the_outbox_watch_finds_new_rows(store: Store, running: Any) -> None:
+    """A datagram lost: the daemon's one watch of the outbox's head wakes the connection
+    (which no longer polls on its own: its rate here is a minute)."""
+    waker = Waker()
     put(store, 1)
     endpoint = Endpoint()
-    await running(group_outbox(store), endpoint, link_settings(notification_rate_s=0.2))
+    await running(group_outbox(store, waker), endpoint, link_settings(notification_rate_s=60.0))
     await endpoint.wait_for(lambda: endpoint.job_ids() == [1])
-    put(store, 2)  # and no wake-up: only the fallback poll can find it
-    await endpoint.wait_for(lambda: endpoint.job_ids() == [1, 2])
+    watch = OutboxWatch(store, waker, period_s=0.05)
+    task = asyncio.create_task(watch.run())
+    try:
+        await reads_reach(watch, 3)  # the connection has long read past its ack: it waits
+        put(store, 2)  # and no wake-up: only the watch can find it
+        await endpoint.wait_for(lambda: endpoint.job_ids() == [1, 2])
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
 
 async def test_withheld_ack_resends_the_same_message_and_nothing_new(
@@ -401,6 +413,10 @@ def test_the_wiring_keeps_one_ledger_per_group(store: Store, tmp_path: Path) -> 
     assert wiring.outbox(GROUP) is wiring.outbox(GROUP)
     assert wiring.outbox(GROUP).waker is wiring.waker
     assert list(wiring.ledgers) == [GROUP]
+    assert wiring.watch in wiring.components  # the one fallback read, started with the daemon
+    assert wiring.watch.period_s == 5.0
+    wiring.update_settings(Settings(notification_rate_s=30.0))  # a reload: its next period
+    assert wiring.watch.period_s == 30.0
 
 
 # -- the wake socket -------------------------------------------------------------------------

@@ -139,8 +139,24 @@ def build_service(
         store,
         supervisor,
         components=[*own, *components],
-        reload_settings=reload_settings,
+        reload_settings=_following(reload_settings, wiring),
         notifier=notifier,
         watchdog_s=watchdog_s,
     )
     return service
+
+
+def _following(
+    reload_settings: Callable[[], Settings] | None, wiring: DeliveryWiring
+) -> Callable[[], Settings] | None:
+    """`reload_settings`, whose new settings also reach delivery's daemon-wide parts
+    (the service applies whatever it returns, as it does to the supervisor)."""
+    if reload_settings is None:
+        return None
+
+    def reload() -> Settings:
+        settings = reload_settings()
+        wiring.update_settings(settings)
+        return settings
+
+    return reload

@@ -368,7 +368,7 @@ class DeliveryMachine:
         return WaitUntil(self.deadline())
 
     def waited(self) -> None:
-        """A wait ended (a response, a wake-up, the deadline or the fallback poll): the
+        """A wait ended (a response, a wake-up or the deadline): the
         outbox may have new events."""
         self.read_since_wait = False
 

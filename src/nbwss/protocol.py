@@ -33,10 +33,13 @@ The rules it keeps:
   exactly `keepAlive.maxPongMissAllowed` pings in a row without one, close 1001.
 - Delivery: the machine's steps become actions, one at a time (at most one operation
   under way: never two store calls of a group at once); its waits become
-  `next_deadline()` (a resend due, the fallback poll every `notification.rate`), ended
-  early by `wake` or an accepted ack. Each connection loads the group's position from
-  the database unless an ack is still to commit; the `DeliveryLedger` carries the
-  machine (and its stall count) and the last ack from one connection to the next.
+  `next_deadline()` (a resend due; an idle group has none), ended early by `wake` or
+  an accepted ack. A connection never polls the outbox on its own: new rows come with
+  a wake-up (`nbwss notify`'s datagram, the poller, or the daemon's one `OutboxWatch`
+  should a datagram be lost), so a thousand idle groups cost no reads. Each connection
+  loads the group's position from the database unless an ack is still to commit; the
+  `DeliveryLedger` carries the machine (and its stall count) and the last ack from one
+  connection to the next.
 - One close: the first close decided is the one, so there is one close frame and one
   reason. Frames fed after it still count (an ack then is still committed); no ping is
   sent, no second close decided and nothing new read or written. (The asyncio driver
@@ -275,7 +278,7 @@ class GroupConnection:
         self._ledger: DeliveryLedger | None = None
         self._delivery: DeliveryMachine | None = None  # judges responses once loaded
         self._operation: DeliveryOperation | None = None  # the one the driver carries out
-        self._wait_due: float | None = None  # delivery waits: look again at this time
+        self._wait_due: float | None = None  # delivery waits until then (None: a wake-up)
         self._woken = False  # a wake-up or an ack came: end the next wait at once
 
     # -- the handshake -------------------------------------------------------------------
@@ -528,10 +531,11 @@ class GroupConnection:
         return [report, *self._advance(now)]
 
     def wake(self, now: float) -> list[Action]:
-        """New outbox rows may be committed (`nbwss notify`, the poller), or an ack came:
-        the wait ends now, or, with an operation under way, the next wait ends at once."""
+        """New outbox rows may be committed (`nbwss notify`, the poller, the outbox
+        watch), or an ack came: the wait ends now, or, with an operation under way (or
+        the position not loaded yet), the next wait ends at once."""
         machine = self._delivery
-        if machine is None or self._wait_due is None:
+        if machine is None or self._operation is not None:
             self._woken = True
             return self._advance(now)
         self._wait_due = None
@@ -564,7 +568,7 @@ class GroupConnection:
             if not isinstance(step, WaitUntil):
                 return self._begin(PersistBatch(machine.group_id, step))
             if not self._woken:
-                self._wait_due = _earliest(step.deadline, now + machine.rate_s)
+                self._wait_due = step.deadline  # a resend due, or None: until woken
                 return []
             # Consumed: a wake-up ends one wait, never every wait after it.
             self._woken = False
@@ -584,7 +588,7 @@ class GroupConnection:
         if self._wait_due is None or now < self._wait_due or self._delivery is None:
             return []
         self._wait_due = None
-        self._delivery.waited()  # the deadline or the fallback poll of the outbox
+        self._delivery.waited()  # the deadline: a resend due
         return self._advance(now)
 
     # -- time and closing ----------------------------------------------------------------
@@ -599,7 +603,7 @@ class GroupConnection:
 
     def tick(self, now: float) -> list[Action]:
         """The clock moved: the CONNECT answer's deadline, the next keepalive ping, or
-        delivery's next look (a resend due, the fallback poll every `notification.rate`)."""
+        a resend due."""
         if self.state is not State.OPEN:
             return self._keepalive_tick(now)
         return [*self._keepalive_tick(now), *self._delivery_tick(now)]

@@ -23,7 +23,7 @@ from nbwss.properties import Settings
 from nbwss.protocol import DeliveryLedger
 from nbwss.store import Store
 from nbwss.values import GroupPosition, OutboxEvent, PersistedBatch
-from nbwss.wake import WakeListener, Waker
+from nbwss.wake import OutboxWatch, WakeListener, Waker
 
 Clock = Callable[[], float]
 # How long an acknowledged event may stay in the outbox before the janitor deletes it.
@@ -116,12 +116,15 @@ class DeliveryWiring:
     and the one registry of the groups' ledgers (the supervisor asks `outbox(group)`
     for each connection; `/status` reads `ledgers`).
 
-    The REST poller gets `waker` so its commits wake the connections too.
+    The REST poller gets `waker` so its commits wake the connections too. New rows are
+    found by the wake-ups (a datagram, the poller) and, should a datagram be lost, by
+    the one `OutboxWatch`; a connection never polls the outbox on its own.
     """
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.waker = Waker()
         self.listener = WakeListener(settings.wake_socket, self.waker)
+        self.watch = OutboxWatch(store, self.waker, settings.notification_rate_s)
         self.janitor = OutboxJanitor(store, settings)
         self._store = store
         self._outboxes: dict[str, GroupOutbox] = {}
@@ -139,6 +142,11 @@ class DeliveryWiring:
     def ledgers(self) -> Mapping[str, DeliveryLedger]:
         return {group: found.ledger for group, found in self._outboxes.items()}
 
+    def update_settings(self, settings: Settings) -> None:
+        """A reload: the watch reads the outbox every `notification.scheduledRate` now
+        (from its next period); a connection's resend wait changes with the next one."""
+        self.watch.period_s = settings.notification_rate_s
+
     @property
-    def components(self) -> tuple[WakeListener, OutboxJanitor]:
-        return (self.listener, self.janitor)
+    def components(self) -> tuple[WakeListener, OutboxWatch, OutboxJanitor]:
+        return (self.listener, self.watch, self.janitor)

@@ -8,10 +8,10 @@ or raises; the `Session` it returns is the group's `Link` until `run()` returns.
 is one loop, the only driver of the core: a reader task (the only caller of
 `receive()`) hands it frames, and it waits for a frame, the end of the delivery
 operation under way, a wake-up or the core's `next_deadline()` (pings, CONNECT's
-answer, a resend, the fallback poll of the outbox), and carries out the actions
-without waiting for any: a batch write runs in a task of the connection, the group's
-store calls (`pump.GroupOutbox`) in a worker thread (an outbox read at once when the
-store is free), one delivery operation at a time;
+answer, a resend due), and carries out the actions without waiting for any: a batch
+write runs in a task of the connection, the group's store calls (`pump.GroupOutbox`)
+in a worker thread (an outbox read at once when the store is free), one delivery
+operation at a time;
 COMMAND requests run in their own tasks so a slow REST call never stalls the loop.
 `_write()` owns the write deadline (`notification.sendTimeout`). Every COMMAND request
 gets one answer (a

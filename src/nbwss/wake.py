@@ -3,8 +3,9 @@
 `nbwss notify` commits, then sends a one-byte datagram to a Unix datagram socket beside
 the database (`Settings.wake_socket`); the daemon's `WakeListener` wakes delivery on every
 live connection at once through the in-process `Waker` (which the REST poller calls directly). A
-lost datagram costs latency, never a notification: each connection still reads the database
-every `notification.scheduledRate` seconds. `nbwss endpoint add|enable|disable|delete`
+lost datagram costs latency, never a notification: the daemon's one `OutboxWatch` reads the
+outbox's head every `notification.scheduledRate` seconds and wakes every connection when it
+moved (one read for all groups, not one per connection). `nbwss endpoint add|enable|disable|delete`
 send another byte (`ENDPOINTS_DATAGRAM`), which runs the connection process at once
 instead of at its next `connectionInfo.period`.
 
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from nbwss import logs
 from nbwss.component import Component
-from nbwss.errors import NbwssError
+from nbwss.errors import NbwssError, StoreError
 
 if TYPE_CHECKING:
     import asyncio
@@ -208,35 +209,55 @@ class WakeListener(Component):
 
 
 class OutboxWatch(Component):
-    """Daemon component: the one fallback read of the outbox for every pump.
+    """Daemon component: the one fallback read of the outbox for every connection.
 
-    A wake-up datagram can be lost (its queue full, no daemon listening at that
-    instant). Rather than every pump reading the outbox on its own timer (1,000 idle
-    groups at `notification.scheduledRate=5`: 200 reads a second, about 3.5% of a
-    core), this reads the outbox's head (its highest seq ever, one row of
-    `sqlite_sequence`) once a period and wakes every pump when it moved.
+    A wake-up datagram can be lost (no daemon listening at that instant, its socket
+    unavailable). Rather than every connection reading the outbox on its own timer
+    (1,000 idle groups at `notification.scheduledRate=5`: 200 reads a second, about
+    3.5% of a core), this reads the outbox's head (its highest seq ever, one row of
+    `sqlite_sequence`) once a period and wakes every connection when it moved.
+
+    The head is first read in `start()`, before any connection makes its first read:
+    a row committed after that read moves the head past what the watch saw, so no
+    commit can fall between the two. `period_s` may be changed while it runs (a
+    reload of `notification.scheduledRate`): it applies from the next period.
     """
 
     def __init__(self, store: Store, waker: Waker, period_s: float) -> None:
         self._store = store
         self._waker = waker
-        self._period_s = period_s
-        self.reads = 0  # how many times it read the head
+        self.period_s = period_s
+        self._seen: int | None = None
+        self.reads = 0  # how many times it read the head after the first (for tests)
         self.read_done: asyncio.Event | None = None  # set after each read (for tests)
+
+    async def start(self) -> None:
+        import asyncio
+
+        self._seen = await asyncio.to_thread(self._head)
 
     async def run(self) -> None:
         import asyncio
 
-        from nbwss import outbox
-
         self.read_done = self.read_done or asyncio.Event()
-
-        seen = await asyncio.to_thread(outbox.queued_total, self._store)
+        if self._seen is None:  # run without start (a test): read the head first
+            await self.start()
         while True:
-            await asyncio.sleep(self._period_s)
-            head = await asyncio.to_thread(outbox.queued_total, self._store)
+            await asyncio.sleep(self.period_s)
+            head = await asyncio.to_thread(self._head)
             self.reads += 1
-            if head != seen:
-                seen = head
+            if head is not None and head != self._seen:
+                self._seen = head
                 self._waker.wake()
             self.read_done.set()
+
+    def _head(self) -> int | None:
+        """The outbox's head; None (logged) when the store failed: the next read that
+        works compares with the last head seen, so nothing committed meanwhile is missed."""
+        from nbwss import outbox
+
+        try:
+            return outbox.queued_total(self._store)
+        except StoreError as exc:
+            log.warning("wake.watch_failed", reason=str(exc), retry_s=self.period_s)
+            return None
