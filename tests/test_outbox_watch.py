@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from nbwss import outbox
 from nbwss.store import Store
@@ -49,6 +50,48 @@ async def test_rows_queued_without_a_wake_wake_every_pump_once(store: Store) -> 
             event.clear()
         await reads_reach(watch, watch.reads + 3)
         assert not any(event.is_set() for event in pumps)  # woken once, not every period
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_rows_queued_between_start_and_run_are_news(store: Store) -> None:
+    """`start()` reads the head before any connection reads: a row committed after it
+    wakes every connection at the first period, though nothing moved since `run()`."""
+    waker = Waker()
+    pump = asyncio.Event()
+    waker.register(pump)
+    watch = OutboxWatch(store, waker, period_s=0.01)
+    await watch.start()
+    with store.transaction() as conn:  # committed after the head was read, datagram lost
+        outbox.enqueue(conn, [("JOB", {"jobId": 1})], 0.0)
+    task = asyncio.create_task(watch.run())
+    try:
+        async with asyncio.timeout(timeout(10)):
+            await pump.wait()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_failing_store_is_logged_and_read_again_without_stopping(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "nbwss.db", tmp_path / "nbwss.key")
+    waker = Waker()
+    pump = asyncio.Event()
+    waker.register(pump)
+    watch = OutboxWatch(store, waker, period_s=0.01)
+    await watch.start()
+    store.close()  # every read fails from now on
+    task = asyncio.create_task(watch.run())
+    try:
+        with capture_logs() as logged:
+            await reads_reach(watch, 3)  # still running
+        assert {e["event"] for e in logged} == {"wake.watch_failed"}
+        assert not pump.is_set()  # a failed read is no news
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -307,7 +307,8 @@ PROPERTIES: tuple[Property, ...] = (
              applies=Applies.NEW_CONNECTIONS),
     Property("notification.scheduledRate", "notification_rate_s", _seconds, "5",
              "Seconds to wait for a NOTIFICATION acknowledgement before sending the same "
-             "message again; also the database fallback poll for new notifications.",
+             "message again; also how often the daemon reads the outbox's head (one read "
+             "for all groups) in case a wake-up was lost.",
              applies=Applies.NEW_CONNECTIONS),
     Property("keepAlive.scheduledRate", "keepalive_rate_s", _seconds, "30",
              "Seconds between WebSocket pings to each connected endpoint.",
