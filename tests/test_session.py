@@ -6,6 +6,7 @@ import asyncio
 import asyncio.sslproto
 import json
 import re
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -309,6 +310,27 @@ def test_the_tls_read_buffer_is_trimmed_and_never_enlarged(
     monkeypatch.setattr(protocol, "max_size", 4096)
     trim_tls_read_buffer()
     assert protocol.max_size == 4096
+
+
+async def test_the_connections_of_a_loop_share_one_tls_read_buffer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thousand idle connections hold one staging buffer, not a thousand (16 MiB)."""
+    protocol = asyncio.sslproto.SSLProtocol
+    monkeypatch.setattr(protocol, "__init__", protocol.__init__)  # undone after the test
+    monkeypatch.setattr(protocol, "max_size", 256 * 1024)
+    trim_tls_read_buffer()
+    trim_tls_read_buffer()  # once only: not wrapped twice
+    loop = asyncio.get_running_loop()
+    context = ssl.create_default_context()
+    made = [protocol(loop, asyncio.Protocol(), context, loop.create_future()) for _ in range(2)]
+    try:
+        buffer = made[0].get_buffer(-1)
+        assert len(buffer) == session_module.TLS_READ_BUFFER_BYTES
+        assert buffer.obj is made[1].get_buffer(-1).obj
+    finally:
+        for tls in made:  # never connected: close what each made, or it warns
+            tls._get_app_transport().close()  # type: ignore[attr-defined]
 
 
 def test_a_target_never_shows_its_token() -> None:

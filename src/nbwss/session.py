@@ -30,6 +30,7 @@ import asyncio
 import asyncio.sslproto
 import contextlib
 import ssl
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -106,17 +107,47 @@ TLS_READ_BUFFER_BYTES: Final = 16 * 1024
 
 
 def trim_tls_read_buffer() -> None:
-    """Shrink asyncio's per-connection TLS read buffer from 256 KiB to 16 KiB.
+    """Shrink asyncio's per-connection TLS read buffer from 256 KiB to 16 KiB, and have
+    the connections of a thread share one.
 
     asyncio's SSL transport gives every connection a zero-filled (so resident) buffer of
-    `SSLProtocol.max_size` bytes: with a thousand idle connections that alone is 250 MiB.
-    The buffer only stages socket reads and a TLS record holds at most 16 KiB, so a
-    smaller one costs no throughput. `max_size` is a public class attribute (CPython
-    3.11 to 3.13); this sets it for the whole process, once, and never enlarges it.
+    `SSLProtocol.max_size` bytes: with a thousand idle connections that alone is 250 MiB
+    at CPython's size, 16 MiB at ours. The buffer only stages a socket read: the
+    selector loop fills it (`get_buffer`, `recv_into`) and the protocol copies it into
+    its TLS engine (`buffer_updated`) in one synchronous call, so the connections of one
+    loop can use the same bytes. A TLS record holds at most 16 KiB, so a smaller buffer
+    costs no throughput; 4 KiB doubled the CPU of reading a 500 KiB REST answer.
+    `max_size` is a public class attribute (CPython 3.11 to 3.13); the buffer is its
+    private `_ssl_buffer`, left alone should a Python version not have it. Sets both for
+    the whole process, once, and never enlarges the buffer. (uvloop has its own TLS.)
     """
     protocol = asyncio.sslproto.SSLProtocol
     if getattr(protocol, "max_size", 0) > TLS_READ_BUFFER_BYTES:
         protocol.max_size = TLS_READ_BUFFER_BYTES
+    made = protocol.__init__
+    if getattr(made, "shares_read_buffer", False):
+        return
+
+    def init(self: asyncio.sslproto.SSLProtocol, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        own = getattr(self, "_ssl_buffer", None)
+        if isinstance(own, bytearray):
+            shared = _thread_read_buffer(len(own))
+            self._ssl_buffer, self._ssl_buffer_view = shared, memoryview(shared)  # type: ignore[attr-defined]
+
+    init.shares_read_buffer = True  # type: ignore[attr-defined]
+    protocol.__init__ = init  # type: ignore[method-assign]
+
+
+_read_buffers = threading.local()
+
+
+def _thread_read_buffer(size: int) -> bytearray:
+    """The one TLS read buffer of this thread's connections, at least `size` bytes."""
+    buffer: bytearray | None = getattr(_read_buffers, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = _read_buffers.buffer = bytearray(size)
+    return buffer
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +342,9 @@ class Session:
         self._frames: deque[aiohttp.WSMessage] = deque()
         self._wake = _WakeFlag(self._attention)
         self._pending: _Pending | None = None
-        self.ended = asyncio.Event()
+        # Done when `run()` returned. A future, not an `asyncio.Event`: one of these per
+        # connection, and an Event brings a deque of waiters (~0.7 KiB a connection).
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- Link ------------------------------------------------------------------------------
 
@@ -429,7 +462,8 @@ class Session:
                 elif not self._ws.closed:
                     await self._ws.close(code=CLOSE_NORMAL, message=_reason_bytes(self._reason))
             finally:
-                self.ended.set()
+                if not self.ended.done():
+                    self.ended.set_result(None)
         return self._reason
 
     async def _receive(self) -> None:
@@ -494,7 +528,7 @@ class Session:
         """Ask the connection to close (normal close frame) and wait until `run()` ended;
         for a session that is served (`run()` running or about to be)."""
         self.request_close(reason, code)
-        await self.ended.wait()
+        await asyncio.shield(self.ended)
 
     def request_close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
         """Start closing (normal close frame by default) without waiting; idempotent."""
