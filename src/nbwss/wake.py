@@ -134,7 +134,7 @@ class WakeListener(Component):
     async def start(self) -> None:
         """Bind the socket; when it cannot be had, log it and go on without it.
 
-        Not fatal: delivery still finds new rows by polling the database, only later.
+        Not fatal: the outbox watch still finds new rows, only later.
         """
         import asyncio
 
@@ -146,7 +146,7 @@ class WakeListener(Component):
                 "wake.unavailable",
                 path=str(self.path),
                 reason=str(exc),
-                fallback="database poll every notification.scheduledRate",
+                fallback="outbox watch every notification.scheduledRate",
             )
             return
         try:
