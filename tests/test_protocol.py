@@ -333,7 +333,9 @@ def test_an_idle_group_waits_for_a_wake_up_and_never_polls_the_outbox() -> None:
     rules = Settings(keepalive_rate_s=1000.0, notification_rate_s=5.0)
     connection = opened(rules)
     db = Database([])
-    assert db.carry_out(connection, connection.deliver(DeliveryLedger("G1"), T0), T0) == []
+    opened_at = T0 + 1  # the time never goes back (that would be a clock step)
+    assert db.carry_out(connection, connection.deliver(DeliveryLedger("G1"), opened_at),
+                        opened_at) == []
     assert connection.next_deadline() == T0 + 1001.0  # the ping only: no poll every rate
     assert connection.tick(T0 + 5.0) == []
     assert connection.tick(T0 + 500.0) == []
@@ -348,12 +350,13 @@ def test_an_idle_group_waits_for_a_wake_up_and_never_polls_the_outbox() -> None:
 
 def test_a_wake_up_before_the_position_is_loaded_is_answered_by_the_first_read() -> None:
     connection = opened(Settings(keepalive_rate_s=1000.0, notification_rate_s=5.0))
-    [load] = connection.deliver(DeliveryLedger("G1"), T0)
+    now = T0 + 1  # when it opened: the time never goes back (that would be a clock step)
+    [load] = connection.deliver(DeliveryLedger("G1"), now)
     assert load == LoadPosition("G1")
-    assert connection.wake(T0) == []  # rows committed while the position is read
-    assert connection.position_loaded(GroupPosition(0, None), T0) == [
+    assert connection.wake(now) == []  # rows committed while the position is read
+    assert connection.position_loaded(GroupPosition(0, None), now) == [
         ReadEvents(EventRange(0, 500))]  # begun after the wake-up: it sees those rows
-    assert connection.events_read([], T0, "ID-1") == []  # so the wake-up is spent
+    assert connection.events_read([], now, "ID-1") == []  # so the wake-up is spent
     assert connection.next_deadline() == T0 + 1001.0
 
 
@@ -450,6 +453,40 @@ def test_a_pong_clears_the_misses() -> None:
     connection.pong_received()
     assert connection.pong_misses == 0
     assert connection.tick(T0 + 31) == [SendPing()]
+
+
+# -- a wall clock that steps back ------------------------------------------------------------
+
+
+def test_a_clock_stepped_back_moves_every_deadline_back_with_it() -> None:
+    """The time fed is wall time (for timeStamps); NTP or a VM resumed can step it back.
+    The CONNECT answer's deadline, the keepalive and a resend then stay as far away as
+    they were, not as far as the step."""
+    connection, _connect = connecting()  # its answer is due at T0 + 30
+    assert connection.tick(T0 - 100) == []
+    [failed] = connection.tick(T0 - 70)
+    assert isinstance(failed, HandshakeFailed)
+    assert failed.result == "timeout"
+
+    connection = opened(Settings(keepalive_rate_s=10.0, notification_rate_s=5.0))
+    _machine, batch = in_flight(connection)  # written at T0: resent at T0 + 5, ping T0 + 11
+    assert connection.tick(T0 - 1000) == []  # stepped back 1000 s
+    assert connection.tick(T0 - 995) == [ReadEvents(EventRange(1, 500, ahead=True))]
+    [resend] = connection.events_read([], T0 - 995, "ID-2")
+    assert isinstance(resend, WriteBatch)
+    assert (resend.batch.id, resend.resend) == (batch.id, True)
+    sent, _read_ahead = connection.batch_written(T0 - 995)
+    assert isinstance(sent, Report)
+    assert connection.events_read([], T0 - 995, "ID-3") == []
+    assert connection.tick(T0 - 990)[0] == SendPing()  # T0 + 11, moved back 1000 s
+
+    # 1 s after the ping's deadline was set, stepped back 30 s: the ping is 10 s from
+    # this tick (the core cannot know how much of the step was time passing, so it
+    # counts none: late by at most that).
+    keepalive = opened(Settings(keepalive_rate_s=10.0))  # open at T0 + 1: ping T0 + 11
+    assert keepalive.tick(T0 - 28) == []
+    assert keepalive.next_deadline() == T0 - 18
+    assert keepalive.tick(T0 - 18) == [SendPing()]
 
 
 # -- any sequence of events ------------------------------------------------------------------

@@ -543,3 +543,18 @@ async def test_a_wake_up_while_the_next_batch_waits_for_an_ack_is_consumed(
     ack = notification_response(endpoint.sent[0], 0)
     asyncio.get_running_loop().call_later(0.05, endpoint.respond, ack)
     await endpoint.wait_for(lambda: endpoint.job_ids() == [1, 2])
+
+
+async def test_a_wall_clock_stepped_back_does_not_stop_the_keepalive() -> None:
+    """The driver feeds the core wall time; stepped back 30 s (NTP, a VM resumed), the
+    pings go on at their rate (here: unanswered, so the connection closes after the
+    allowed misses) instead of stopping for the size of the step."""
+    offset = 0.0
+    endpoint = Endpoint()
+    settings = link_settings(keepalive_rate_s=0.05, max_pong_misses=2)
+    target = Target(GROUP, "ep1", "wss://ep1.test/cfs", TOKEN, b"")
+    session = Session(endpoint, target, settings, None, None, lambda: time.time() + offset)
+    await session.handshake()  # open: its first ping is due in 0.05 s of the old time
+    offset = -30.0
+    async with asyncio.timeout(timeout(5)):
+        assert await session.run() == "no pong for 2 pings"

@@ -498,6 +498,11 @@ class DeliveryMachine:
         if self.phase is not Phase.ACKED:
             self.phase, self.due_at = Phase.PENDING, now + self.rate_s
 
+    def clock_stepped(self, step: float) -> None:
+        """The clock its driver reads moved by `step` seconds (back): so does the next
+        write's due time, which stays as far away as it was."""
+        self.due_at += step
+
     def connection_opened(self, now: float) -> None:
         """A new connection: the batch in flight goes again at once (the old one may be lost)."""
         if self.outstanding is not None and self.phase is not Phase.ACKED:

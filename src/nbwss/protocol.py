@@ -280,17 +280,36 @@ class GroupConnection:
         self._operation: DeliveryOperation | None = None  # the one the driver carries out
         self._wait_due: float | None = None  # delivery waits until then (None: a wake-up)
         self._woken = False  # a wake-up or an ack came: end the next wait at once
+        self._last_now: float | None = None  # the latest time fed (see `_observe`)
+
+    def _observe(self, now: float) -> None:
+        """Every time fed goes through here first. `now` is wall time (timeStamps,
+        `sent_at` and `last_ack_at` need it), so it can step back (NTP, a VM resumed):
+        then every pending deadline moves back by the step, so that CONNECT's answer,
+        the keepalive and a resend stay as far away as they were, not as far as the
+        step. (A step forward only brings them early, once.)"""
+        last, self._last_now = self._last_now, now
+        if last is None or now >= last:
+            return
+        step = now - last
+        self._answer_due = _moved(self._answer_due, step)
+        self._next_ping = _moved(self._next_ping, step)
+        self._wait_due = _moved(self._wait_due, step)
+        if self._ledger is not None and self._ledger.machine is not None:
+            self._ledger.machine.clock_stepped(step)
 
     # -- the handshake -------------------------------------------------------------------
 
     def start(self, now: float) -> list[Action]:
         """The CONNECT request to write first."""
+        self._observe(now)
         request = messages.connect_request(self._token, now)
         self._connect_id = request.id
         return [WriteFrame(request)]
 
     def connect_written(self, now: float) -> list[Action]:
         """The CONNECT request is written: its answer is due within the response timeout."""
+        self._observe(now)
         self._answer_due = now + self._response_timeout_s
         return []
 
@@ -336,6 +355,7 @@ class GroupConnection:
     # -- frames --------------------------------------------------------------------------
 
     def text_received(self, text: str, now: float) -> list[Action]:
+        self._observe(now)
         if self.state is State.CONNECTING:
             return self._connect_answer(text, now)
         if self.state is State.CLOSED:
@@ -372,6 +392,7 @@ class GroupConnection:
                        {"id": response.id, "reason": str(verdict)})]
 
     def binary_received(self, now: float) -> list[Action]:
+        self._observe(now)
         why = "a binary frame is not a message"
         if self.state is State.CONNECTING:
             return self._fail("error", f"malformed CONNECT response: {why}", CLOSE_PROTOCOL_ERROR)
@@ -421,6 +442,7 @@ class GroupConnection:
         persisted, so it comes back as the same message): a group deleted and added
         again meanwhile starts at its new cursor. Only an acknowledgement still to commit
         keeps the machine, with this connection's caps."""
+        self._observe(now)
         self._ledger = ledger
         if self.state is not State.OPEN:
             return []
@@ -433,6 +455,7 @@ class GroupConnection:
     def position_loaded(self, position: GroupPosition, now: float) -> list[Action]:
         """The answer to `LoadPosition`: the machine starts from it, keeping the send
         count of the batch in flight before (`DeliveryMachine.carry_over`)."""
+        self._observe(now)
         assert self._ledger is not None
         self._operation = None
         settings = self._settings
@@ -464,6 +487,7 @@ class GroupConnection:
 
     def events_read(self, events: list[OutboxEvent], now: float, message_id: str) -> list[Action]:
         """The answer to `ReadEvents`; `message_id` names a batch built from them."""
+        self._observe(now)
         self._operation = None
         if self._delivery is not None:
             self._delivery.events_read(events, now, message_id)
@@ -471,6 +495,7 @@ class GroupConnection:
 
     def persist_done(self, message_id: str, now: float) -> list[Action]:
         """The answer to `PersistBatch`: the row is committed."""
+        self._observe(now)
         self._operation = None
         if self._delivery is not None:
             self._delivery.persist_done(message_id)
@@ -478,6 +503,7 @@ class GroupConnection:
 
     def batch_written(self, now: float) -> list[Action]:
         """The answer to `WriteBatch`: the frame was written."""
+        self._observe(now)
         write, self._operation = self._operation, None
         machine = self._delivery
         if not isinstance(write, WriteBatch) or machine is None:
@@ -496,6 +522,7 @@ class GroupConnection:
     def batch_write_timed_out(self, now: float) -> list[Action]:
         """The answer to `WriteBatch` past `notification.sendTimeout`: it counts as not
         sent (the machine writes it again after `notification.rate`)."""
+        self._observe(now)
         write, self._operation = self._operation, None
         if not isinstance(write, WriteBatch) or self._delivery is None:
             return self._advance(now)
@@ -506,6 +533,7 @@ class GroupConnection:
     def batch_write_failed(self, now: float, why: str) -> list[Action]:
         """The answer to `WriteBatch` when the connection failed under it: not sent (the
         next connection sends it again), and this one closes."""
+        self._observe(now)
         write, self._operation = self._operation, None
         if isinstance(write, WriteBatch) and self._delivery is not None:
             self._delivery.write_timed_out(write.batch.id, now)
@@ -520,6 +548,7 @@ class GroupConnection:
     def ack_committed(self, commit: AckCommit, now: float, cursor: int | None) -> list[Action]:
         """The answer to `CommitAck`: the cursor moved (to `cursor`, what the transaction
         left: see `DeliveryMachine.commit_done`)."""
+        self._observe(now)
         self._operation = None
         if self._delivery is not None:
             self._delivery.commit_done(commit, now, cursor)
@@ -534,6 +563,7 @@ class GroupConnection:
         """New outbox rows may be committed (`nbwss notify`, the poller, the outbox
         watch), or an ack came: the wait ends now, or, with an operation under way (or
         the position not loaded yet), the next wait ends at once."""
+        self._observe(now)
         machine = self._delivery
         if machine is None or self._operation is not None:
             self._woken = True
@@ -604,6 +634,7 @@ class GroupConnection:
     def tick(self, now: float) -> list[Action]:
         """The clock moved: the CONNECT answer's deadline, the next keepalive ping, or
         a resend due."""
+        self._observe(now)
         if self.state is not State.OPEN:
             return self._keepalive_tick(now)
         return [*self._keepalive_tick(now), *self._delivery_tick(now)]
@@ -644,6 +675,10 @@ def _earliest(first: float | None, second: float | None) -> float | None:
     if first is None:
         return second
     return first if second is None else min(first, second)
+
+
+def _moved(deadline: float | None, step: float) -> float | None:
+    return None if deadline is None else deadline + step
 
 
 def _batch_fields(batch: Batch) -> dict[str, object]:

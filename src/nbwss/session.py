@@ -392,8 +392,12 @@ class Session:
 
     async def _handshake_event(self) -> list[Action]:
         """The next thing that happens while CONNECT's answer is awaited."""
+        now = self._clock()
+        due = self._core.tick(now)  # first, so the delay is in the time the core saw
+        if due:
+            return due
         deadline = self._core.next_deadline()
-        delay = None if deadline is None else max(0.0, deadline - self._clock())
+        delay = None if deadline is None else max(0.0, deadline - now)
         try:
             async with asyncio.timeout(delay):
                 frame = await self._ws.receive()
@@ -483,7 +487,11 @@ class Session:
         if self._delivery is not None:
             self._carry_out_all(self._core.deliver(self._delivery.ledger, self._clock()), group)
         while True:
-            await self._attend()
+            now = self._clock()
+            # Every pass tells the core the time (never only when a deadline looks due:
+            # a clock stepped back must reach it to move its deadlines back too).
+            self._carry_out_all(self._core.tick(now), group)
+            await self._attend(now)
             pending = self._pending
             if pending is not None and pending.future.done():
                 self._pending = None
@@ -496,17 +504,14 @@ class Session:
                 self._carry_out_all(self._on_frame(frame), group)
                 if frame.type in _ENDINGS:
                     return
-            now = self._clock()
-            deadline = self._core.next_deadline()
-            if deadline is not None and now >= deadline:
-                self._carry_out_all(self._core.tick(now), group)
 
-    async def _attend(self) -> None:
+    async def _attend(self, now: float) -> None:
         """Until something happened (a frame, an operation done, a wake-up) or the
-        core's next deadline: the loop's one wait and one timer."""
+        core's next deadline (seen from `now`, the time last fed to it): the loop's one
+        wait and one timer."""
         if not self._attention.is_set():
             deadline = self._core.next_deadline()
-            delay = None if deadline is None else max(0.0, deadline - self._clock())
+            delay = None if deadline is None else max(0.0, deadline - now)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._attention.wait()
