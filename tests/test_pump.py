@@ -4,6 +4,8 @@ file and an in-memory WebSocket endpoint; the janitor; the wake socket."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import os
 import socket
 import stat
@@ -16,7 +18,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from nbwss import messages, metrics, outbox
+from nbwss import logs, messages, metrics, outbox
 from nbwss.endpoints import EndpointDetails
 from nbwss.messages import Message, MessageType, SubType, encode, notification_response
 from nbwss.properties import Settings
@@ -558,3 +560,28 @@ async def test_a_wall_clock_stepped_back_does_not_stop_the_keepalive() -> None:
     offset = -30.0
     async with asyncio.timeout(timeout(5)):
         assert await session.run() == "no pong for 2 pings"
+
+
+@pytest.mark.parametrize(("before", "after"), [("info", "warning"), ("warning", "info")])
+async def test_a_reload_of_the_log_level_reaches_a_live_connection(
+    store: Store, running: Any, before: str, after: str
+) -> None:
+    """SIGHUP's log.level applies at once (docs/configuration.md), to the delivery
+    events of a connection that was open before it too."""
+    stream = io.StringIO()
+    logs.configure(before, "json", stream)
+    waker = Waker()
+    endpoint = Endpoint()
+    run = await running(group_outbox(store, waker), endpoint)
+    logs.reconfigure(after, "json")
+    put(store, 1)
+    waker.wake()
+    await endpoint.wait_for(lambda: endpoint.job_ids() == [1])
+    await run.stop()  # every report of the connection is logged by now
+    written = [json.loads(line) for line in stream.getvalue().splitlines()]
+    sent = [event for event in written if event["event"] == "notification.sent"]
+    if after == "warning":
+        assert sent == []
+    else:
+        [event] = sent
+        assert (event["group"], event["host"], event["count"]) == (GROUP, "ep1", 1)
