@@ -585,3 +585,45 @@ async def test_a_reload_of_the_log_level_reaches_a_live_connection(
     else:
         [event] = sent
         assert (event["group"], event["host"], event["count"]) == (GROUP, "ep1", 1)
+
+
+class PingingEndpoint(Endpoint):
+    """Pings and never reads: no pong write completes until `reads` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(ack=False)
+        self.pongs: list[bytes] = []
+        self.reads = asyncio.Event()
+
+    async def pong(self, message: bytes = b"") -> None:
+        self.pongs.append(message)
+        self._changed.set()
+        await self.reads.wait()
+
+    def ping_from_peer(self, data: bytes) -> None:
+        self._frames.put_nowait(aiohttp.WSMessage(aiohttp.WSMsgType.PING, data, None))
+
+
+async def test_a_peer_that_pings_and_never_reads_gets_one_pong_at_a_time() -> None:
+    endpoint = PingingEndpoint()
+    target = Target(GROUP, "ep1", "wss://ep1.test/cfs", TOKEN, b"")
+    session = Session(endpoint, target, link_settings(), None, None, time.time)
+    await session.handshake()
+    run = Running(session)
+
+    async def pings(numbers: range) -> None:
+        for n in numbers:
+            endpoint.ping_from_peer(b"%d" % n)
+        command = messages.request(MessageType.COMMAND, {"method": "GET", "uri": "/x"}, 0)
+        endpoint.respond(command)  # its answer (501, no proxy) says every ping was read
+        await endpoint.wait_for(lambda: command.id in [m.id for m in endpoint.sent])
+
+    await pings(range(50))
+    assert endpoint.pongs == [b"49"]  # one write, for the latest ping read
+    await pings(range(50, 100))
+    assert endpoint.pongs == [b"49"]  # still the only write outstanding
+    endpoint.reads.set()
+    await endpoint.wait_for(lambda: len(endpoint.pongs) == 2)
+    assert endpoint.pongs == [b"49", b"99"]  # then the latest ping's, once
+    await run.stop()
+    assert endpoint.pongs == [b"49", b"99"]

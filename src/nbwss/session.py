@@ -342,6 +342,8 @@ class Session:
         self._frames: deque[aiohttp.WSMessage] = deque()
         self._wake = _WakeFlag(self._attention)
         self._pending: _Pending | None = None
+        self._pong_due: bytes | None = None  # the latest ping's data, not answered yet
+        self._ponging = False  # a pong write is outstanding
         # Done when `run()` returned. A future, not an `asyncio.Event`: one of these per
         # connection, and an Event brings a deque of waiters (~0.7 KiB a connection).
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -588,7 +590,7 @@ class Session:
         elif isinstance(action, SendPing):
             self._start(group, self._control(self._ws.ping, action.data))
         elif isinstance(action, SendPong):
-            self._start(group, self._control(self._ws.pong, action.data))
+            self._pong(action.data, group)
         elif isinstance(action, Close):
             self._start_closing(action)
         elif isinstance(action, CarryOutCommand):
@@ -661,6 +663,23 @@ class Session:
         # and a ping that never goes out is a missed pong.
         with contextlib.suppress(aiohttp.ClientError, OSError):
             await write(data)
+
+    def _pong(self, data: bytes, group: asyncio.TaskGroup) -> None:
+        """Answer a ping with at most one pong write outstanding: a peer that pings and
+        never reads costs one write, not a task and a buffer per ping. Pings that come
+        meanwhile get one pong, the latest's (RFC 6455 5.5.3 allows it)."""
+        self._pong_due = data
+        if not self._ponging:
+            self._ponging = True
+            self._start(group, self._answer_pings())
+
+    async def _answer_pings(self) -> None:
+        try:
+            while self._pong_due is not None:
+                data, self._pong_due = self._pong_due, None
+                await self._control(self._ws.pong, data)
+        finally:
+            self._ponging = False
 
     def _report(self, report: Report) -> None:
         log_method = {"warning": self._log.warning, "error": self._log.error}.get(
