@@ -455,6 +455,25 @@ def test_a_pong_clears_the_misses() -> None:
     assert connection.tick(T0 + 31) == [SendPing()]
 
 
+def test_one_connection_at_a_time_delivers_with_a_groups_ledger() -> None:
+    ledger = DeliveryLedger("G1")
+    first, second = opened(), opened()
+    assert first.deliver(ledger, T0) == [LoadPosition("G1")]
+    with pytest.raises(RuntimeError, match="another connection delivers"):
+        second.deliver(ledger, T0)  # the driver waits for the release instead
+    first.connection_lost("gone")
+    first.release_delivery()
+    assert second.deliver(ledger, T0) == [LoadPosition("G1")]
+    assert second.position_loaded(GroupPosition(0, None), T0) == [ReadEvents(EventRange(0, 500))]
+    machine = ledger.machine
+    # An answer to the first connection's operation that comes after its release is
+    # not applied: the second connection's machine stays as it is.
+    assert first.position_loaded(GroupPosition(7, None), T0) == []
+    assert ledger.machine is machine
+    assert machine is not None
+    assert machine.acked_seq == 0
+
+
 # -- a wall clock that steps back ------------------------------------------------------------
 
 
@@ -610,6 +629,7 @@ def test_whatever_happens_the_core_delivers_in_order_across_failovers_and_restar
             actions = connection.wake(now)
         elif step == "failover":
             connection.connection_lost("gone")
+            connection.release_delivery()  # as the driver does once its store call ended
             connection = delivering(ledger, db, now, max_batch)
         elif step == "ack_while_closing" and db.written:
             # The close is decided, then the endpoint's ack arrives: it still commits.
@@ -618,6 +638,7 @@ def test_whatever_happens_the_core_delivers_in_order_across_failovers_and_restar
             assert all(isinstance(a, (CommitAck, Report)) for a in closing)
             db.carry_out(connection, closing, now)
             connection.connection_lost("closed")
+            connection.release_delivery()
             connection = delivering(ledger, db, now, max_batch)
         elif step == "restart":
             connection.connection_lost("killed")

@@ -9,8 +9,10 @@ import json
 import os
 import socket
 import stat
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from nbwss import logs, messages, metrics, outbox
+from nbwss.delivery import AckCommit, EventRange
 from nbwss.endpoints import EndpointDetails
 from nbwss.messages import Message, MessageType, SubType, encode, notification_response
 from nbwss.properties import Settings
@@ -26,6 +29,7 @@ from nbwss.protocol import DeliveryLedger
 from nbwss.pump import DeliveryWiring, GroupOutbox, OutboxJanitor
 from nbwss.session import Session, Target
 from nbwss.store import Store
+from nbwss.values import GroupPosition, OutboxEvent, PersistedBatch
 from nbwss.wake import OutboxWatch, WakeListener, Waker, send_wake
 from tests.conftest import timeout
 from tests.test_outbox_watch import reads_reach
@@ -68,7 +72,7 @@ class Endpoint:
             await asyncio.Event().wait()
         self.sent.append(message)
         self._changed.set()
-        if self.ack:
+        if self.ack and message.type is MessageType.NOTIFICATION:
             self.respond(notification_response(message, 0))
 
     async def ping(self, message: bytes = b"") -> None:
@@ -97,6 +101,7 @@ class Endpoint:
         return [
             data["jobId"]
             for message in self.sent
+            if message.type is MessageType.NOTIFICATION
             for element in payload(message)
             for data in element["data"]
         ]
@@ -627,3 +632,97 @@ async def test_a_peer_that_pings_and_never_reads_gets_one_pong_at_a_time() -> No
     assert endpoint.pongs == [b"49", b"99"]  # then the latest ping's, once
     await run.stop()
     assert endpoint.pongs == [b"49", b"99"]
+
+
+@dataclass(frozen=True)
+class HeldOutbox(GroupOutbox):
+    """The group's outbox with each ack commit held in its worker thread until `gate`
+    opens (a slow disk); it notes any two store calls of the group under way at once."""
+
+    gate: threading.Event = field(default_factory=threading.Event)
+    entered: threading.Event = field(default_factory=threading.Event)
+    overlaps: list[str] = field(default_factory=list)
+    _busy: list[str] = field(default_factory=list)  # the calls under way
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _one(self, name: str) -> None:
+        with self._lock:
+            if self._busy:
+                self.overlaps.append(name)
+            self._busy.append(name)
+
+    def _done(self, name: str) -> None:
+        with self._lock:
+            self._busy.remove(name)
+
+    def load_position(self, now: float) -> GroupPosition:
+        self._one("load")
+        try:
+            return GroupOutbox.load_position(self, now)
+        finally:
+            self._done("load")
+
+    def read_events(self, wanted: EventRange) -> list[OutboxEvent]:
+        self._one("read")
+        try:
+            return GroupOutbox.read_events(self, wanted)
+        finally:
+            self._done("read")
+
+    def read_events_if_free(self, wanted: EventRange) -> list[OutboxEvent] | None:
+        self._one("read")
+        try:
+            return GroupOutbox.read_events_if_free(self, wanted)
+        finally:
+            self._done("read")
+
+    def persist_batch(self, row: PersistedBatch) -> None:
+        self._one("persist")
+        try:
+            GroupOutbox.persist_batch(self, row)
+        finally:
+            self._done("persist")
+
+    def acknowledge(self, commit: AckCommit, now: float) -> int | None:
+        self._one("ack")
+        try:
+            self.entered.set()
+            self.gate.wait(timeout(10))
+            return GroupOutbox.acknowledge(self, commit, now)
+        finally:
+            self._done("ack")
+
+
+async def test_a_run_cancelled_twice_while_its_ack_commits_hands_over_the_group_after(
+    store: Store,
+) -> None:
+    """Shutdown's second cancel ends `run()` while its ack commit runs on: the commit
+    is still told to the ledger when it ends, and the group's next connection waits
+    for that, then starts after the acknowledged batch (no store calls of the group
+    at once, no batch sent again)."""
+    put(store, 1, 2)
+    held = HeldOutbox(store, DeliveryLedger(GROUP), Waker())
+    first = Endpoint()
+    try:
+        run = await connected(held, first, link_settings(notification_max_batch=1))
+        await first.wait_for(lambda: first.job_ids() == [1])
+        await asyncio.to_thread(held.entered.wait, timeout(5))
+        async with asyncio.timeout(timeout(5)):
+            while not run.task.done():  # cancelled again and again, as far as it ends
+                run.task.cancel()
+                await asyncio.wait([run.task], timeout=0)
+        assert run.task.cancelled()
+        second = Endpoint()
+        next_run = await connected(held, second, link_settings(notification_max_batch=1))
+        # Waiting for the ledger, the connection is served: a COMMAND is answered.
+        command = messages.request(MessageType.COMMAND, {"method": "GET", "uri": "/x"}, 0)
+        second.respond(command)
+        await second.wait_for(lambda: [m.id for m in second.sent] == [command.id])
+    finally:
+        held.gate.set()
+    await second.wait_for(lambda: second.job_ids() == [2])
+    await next_run.stop()
+    assert [m.type for m in second.sent] == [MessageType.COMMAND, MessageType.NOTIFICATION]
+    assert first.job_ids() == [1]
+    assert acked_seq(store) == 2
+    assert held.overlaps == []

@@ -39,7 +39,8 @@ The rules it keeps:
   should a datagram be lost), so a thousand idle groups cost no reads. Each connection
   loads the group's position from the database unless an ack is still to commit; the
   `DeliveryLedger` carries the machine (and its stall count) and the last ack from one
-  connection to the next.
+  connection to the next, and is held by one connection at a time (`deliver` to
+  `release_delivery`).
 - One close: the first close decided is the one, so there is one close frame and one
   reason. Frames fed after it still count (an ack then is still committed); no ping is
   sent, no second close decided and nothing new read or written. (The asyncio driver
@@ -232,11 +233,19 @@ Action = (
 class DeliveryLedger:
     """What of a group's delivery outlives each connection: its machine (the batch in
     flight, an acknowledgement still to commit, the stall count) and when an ack was
-    last committed. One per group (`pump.DeliveryWiring`); status reads it."""
+    last committed. One per group (`pump.DeliveryWiring`); status reads it.
+
+    One connection at a time delivers with it (never two store calls of a group at
+    once): `owner` is the generation of the connection that holds it, from `deliver`
+    until its driver `release_delivery()`s it after its last store call ended; a second
+    connection waits for that, and what a connection's operations answer once it no
+    longer holds the ledger is ignored."""
 
     group_id: str
     machine: DeliveryMachine | None = None
     last_ack_at: float | None = None
+    owner: int | None = None
+    generation: int = 0
 
 
 # -- the connection --------------------------------------------------------------------------
@@ -281,6 +290,7 @@ class GroupConnection:
         self._wait_due: float | None = None  # delivery waits until then (None: a wake-up)
         self._woken = False  # a wake-up or an ack came: end the next wait at once
         self._last_now: float | None = None  # the latest time fed (see `_observe`)
+        self._generation = 0  # this connection's hold on the ledger (see `DeliveryLedger`)
 
     def _observe(self, now: float) -> None:
         """Every time fed goes through here first. `now` is wall time (timeStamps,
@@ -441,8 +451,15 @@ class GroupConnection:
         Each connection starts from what the database says (the batch in flight is
         persisted, so it comes back as the same message): a group deleted and added
         again meanwhile starts at its new cursor. Only an acknowledgement still to commit
-        keeps the machine, with this connection's caps."""
+        keeps the machine, with this connection's caps.
+
+        The ledger must be free (`DeliveryLedger.owner`): the driver waits for the
+        group's previous connection to release it."""
         self._observe(now)
+        if ledger.owner is not None:
+            raise RuntimeError(f"group {ledger.group_id}: another connection delivers")
+        ledger.generation += 1
+        self._generation = ledger.owner = ledger.generation
         self._ledger = ledger
         if self.state is not State.OPEN:
             return []
@@ -452,12 +469,26 @@ class GroupConnection:
         self._configure(machine)
         return self._delivering(machine, now)
 
+    def release_delivery(self) -> None:
+        """The driver has no delivery operation under way any more, and starts none: the
+        group's next connection may deliver (idempotent)."""
+        self._operation = None
+        if self._ledger is not None and self._ledger.owner == self._generation:
+            self._ledger.owner = None
+
+    def _answered(self) -> bool:
+        """An operation answered: whether its outcome is this connection's to apply (it
+        still holds the ledger; otherwise it is ignored, and nothing follows)."""
+        self._operation = None
+        return self._ledger is not None and self._ledger.owner == self._generation
+
     def position_loaded(self, position: GroupPosition, now: float) -> list[Action]:
         """The answer to `LoadPosition`: the machine starts from it, keeping the send
         count of the batch in flight before (`DeliveryMachine.carry_over`)."""
         self._observe(now)
+        if not self._answered():
+            return []
         assert self._ledger is not None
-        self._operation = None
         settings = self._settings
         machine = DeliveryMachine(
             group_id=self._ledger.group_id,
@@ -488,7 +519,8 @@ class GroupConnection:
     def events_read(self, events: list[OutboxEvent], now: float, message_id: str) -> list[Action]:
         """The answer to `ReadEvents`; `message_id` names a batch built from them."""
         self._observe(now)
-        self._operation = None
+        if not self._answered():
+            return []
         if self._delivery is not None:
             self._delivery.events_read(events, now, message_id)
         return self._advance(now)
@@ -496,7 +528,8 @@ class GroupConnection:
     def persist_done(self, message_id: str, now: float) -> list[Action]:
         """The answer to `PersistBatch`: the row is committed."""
         self._observe(now)
-        self._operation = None
+        if not self._answered():
+            return []
         if self._delivery is not None:
             self._delivery.persist_done(message_id)
         return self._advance(now)
@@ -504,7 +537,9 @@ class GroupConnection:
     def batch_written(self, now: float) -> list[Action]:
         """The answer to `WriteBatch`: the frame was written."""
         self._observe(now)
-        write, self._operation = self._operation, None
+        write = self._operation
+        if not self._answered():
+            return []
         machine = self._delivery
         if not isinstance(write, WriteBatch) or machine is None:
             return self._advance(now)
@@ -523,7 +558,9 @@ class GroupConnection:
         """The answer to `WriteBatch` past `notification.sendTimeout`: it counts as not
         sent (the machine writes it again after `notification.rate`)."""
         self._observe(now)
-        write, self._operation = self._operation, None
+        write = self._operation
+        if not self._answered():
+            return []
         if not isinstance(write, WriteBatch) or self._delivery is None:
             return self._advance(now)
         self._delivery.write_timed_out(write.batch.id, now)
@@ -534,8 +571,8 @@ class GroupConnection:
         """The answer to `WriteBatch` when the connection failed under it: not sent (the
         next connection sends it again), and this one closes."""
         self._observe(now)
-        write, self._operation = self._operation, None
-        if isinstance(write, WriteBatch) and self._delivery is not None:
+        write = self._operation
+        if self._answered() and isinstance(write, WriteBatch) and self._delivery is not None:
             self._delivery.write_timed_out(write.batch.id, now)
         return self.close(CLOSE_GOING_AWAY, f"delivery stopped: {why}")
 
@@ -549,7 +586,8 @@ class GroupConnection:
         """The answer to `CommitAck`: the cursor moved (to `cursor`, what the transaction
         left: see `DeliveryMachine.commit_done`)."""
         self._observe(now)
-        self._operation = None
+        if not self._answered():
+            return []
         if self._delivery is not None:
             self._delivery.commit_done(commit, now, cursor)
         if self._ledger is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nbwss import outbox
 from nbwss.component import Component
@@ -34,11 +34,13 @@ PURGE_INTERVAL_S = 10.0
 class GroupOutbox:
     """One group's outbox as its connections deliver it: the blocking store calls the
     core asks for (run in a worker thread by the driver), the group's ledger, and the
-    waker that announces new rows."""
+    waker that announces new rows; `released` is set whenever a connection released
+    the ledger (`DeliveryLedger.owner`), for the next one waiting to deliver."""
 
     store: Store
     ledger: DeliveryLedger
     waker: Waker
+    released: asyncio.Event = field(default_factory=asyncio.Event, compare=False)
 
     @property
     def group_id(self) -> str:

@@ -342,6 +342,7 @@ class Session:
         self._frames: deque[aiohttp.WSMessage] = deque()
         self._wake = _WakeFlag(self._attention)
         self._pending: _Pending | None = None
+        self._ledger_free = False  # the group's ledger was released to this connection
         self._pong_due: bytes | None = None  # the latest ping's data, not answered yet
         self._ponging = False  # a pong write is outstanding
         # Done when `run()` returned. A future, not an `asyncio.Event`: one of these per
@@ -487,7 +488,10 @@ class Session:
         transport ends. Nothing here waits but the loop itself: writes and store calls
         run beside it, one delivery operation at a time."""
         if self._delivery is not None:
-            self._carry_out_all(self._core.deliver(self._delivery.ledger, self._clock()), group)
+            if self._delivery.ledger.owner is None:
+                self._deliver(group)
+            else:  # served meanwhile (pings, COMMANDs); delivery starts once it is free
+                self._start(group, self._await_ledger(self._delivery))
         while True:
             now = self._clock()
             # Every pass tells the core the time (never only when a deadline looks due:
@@ -498,6 +502,9 @@ class Session:
             if pending is not None and pending.future.done():
                 self._pending = None
                 self._carry_out_all(self._finished(pending), group)
+            if self._ledger_free:
+                self._ledger_free = False
+                self._deliver(group)
             if self._wake.woken:
                 self._wake.woken = False
                 self._carry_out_all(self._core.wake(self._clock()), group)
@@ -519,17 +526,43 @@ class Session:
                     await self._attention.wait()
         self._attention.clear()
 
+    def _deliver(self, group: asyncio.TaskGroup) -> None:
+        assert self._delivery is not None
+        self._carry_out_all(self._core.deliver(self._delivery.ledger, self._clock()), group)
+
+    async def _await_ledger(self, outbox: GroupOutbox) -> None:
+        """Until the group's previous connection released its ledger (it may still wait
+        for its last store call: a shutdown cancelled it twice, say); then the loop
+        starts delivering."""
+        while outbox.ledger.owner is not None:
+            outbox.released.clear()
+            await outbox.released.wait()
+        self._ledger_free = True
+        self._attention.set()
+
     async def _settle_store_operation(self) -> None:
         """A store call still running when the connection ended is waited for (it cannot
         be stopped) and told to the core, so the group's next connection starts from
-        what it did: never two store calls of one group at once."""
+        what it did; then the ledger is released: never two store calls of one group at
+        once. Cancelled meanwhile, the call is told and the ledger released when it
+        ends, and the group's next connection waits for that."""
         pending, self._pending = self._pending, None
-        if pending is None or isinstance(pending.future, asyncio.Task):
-            return  # a write: cancelled with the connection
-        await asyncio.wait([pending.future])
-        for action in self._finished(pending):
-            if isinstance(action, Report):  # nothing else starts now
-                self._report(action)
+        if pending is not None and not isinstance(pending.future, asyncio.Task):
+            try:
+                await asyncio.wait([pending.future])
+            except asyncio.CancelledError:
+                pending.future.add_done_callback(lambda _: self._settled(pending))
+                raise
+        self._settled(pending)
+
+    def _settled(self, pending: _Pending | None) -> None:
+        if pending is not None and not isinstance(pending.future, asyncio.Task):
+            for action in self._finished(pending):
+                if isinstance(action, Report):  # nothing else starts now
+                    self._report(action)
+        if self._delivery is not None:
+            self._core.release_delivery()
+            self._delivery.released.set()
 
     async def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
         """Ask the connection to close (normal close frame) and wait until `run()` ended;
