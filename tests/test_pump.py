@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -35,6 +35,7 @@ from tests.conftest import timeout
 from tests.test_outbox_watch import reads_reach
 
 GROUP = "G1"
+T = TypeVar("T")
 TOKEN = "token-of-the-endpoint=="
 
 
@@ -636,61 +637,54 @@ async def test_a_peer_that_pings_and_never_reads_gets_one_pong_at_a_time() -> No
 
 @dataclass(frozen=True)
 class HeldOutbox(GroupOutbox):
-    """The group's outbox with each ack commit held in its worker thread until `gate`
-    opens (a slow disk); it notes any two store calls of the group under way at once."""
+    """The group's outbox with each call named `hold` (load, read, persist, ack) held in
+    its worker thread until `gate` opens (a slow disk); it notes any two store calls
+    of the group under way at once."""
 
+    hold: str = "ack"
     gate: threading.Event = field(default_factory=threading.Event)
     entered: threading.Event = field(default_factory=threading.Event)
     overlaps: list[str] = field(default_factory=list)
     _busy: list[str] = field(default_factory=list)  # the calls under way
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _one(self, name: str) -> None:
+    def _call(self, name: str, call: Callable[[], T]) -> T:
         with self._lock:
             if self._busy:
                 self.overlaps.append(name)
             self._busy.append(name)
-
-    def _done(self, name: str) -> None:
-        with self._lock:
-            self._busy.remove(name)
+        try:
+            if name == self.hold:
+                self.entered.set()
+                self.gate.wait(timeout(10))
+            return call()
+        finally:
+            with self._lock:
+                self._busy.remove(name)
 
     def load_position(self, now: float) -> GroupPosition:
-        self._one("load")
-        try:
-            return GroupOutbox.load_position(self, now)
-        finally:
-            self._done("load")
+        return self._call("load", lambda: GroupOutbox.load_position(self, now))
 
     def read_events(self, wanted: EventRange) -> list[OutboxEvent]:
-        self._one("read")
-        try:
-            return GroupOutbox.read_events(self, wanted)
-        finally:
-            self._done("read")
+        return self._call("read", lambda: GroupOutbox.read_events(self, wanted))
 
     def read_events_if_free(self, wanted: EventRange) -> list[OutboxEvent] | None:
-        self._one("read")
-        try:
-            return GroupOutbox.read_events_if_free(self, wanted)
-        finally:
-            self._done("read")
+        return self._call("read", lambda: GroupOutbox.read_events_if_free(self, wanted))
 
     def persist_batch(self, row: PersistedBatch) -> None:
-        self._one("persist")
-        try:
-            GroupOutbox.persist_batch(self, row)
-        finally:
-            self._done("persist")
+        self._call("persist", lambda: GroupOutbox.persist_batch(self, row))
 
     def acknowledge(self, commit: AckCommit, now: float) -> int | None:
-        self._one("ack")
-        try:
-            self.entered.set()
-            self.gate.wait(timeout(10))
-            return GroupOutbox.acknowledge(self, commit, now)
-        finally:
-            self._done("ack")
+        return self._call("ack", lambda: GroupOutbox.acknowledge(self, commit, now))
+
+
+async def cancel_until_done(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` again and again (a shutdown's second cancel) until it ended."""
+    async with asyncio.timeout(timeout(5)):
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=0)
+    assert task.cancelled()
 
 
 async def test_a_run_cancelled_twice_while_its_ack_commits_hands_over_the_group_after(
@@ -707,11 +701,7 @@ async def test_a_run_cancelled_twice_while_its_ack_commits_hands_over_the_group_
         run = await connected(held, first, link_settings(notification_max_batch=1))
         await first.wait_for(lambda: first.job_ids() == [1])
         await asyncio.to_thread(held.entered.wait, timeout(5))
-        async with asyncio.timeout(timeout(5)):
-            while not run.task.done():  # cancelled again and again, as far as it ends
-                run.task.cancel()
-                await asyncio.wait([run.task], timeout=0)
-        assert run.task.cancelled()
+        await cancel_until_done(run.task)
         second = Endpoint()
         next_run = await connected(held, second, link_settings(notification_max_batch=1))
         # Waiting for the ledger, the connection is served: a COMMAND is answered.
@@ -726,3 +716,27 @@ async def test_a_run_cancelled_twice_while_its_ack_commits_hands_over_the_group_
     assert first.job_ids() == [1]
     assert acked_seq(store) == 2
     assert held.overlaps == []
+
+
+async def test_a_run_cancelled_during_a_store_call_starts_nothing_after_it(
+    store: Store,
+) -> None:
+    """Cancelled from outside while the row of an oversized batch commits, the
+    connection settles that call (the row is there) but writes nothing more, and so
+    reports no `notification.oversized` for a write that never happens."""
+    with store.transaction() as conn:
+        outbox.enqueue(conn, [("JOB", {"jobId": 1, "state": "x" * 2000})], 0)
+    held = HeldOutbox(store, DeliveryLedger(GROUP), Waker(), hold="persist")
+    endpoint = Endpoint()
+    with capture_logs() as logged:
+        try:
+            run = await connected(held, endpoint, link_settings(message_max_bytes=1024))
+            await asyncio.to_thread(held.entered.wait, timeout(5))
+            run.task.cancel()
+        finally:
+            held.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await run.task
+    assert endpoint.sent == []
+    assert outbox.load_position(store, GROUP, 0).outstanding is not None  # the row
+    assert "notification.oversized" not in [e["event"] for e in logged]

@@ -462,6 +462,9 @@ class Session:
                 waker.unregister(self._wake)
             # Cancelled from outside (shutdown): still say goodbye with a close frame.
             self._reason = self._reason or "daemon stopping"
+            # The transport is done with (cancelled from outside, the core may still be
+            # open): what the last store call answers starts nothing more.
+            self._core.connection_lost(self._reason)
             try:
                 await self._settle_store_operation()
                 if self._close_task is not None:
