@@ -740,3 +740,56 @@ async def test_a_run_cancelled_during_a_store_call_starts_nothing_after_it(
     assert endpoint.sent == []
     assert outbox.load_position(store, GROUP, 0).outstanding is not None  # the row
     assert "notification.oversized" not in [e["event"] for e in logged]
+
+
+class WrittenAsItCloses(Endpoint):
+    """A NOTIFICATION write completes only while the connection closes: its frame went
+    out just before the close, after the driver's loop had stopped."""
+
+    def __init__(self) -> None:
+        super().__init__(ack=False)
+        self.writing = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._written = asyncio.Event()
+
+    async def send_str(self, data: str, compress: int | None = None) -> None:
+        if messages.decode(data).type is MessageType.NOTIFICATION:
+            self.writing.set()
+            await self._closing.wait()
+            await super().send_str(data, compress)
+            self._written.set()
+            return
+        await super().send_str(data, compress)
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        closed = await super().close(code=code, message=message)
+        for _ in range(10):  # the driver's loop reads the close and stops; not a time
+            await asyncio.sleep(0)
+        self._closing.set()
+        await self._written.wait()
+        return closed
+
+
+async def test_a_write_that_completed_as_the_connection_closed_counts_as_sent(
+    store: Store,
+) -> None:
+    put(store, 1)
+    endpoint = WrittenAsItCloses()
+    outbox_of_group = group_outbox(store)
+    sent_before = sent_metric()
+    with capture_logs() as logged:
+        run = await connected(outbox_of_group, endpoint, link_settings())
+        async with asyncio.timeout(timeout(5)):
+            await endpoint.writing.wait()
+        assert await run.stop() == "test over"
+    assert endpoint.job_ids() == [1]
+    assert [e["event"] for e in logged].count("notification.sent") == 1
+    assert sent_metric() == sent_before + 1
+    machine = outbox_of_group.ledger.machine
+    assert machine is not None
+    assert machine.sends == 1  # what the next connection carries over (a stall counts it)
+
+
+def sent_metric() -> float:
+    value = metrics.REGISTRY.get_sample_value("nbwss_notifications_sent_total", {"group": GROUP})
+    return value or 0.0

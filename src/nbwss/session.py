@@ -548,7 +548,9 @@ class Session:
         be stopped) and told to the core, so the group's next connection starts from
         what it did; then the ledger is released: never two store calls of one group at
         once. Cancelled meanwhile, the call is told and the ledger released when it
-        ends, and the group's next connection waits for that."""
+        ends, and the group's next connection waits for that. A batch write is told
+        too if it completed before the connection's tasks were cancelled (it was sent:
+        its report and its count for a stall)."""
         pending, self._pending = self._pending, None
         if pending is not None and not isinstance(pending.future, asyncio.Task):
             try:
@@ -559,7 +561,7 @@ class Session:
         self._settled(pending)
 
     def _settled(self, pending: _Pending | None) -> None:
-        if pending is not None and not isinstance(pending.future, asyncio.Task):
+        if pending is not None and pending.future.done():  # a write may be cancelled
             for action in self._finished(pending):
                 if isinstance(action, Report):  # nothing else starts now
                     self._report(action)
