@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from nbwss import logs, messages, metrics, outbox
@@ -793,3 +794,24 @@ async def test_a_write_that_completed_as_the_connection_closed_counts_as_sent(
 def sent_metric() -> float:
     value = metrics.REGISTRY.get_sample_value("nbwss_notifications_sent_total", {"group": GROUP})
     return value or 0.0
+
+
+async def test_store_calls_run_with_the_connections_context_variables(store: Store) -> None:
+    """A log event of a store call (its worker thread) carries what the connection's
+    context bound (`structlog.contextvars`), as `asyncio.to_thread` promises."""
+    seen: list[dict[str, Any]] = []
+
+    @dataclass(frozen=True)
+    class Observed(GroupOutbox):
+        def load_position(self, now: float) -> GroupPosition:
+            seen.append(structlog.contextvars.get_contextvars())
+            return GroupOutbox.load_position(self, now)
+
+    put(store, 1)
+    endpoint = Endpoint()
+    with structlog.contextvars.bound_contextvars(trace="T1"):
+        run = await connected(Observed(store, DeliveryLedger(GROUP), Waker()), endpoint,
+                              link_settings())
+    await endpoint.wait_for(lambda: endpoint.job_ids() == [1])
+    await run.stop()
+    assert seen == [{"trace": "T1"}]

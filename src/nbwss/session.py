@@ -298,9 +298,11 @@ class _Pending:
     started_at: float
 
 
-def _in_thread(call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-    """A blocking store call in the default executor: the loop never waits on SQLite."""
-    return asyncio.get_running_loop().run_in_executor(None, call, *args)
+def _in_thread(call: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """A blocking store call in a worker thread (`asyncio.to_thread`: with the caller's
+    context variables): the loop never waits on SQLite. Not a task of the connection:
+    it cannot be stopped, so it is never cancelled but waited for (`run()`)."""
+    return asyncio.ensure_future(asyncio.to_thread(call, *args))
 
 
 def _read_events(outbox: GroupOutbox, wanted: EventRange) -> asyncio.Future[Any]:
@@ -552,7 +554,7 @@ class Session:
         too if it completed before the connection's tasks were cancelled (it was sent:
         its report and its count for a stall)."""
         pending, self._pending = self._pending, None
-        if pending is not None and not isinstance(pending.future, asyncio.Task):
+        if pending is not None and not isinstance(pending.operation, WriteBatch):
             try:
                 await asyncio.wait([pending.future])
             except asyncio.CancelledError:
