@@ -73,7 +73,7 @@ def elements(batch: Batch) -> list[dict[str, Any]]:
 
 
 def started(delivery: DeliveryMachine, evs: list[OutboxEvent], now: float = T0) -> Batch:
-    """Read and, as the pump does, persist: the batch is then due."""
+    """Read and, as the connection's core asks it, persist: the batch is then due."""
     batch = delivery.events_read(evs, now, f"ID-{evs[0].seq}")
     assert batch is not None
     if delivery.to_persist is not None:
@@ -82,7 +82,7 @@ def started(delivery: DeliveryMachine, evs: list[OutboxEvent], now: float = T0) 
 
 
 def committed(delivery: DeliveryMachine, now: float) -> Batch:
-    """Commit the acknowledged batch's transaction, as the pump does; the batch."""
+    """Commit the acknowledged batch's transaction, as the driver does; the batch."""
     commit = delivery.ack_commit(now)
     delivery.commit_done(commit, now)
     return commit.acknowledged
@@ -672,7 +672,7 @@ def test_whatever_happens_delivery_is_in_order_without_loss(
     acknowledged: set[str] = set()
     now = T0
     ids = (f"ID-{n}" for n in itertools.count())
-    row: PersistedBatch | None = None  # the group_batches row, as the pump writes it
+    row: PersistedBatch | None = None  # the group_batches row, as the driver writes it
 
     for step, queued in [*steps, *[("ack", [])] * (3 * len(outbox_rows) + 60)]:
         wanted = delivery.events_wanted()
@@ -725,7 +725,7 @@ def test_whatever_happens_delivery_is_in_order_without_loss(
 
 
 class Database:
-    """The outbox, the cursor and the batch row, as the pump's transactions leave them."""
+    """The outbox, the cursor and the batch row, as the driver's transactions leave them."""
 
     def __init__(self, rows: list[OutboxEvent]) -> None:
         self.rows = rows
@@ -741,7 +741,7 @@ def run_steps(
     delivery: DeliveryMachine, db: Database, now: float, ids: Iterator[str],
     written: list[Message], *, write_fails: bool = False,
 ) -> None:
-    """What the pump does until the machine says wait: each step carried out and reported."""
+    """What the core does until the machine says wait: each step carried out and reported."""
     for _ in range(20):
         step = delivery.next_step(now)
         if isinstance(step, AckCommit):
@@ -774,7 +774,7 @@ def run_steps(
 def test_driven_by_next_step_alone_delivery_survives_restarts_and_failovers(
     initial: list[str], steps: list[tuple[str, list[str]]], max_batch: int
 ) -> None:
-    """The pump's whole protocol is `next_step` and the outcome of each step: over any
+    """The driver's whole protocol is `next_step` and the outcome of each step: over any
     sequence of acks, losses, refusals, timeouts, failovers and restarts (rebuilt from
     the database alone), every event arrives in order, a resend is the same bytes, and
     the row persisted is the message written."""

@@ -440,7 +440,7 @@ def short_dir() -> Iterator[Path]:
         yield Path(name)
 
 
-async def test_wake_datagram_wakes_every_pump(short_dir: Path) -> None:
+async def test_wake_datagram_wakes_every_connection(short_dir: Path) -> None:
     waker = Waker()
     events = [asyncio.Event(), asyncio.Event()]
     for event in events:

@@ -410,7 +410,7 @@ async def test_a_write_past_the_send_timeout_raises_timeout_not_connection_error
     http: aiohttp.ClientSession, peer: Peer
 ) -> None:
     """`Link.send`'s contract: past `notification.sendTimeout` a `TimeoutError` (the
-    pump counts the batch as not sent and the connection stays), not `ConnectionError`
+    core counts the batch as not sent and the connection stays), not `ConnectionError`
     (which would close it as lost)."""
     async with FaultProxy("127.0.0.1", peer.port) as proxy:
         through = Target("GROUP1", "ep1.test", f"wss://127.0.0.1:{proxy.port}{peer.path}",

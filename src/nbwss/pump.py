@@ -3,10 +3,11 @@
 
 A live connection delivers its group's outbox itself (`session.Session`, the one driver
 of `protocol.GroupConnection`, whose core asks for each read, persist, write and commit
-in turn). What must survive a reconnect or failover (the batch in flight, an ack still
-to commit, the stall count, when an ack was last committed) is the group's
+in turn). What must survive a reconnect or failover is the group's
 `protocol.DeliveryLedger`, kept here, one per group, for the next connection and for
-`/status`.
+`/status`: the delivery machine (each connection reloads the batch in flight from the
+database; only its send count carries over), an ack judged but not yet committed, and
+when an ack was last committed.
 """
 
 from __future__ import annotations

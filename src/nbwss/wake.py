@@ -47,8 +47,11 @@ class Waker:
     """Wakes every registered connection at once; each has its own flag (an
     `asyncio.Event` or anything with `set()`).
 
-    A connection's core forgets a wake-up only when it reads the outbox, so one that
-    lands while a read or write is under way ends the next wait at once: never missed.
+    A connection's core keeps a wake-up that lands while a read or write is under way
+    and ends the next wait with it, so the read that follows sees the rows it announced:
+    none is missed. At a wait with nothing to read now (a batch in flight and the next
+    one read ahead) it is dropped without a read: the rows after them are read once
+    the ack moved the cursor.
     """
 
     def __init__(self) -> None:
