@@ -815,3 +815,51 @@ async def test_store_calls_run_with_the_connections_context_variables(store: Sto
     await endpoint.wait_for(lambda: endpoint.job_ids() == [1])
     await run.stop()
     assert seen == [{"trace": "T1"}]
+
+
+async def test_a_run_cancelled_while_its_ack_commits_waits_for_it_and_applies_it(
+    store: Store,
+) -> None:
+    """A store call cannot be stopped: cancelled meanwhile, `run()` waits for the ack's
+    commit and tells it to the ledger (the next connection starts after the batch)."""
+    put(store, 1)
+    held = HeldOutbox(store, DeliveryLedger(GROUP), Waker())
+    endpoint = Endpoint()
+    acked_before = acked_metric()
+    with capture_logs() as logged:
+        try:
+            run = await connected(held, endpoint, link_settings())
+            await asyncio.to_thread(held.entered.wait, timeout(5))
+            run.task.cancel()
+            await asyncio.wait([run.task], timeout=0)
+            assert not run.task.done()  # it waits for the commit
+        finally:
+            held.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await run.task
+    assert acked_seq(store) == 1
+    assert held.ledger.last_ack_at is not None
+    assert held.ledger.machine is not None
+    assert held.ledger.machine.awaiting_commit is None
+    assert [e["event"] for e in logged].count("notification.acked") == 1
+    assert acked_metric() == acked_before + 1
+    assert endpoint.close_code == 1000  # and it still says goodbye
+
+
+async def test_a_command_is_answered_while_a_store_call_of_the_group_blocks(
+    store: Store,
+) -> None:
+    held = HeldOutbox(store, DeliveryLedger(GROUP), Waker(), hold="load")
+    endpoint = Endpoint()
+    try:
+        run = await connected(held, endpoint, link_settings())
+        await asyncio.to_thread(held.entered.wait, timeout(5))
+        command = messages.request(MessageType.COMMAND, {"method": "GET", "uri": "/x"}, 0)
+        endpoint.respond(command)
+        await endpoint.wait_for(lambda: [m.id for m in endpoint.sent] == [command.id])
+    finally:
+        held.gate.set()
+    [answer] = endpoint.sent
+    assert answer.type is MessageType.COMMAND
+    assert answer.sub_type is SubType.RESPONSE
+    await run.stop()
