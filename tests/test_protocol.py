@@ -213,7 +213,8 @@ def test_a_time_stamp_in_milliseconds_is_warned_about_once() -> None:
 
 class Database:
     """The outbox, the cursor and the batch row in memory; answers the core's delivery
-    operations at once, as the driver does, and records what was written."""
+    operations at once, as the driver does, or holds one (`hold`) to answer it later
+    (`answer_held`), and records what was written."""
 
     def __init__(self, rows: list[OutboxEvent]) -> None:
         self.rows = rows
@@ -222,6 +223,7 @@ class Database:
         self.written: list[Message] = []
         self.committed: set[str] = set()  # ids of the batches whose ack is committed
         self._ids: Iterator[str] = (f"ID-{n}" for n in itertools.count())
+        self.held: tuple[GroupConnection, Action] | None = None  # an operation under way
 
     def read(self, wanted: EventRange) -> list[OutboxEvent]:
         ceiling = wanted.up_to_seq if wanted.up_to_seq is not None else 1 << 62
@@ -235,8 +237,10 @@ class Database:
     def carry_out(
         self, connection: GroupConnection, actions: list[Action], now: float,
         *, write_times_out: bool = False, acked_before_written: bool = False,
+        hold: bool = False,
     ) -> list[Action]:
-        """Answer every delivery operation (and those they lead to); the other actions.
+        """Answer every delivery operation (and those they lead to), but hold the first
+        one with `hold`; the other actions.
         `acked_before_written`: the endpoint's ack of a batch arrives before its write is
         known to be complete (the frame went out, the driver still awaited the drain)."""
         rest: list[Action] = []
@@ -245,6 +249,10 @@ class Database:
             action = todo.pop(0)
             if isinstance(action, DELIVERY_OPERATIONS):  # one at a time:
                 assert not any(isinstance(a, DELIVERY_OPERATIONS) for a in todo)
+                assert self.held is None  # never beside one under way
+                if hold:
+                    self.held, hold = (connection, action), False
+                    continue
             if isinstance(action, LoadPosition):
                 todo += connection.position_loaded(self.position(), now)
             elif isinstance(action, ReadEvents):
@@ -272,6 +280,14 @@ class Database:
             else:
                 rest.append(action)
         return rest
+
+
+    def answer_held(self, now: float, **how: bool) -> list[Action]:
+        """The operation held ends now: answered to the connection that asked for it."""
+        if self.held is None:
+            return []
+        (connection, action), self.held = self.held, None
+        return self.carry_out(connection, [action], now, **how)
 
 
 DELIVERY_OPERATIONS = (LoadPosition, ReadEvents, PersistBatch, WriteBatch, CommitAck)
@@ -579,7 +595,7 @@ def test_whatever_happens_there_is_one_close_and_the_pong_rule_holds(
 RATE = 5.0
 DELIVERY_STEPS = st.sampled_from(
     ["ack", "lose", "wrong", "wait", "wake", "queue", "timeout", "early_ack", "failover",
-     "ack_while_closing", "restart"]
+     "ack_while_closing", "restart", "hold"]
 )
 OBJECTS = st.sampled_from(["JOB", "IMAGE"])
 
@@ -604,18 +620,26 @@ def test_whatever_happens_the_core_delivers_in_order_across_failovers_and_restar
 ) -> None:
     """The core driven as the asyncio driver drives it, over a modelled database: acks,
     losses, refusals, write timeouts, wake-ups, failovers (a new connection, the same
-    ledger) and restarts (a new ledger, only the database left). Every event arrives in
-    order, a resend is the same bytes, a row is persisted before its write, and never
-    two requests are unacknowledged at once."""
+    ledger) and restarts (a new ledger, only the database left), and a delivery
+    operation still under way during the next event (`hold`), a failover (the driver
+    waits for it and tells the old core) or a restart (lost with the process). Every
+    event arrives in order, a resend is the same bytes, a row is persisted before its
+    write, never two operations are under way at once and never two requests are
+    unacknowledged at once."""
     db = Database(events(*initial))
     ledger = DeliveryLedger("G1")
     now = T0
     connection = delivering(ledger, db, now, max_batch)
     total = len(initial) + sum(len(queued) for step, queued in steps if step == "queue")
     settle: list[tuple[str, list[str]]] = [("wait", []), ("ack", [])] * (2 * total + 10)
+    holding = False
     for step, queued in [*steps, *settle]:
         actions: list[Action] = []
-        if step in ("ack", "early_ack", "wrong") and db.written:
+        how = {"write_times_out": step == "timeout", "acked_before_written": step == "early_ack"}
+        under_way = db.held
+        if step == "hold":
+            holding = True  # the next operation stays under way through the next step
+        elif step in ("ack", "early_ack", "wrong") and db.written:
             payload: list[Any] = [{"refused": True}] if step == "wrong" else []
             actions = connection.text_received(text(response_to(db.written[-1], payload, now)),
                                                now)
@@ -629,7 +653,10 @@ def test_whatever_happens_the_core_delivers_in_order_across_failovers_and_restar
             actions = connection.wake(now)
         elif step == "failover":
             connection.connection_lost("gone")
-            connection.release_delivery()  # as the driver does once its store call ended
+            # The driver waits for the operation under way and tells the closed core:
+            # nothing new starts; then it releases the ledger.
+            assert all(isinstance(a, Report) for a in db.answer_held(now))
+            connection.release_delivery()
             connection = delivering(ledger, db, now, max_batch)
         elif step == "ack_while_closing" and db.written:
             # The close is decided, then the endpoint's ack arrives: it still commits.
@@ -637,16 +664,20 @@ def test_whatever_happens_the_core_delivers_in_order_across_failovers_and_restar
             closing = connection.text_received(text(response_to(db.written[-1], [], now)), now)
             assert all(isinstance(a, (CommitAck, Report)) for a in closing)
             db.carry_out(connection, closing, now)
+            db.answer_held(now)  # then the ack's commit, if it waited for it
             connection.connection_lost("closed")
             connection.release_delivery()
             connection = delivering(ledger, db, now, max_batch)
         elif step == "restart":
             connection.connection_lost("killed")
+            db.held = None  # killed with the process: never done (a write never sent)
             ledger = DeliveryLedger("G1")
             connection = delivering(ledger, db, now, max_batch)
         # early_ack: the ack of each batch written next beats the end of its write.
-        db.carry_out(connection, actions, now, write_times_out=step == "timeout",
-                     acked_before_written=step == "early_ack")
+        db.carry_out(connection, actions, now, hold=holding, **how)
+        holding = holding and db.held is None
+        if under_way is not None and db.held is under_way:  # it ends after the event
+            db.answer_held(now, **how)
         assert len({m.id for m in db.written} - db.committed) <= 1
         assert connection.next_deadline() is not None  # delivery never stops waiting
     assert_delivered_in_order(db)
