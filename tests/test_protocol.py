@@ -389,6 +389,23 @@ def test_a_wake_up_during_a_write_is_answered_by_the_read_that_follows_it() -> N
     assert connection.next_deadline() == T0 + 5.0
 
 
+def test_a_wake_up_with_nothing_to_read_ends_one_wait_only() -> None:
+    """The next batch is read ahead and the ack awaited: a wake-up has nothing to read,
+    and the connection waits on for the resend (a driver that saw the wait end again
+    and again would spin and starve the reader of the ack)."""
+    rules = Settings(keepalive_rate_s=1000.0, notification_rate_s=5.0, notification_max_batch=1)
+    connection = opened(rules)
+    db = Database(events("JOB", "JOB"))
+    db.carry_out(connection, connection.deliver(DeliveryLedger("G1"), T0), T0)
+    assert len(db.written) == 1  # the second is prepared, not sent
+    assert connection.next_deadline() == T0 + 5.0
+    assert connection.wake(T0 + 1) == []
+    assert connection.next_deadline() == T0 + 5.0
+    assert connection.tick(T0 + 1) == []
+    assert connection.wake(T0 + 2) == []
+    assert connection.next_deadline() == T0 + 5.0
+
+
 def test_a_write_past_the_send_timeout_counts_as_not_sent_and_goes_after_the_rate() -> None:
     rules = Settings(keepalive_rate_s=1000.0, notification_rate_s=5.0)
     connection = opened(rules)
