@@ -284,17 +284,23 @@ class _Logger:
     def __getattr__(self, method: str) -> Any:
         import structlog
 
-        _apply_pending()
+        if _pending is not None:
+            _apply_pending()
         config = structlog.get_config()
-        made_with = (config["processors"], config["wrapper_class"], config["logger_factory"],
-                     config["context_class"])  # fmt: skip
-        # Compared by identity: a new configuration always brings new objects (and the
-        # references held here keep an old one's ids from being reused).
-        if len(made_with) != len(self._made_with) or any(
-            new is not old for new, old in zip(made_with, self._made_with, strict=True)
+        made_with = self._made_with
+        # Compared by identity, term by term (the cost of every event): a new
+        # configuration always brings new objects, and the references held here keep an
+        # old one's ids from being reused.
+        if not (
+            made_with
+            and made_with[0] is config["processors"]
+            and made_with[1] is config["wrapper_class"]
+            and made_with[2] is config["logger_factory"]
+            and made_with[3] is config["context_class"]
         ):
             self._bound = structlog.get_logger(self._name).bind(**self._context)
-            self._made_with = made_with
+            self._made_with = (config["processors"], config["wrapper_class"],
+                               config["logger_factory"], config["context_class"])
         return getattr(self._bound, method)
 
 
