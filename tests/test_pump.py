@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 from nbwss import logs, messages, metrics, outbox
 from nbwss.delivery import AckCommit, EventRange
 from nbwss.endpoints import EndpointDetails
+from nbwss.errors import ConnectError
 from nbwss.messages import Message, MessageType, SubType, encode, notification_response
 from nbwss.properties import Settings
 from nbwss.protocol import DeliveryLedger
@@ -863,3 +864,24 @@ async def test_a_command_is_answered_while_a_store_call_of_the_group_blocks(
     assert answer.type is MessageType.COMMAND
     assert answer.sub_type is SubType.RESPONSE
     await run.stop()
+
+
+class SilentPinger(PingingEndpoint):
+    """Answers CONNECT with a ping only, and never reads its pong."""
+
+    async def send_str(self, data: str, compress: int | None = None) -> None:
+        if messages.decode(data).type is MessageType.CONNECT:
+            self.ping_from_peer(b"still there?")
+            return
+        await super().send_str(data, compress)
+
+
+async def test_a_pong_the_peer_never_reads_does_not_hold_connect_past_its_deadline() -> None:
+    endpoint = SilentPinger()
+    settings = link_settings(connect_response_timeout_s=0.1, send_timeout_s=0.1)
+    target = Target(GROUP, "ep1", "wss://ep1.test/cfs", TOKEN, b"")
+    session = Session(endpoint, target, settings, None, None, time.time)
+    async with asyncio.timeout(timeout(5)):
+        with pytest.raises(ConnectError, match="no CONNECT response"):
+            await session.handshake()
+    assert endpoint.pongs == [b"still there?"]

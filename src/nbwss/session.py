@@ -412,9 +412,11 @@ class Session:
             return self._core.connection_lost(str(exc))
         if frame.type is aiohttp.WSMsgType.PING:
             for action in self._core.ping_received(frame.data):
-                if isinstance(action, SendPong):
+                if isinstance(action, SendPong):  # within the write deadline: a peer
+                    # that pings and never reads must not hold CONNECT's past its own
                     with contextlib.suppress(aiohttp.ClientError, OSError):
-                        await self._ws.pong(action.data)
+                        async with asyncio.timeout(self._settings.send_timeout_s):
+                            await self._ws.pong(action.data)
             return []
         return self._on_frame(frame)
 
