@@ -23,11 +23,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from nbwss.dial import Target
 from nbwss.endpoints import fetch_details
 from nbwss.errors import MSG_CERT_MISMATCH, ConnectError, TrustError
 from nbwss.outbound import Credentials, Proxy, ProxyPolicy, parse_no_proxy
 from nbwss.properties import Settings
-from nbwss.session import Target, connect
+from nbwss.session import connect
 from nbwss.store import Store
 from nbwss.supervisor import Supervisor
 from nbwss.trust import pinned_context

@@ -23,10 +23,11 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nbwss.dial import Target
 from nbwss.messages import Message, MessageType, encode, request, response_to
 from nbwss.properties import Settings
 from nbwss.proxy import Answer, CommandProxy, _oversized_frame
-from nbwss.session import Target, connect
+from nbwss.session import connect
 from nbwss.trust import pinned_context
 from tests.conftest import TlsMaterial, timeout
 from tests.peers import Peer

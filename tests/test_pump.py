@@ -23,13 +23,14 @@ from structlog.testing import capture_logs
 
 from nbwss import logs, messages, metrics, outbox
 from nbwss.delivery import AckCommit, EventRange
+from nbwss.dial import Target
 from nbwss.endpoints import EndpointDetails
 from nbwss.errors import ConnectError
 from nbwss.messages import Message, MessageType, SubType, encode, notification_response
 from nbwss.properties import Settings
 from nbwss.protocol import DeliveryLedger
 from nbwss.pump import DeliveryWiring, GroupOutbox, OutboxJanitor
-from nbwss.session import Session, Target
+from nbwss.session import Session
 from nbwss.store import Store
 from nbwss.values import GroupPosition, OutboxEvent, PersistedBatch
 from nbwss.wake import OutboxWatch, WakeListener, Waker, send_wake

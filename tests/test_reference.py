@@ -19,6 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from nbwss import session as daemon_session
+from nbwss.dial import Target
 from nbwss.errors import ConnectError
 from nbwss.messages import (
     Message,
@@ -318,9 +319,9 @@ async def test_the_daemons_own_session_connects_and_is_refused_with_a_wrong_toke
             aiohttp.ClientSession() as http:
         context = pinned_context(material.certificate_der)
 
-        def target(token: str) -> daemon_session.Target:
+        def target(token: str) -> Target:
             der = material.certificate_der
-            return daemon_session.Target("G1", "127.0.0.1", endpoint.url, token, der)
+            return Target("G1", "127.0.0.1", endpoint.url, token, der)
 
         with pytest.raises(ConnectError, match="refused the token"):
             await daemon_session.connect(http, target("wrong"), Settings(), context)

@@ -27,12 +27,13 @@ import aiohttp
 import pytest
 import trustme
 
+from nbwss.dial import Target
 from nbwss.errors import TrustError
 from nbwss.guard import ApiRequest, Policy, Refusal, check_command
 from nbwss.messages import Message, MessageType, request
 from nbwss.properties import Settings
 from nbwss.proxy import CommandProxy
-from nbwss.session import Target, connect
+from nbwss.session import connect
 from nbwss.standin.restapi import StandinApi, serving
 from nbwss.trust import pinned_context
 from tests.conftest import TlsMaterial, timeout

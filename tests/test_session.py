@@ -14,8 +14,10 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from nbwss import dial as dial_module
 from nbwss import messages, outbox
 from nbwss import session as session_module
+from nbwss.dial import Target, trim_tls_read_buffer
 from nbwss.endpoints import EndpointDetails
 from nbwss.errors import ConnectError, TrustError
 from nbwss.link import Link
@@ -24,7 +26,7 @@ from nbwss.properties import Settings
 from nbwss.protocol import DeliveryLedger
 from nbwss.proxy import CommandProxy
 from nbwss.pump import GroupOutbox
-from nbwss.session import Session, Target, connect, trim_tls_read_buffer
+from nbwss.session import Session, connect
 from nbwss.store import Store
 from nbwss.trust import pinned_context
 from nbwss.wake import Waker
@@ -306,7 +308,7 @@ def test_the_tls_read_buffer_is_trimmed_and_never_enlarged(
     protocol = asyncio.sslproto.SSLProtocol
     monkeypatch.setattr(protocol, "max_size", 256 * 1024)
     trim_tls_read_buffer()
-    assert protocol.max_size == session_module.TLS_READ_BUFFER_BYTES
+    assert protocol.max_size == dial_module.TLS_READ_BUFFER_BYTES
     monkeypatch.setattr(protocol, "max_size", 4096)
     trim_tls_read_buffer()
     assert protocol.max_size == 4096
@@ -326,7 +328,7 @@ async def test_the_connections_of_a_loop_share_one_tls_read_buffer(
     made = [protocol(loop, asyncio.Protocol(), context, loop.create_future()) for _ in range(2)]
     try:
         buffer = made[0].get_buffer(-1)
-        assert len(buffer) == session_module.TLS_READ_BUFFER_BYTES
+        assert len(buffer) == dial_module.TLS_READ_BUFFER_BYTES
         assert buffer.obj is made[1].get_buffer(-1).obj
     finally:
         for tls in made:  # never connected: close what each made, or it warns

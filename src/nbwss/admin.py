@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from nbwss import logs, outbox
+from nbwss.dial import Target
 from nbwss.endpoints import EndpointDetails
 from nbwss.errors import (
     MSG_NO_SSL,
@@ -30,7 +31,7 @@ from nbwss.errors import (
 )
 from nbwss.outbound import Proxy
 from nbwss.properties import Settings
-from nbwss.session import Target, connect
+from nbwss.session import connect
 from nbwss.store import Store
 from nbwss.trust import CertificateInfo, fetch_certificate, pinned_context
 from nbwss.values import EndpointRecord

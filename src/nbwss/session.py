@@ -27,12 +27,10 @@ aiohttp's own heartbeat closes on the first missing pong, while NBWSS tolerates
 from __future__ import annotations
 
 import asyncio
-import asyncio.sslproto
 import contextlib
 import contextvars
 import functools
 import ssl
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -43,13 +41,8 @@ import aiohttp
 
 from nbwss import messages
 from nbwss.delivery import Batch, EventRange
-from nbwss.errors import (
-    MSG_CERT_MISMATCH,
-    ConnectError,
-    TokenRefusedError,
-    TrustError,
-    unable_to_connect,
-)
+from nbwss.dial import Target, count_handshake, dial
+from nbwss.errors import ConnectError, TokenRefusedError, TrustError
 from nbwss.guard import loggable_method_and_uri
 from nbwss.link import CommandHandler
 from nbwss.logs import get_logger
@@ -58,14 +51,12 @@ from nbwss.metrics import (
     BATCHES_STALLED,
     COMMANDS,
     DECODE_ERRORS,
-    HANDSHAKES,
     NOTIFICATIONS_ACKED,
     NOTIFICATIONS_RESENT,
     NOTIFICATIONS_SENT,
     PONG_MISSES,
 )
-from nbwss.neterrors import describe
-from nbwss.outbound import Proxy, request_options
+from nbwss.outbound import Proxy
 from nbwss.properties import Settings
 from nbwss.protocol import (
     CLOSE_NORMAL,
@@ -96,74 +87,9 @@ if TYPE_CHECKING:
 log = get_logger("nbwss.session")
 T = TypeVar("T")
 
-# TCP + TLS + HTTP upgrade; the CONNECT answer then has `connect.responseTimeout`.
-DIAL_TIMEOUT_S: Final = 10.0
-# A frame this many times over `message.maxBytes` is not even read: the transport closes
-# with 1009. Below that, an oversized frame follows `exception.ignoreDecoder` like any
-# other undecodable one.
-HARD_SIZE_FACTOR: Final = 2
 _ENDINGS: Final = frozenset({aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE,
                               aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED})
 _MAX_REASON_BYTES: Final = 123  # RFC 6455: a close reason fits in a control frame
-TLS_READ_BUFFER_BYTES: Final = 16 * 1024
-
-
-def trim_tls_read_buffer() -> None:
-    """Shrink asyncio's per-connection TLS read buffer from 256 KiB to 16 KiB, and have
-    the connections of a thread share one.
-
-    asyncio's SSL transport gives every connection a zero-filled (so resident) buffer of
-    `SSLProtocol.max_size` bytes: with a thousand idle connections that alone is 250 MiB
-    at CPython's size, 16 MiB at ours. The buffer only stages a socket read: the
-    selector loop fills it (`get_buffer`, `recv_into`) and the protocol copies it into
-    its TLS engine (`buffer_updated`) in one synchronous call, so the connections of one
-    loop can use the same bytes. A TLS record holds at most 16 KiB, so a smaller buffer
-    costs no throughput; 4 KiB doubled the CPU of reading a 500 KiB REST answer.
-    `max_size` is a public class attribute (CPython 3.11 to 3.13); the buffer is its
-    private `_ssl_buffer`, left alone should a Python version not have it. Sets both for
-    the whole process, once, and never enlarges the buffer. (uvloop has its own TLS.)
-    """
-    protocol = asyncio.sslproto.SSLProtocol
-    if getattr(protocol, "max_size", 0) > TLS_READ_BUFFER_BYTES:
-        protocol.max_size = TLS_READ_BUFFER_BYTES
-    made = protocol.__init__
-    if getattr(made, "shares_read_buffer", False):
-        return
-
-    def init(self: asyncio.sslproto.SSLProtocol, *args: Any, **kwargs: Any) -> None:
-        made(self, *args, **kwargs)
-        own = getattr(self, "_ssl_buffer", None)
-        if isinstance(own, bytearray):
-            shared = _thread_read_buffer(len(own))
-            self._ssl_buffer, self._ssl_buffer_view = shared, memoryview(shared)  # type: ignore[attr-defined]
-
-    init.shares_read_buffer = True  # type: ignore[attr-defined]
-    protocol.__init__ = init  # type: ignore[method-assign]
-
-
-_read_buffers = threading.local()
-
-
-def _thread_read_buffer(size: int) -> bytearray:
-    """The one TLS read buffer of this thread's connections, at least `size` bytes."""
-    buffer: bytearray | None = getattr(_read_buffers, "buffer", None)
-    if buffer is None or len(buffer) < size:
-        buffer = _read_buffers.buffer = bytearray(size)
-    return buffer
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Everything needed to dial one endpoint; the token never shows in a repr."""
-
-    group_id: str
-    host_name: str
-    url: str
-    token: str
-    certificate_der: bytes
-
-    def __repr__(self) -> str:
-        return f"Target(group_id={self.group_id!r}, host_name={self.host_name!r}, url={self.url!r})"
 
 
 async def connect(
@@ -185,7 +111,7 @@ async def connect(
     not held while the endpoint takes its time to answer CONNECT.
     """
     async with dial_slots or contextlib.nullcontext():
-        ws = await _dial(http, target, settings, ssl_context, proxy)
+        ws = await dial(http, target, settings, ssl_context, proxy)
     session = Session(ws, target, settings, delivery, command_handler, clock)
     try:
         ssl_object = ws.get_extra_info("ssl_object")
@@ -193,53 +119,13 @@ async def connect(
         try:
             check_peer(presented, target.certificate_der, target.host_name)
         except TrustError:
-            _count_handshake(target, "error")
+            count_handshake(target, "error")
             raise
         await session.handshake()
     except BaseException:
         await session.abort()
         raise
     return session
-
-
-async def _dial(
-    http: aiohttp.ClientSession,
-    target: Target,
-    settings: Settings,
-    context: ssl.SSLContext,
-    proxy: Proxy | None,
-) -> aiohttp.ClientWebSocketResponse:
-    host = target.host_name
-    try:
-        async with asyncio.timeout(DIAL_TIMEOUT_S):
-            return await http.ws_connect(
-                target.url,
-                ssl=context,  # through a proxy too: TLS is end to end, inside the tunnel
-                **request_options(proxy),
-                autoping=False,
-                autoclose=True,
-                compress=0,  # a deflate context costs ~100s of KiB per connection
-                max_msg_size=settings.message_max_bytes * HARD_SIZE_FACTOR,
-                timeout=aiohttp.ClientWSTimeout(ws_close=settings.send_timeout_s),
-            )
-    except TimeoutError:
-        _count_handshake(target, "timeout")
-        why = f"no answer in {DIAL_TIMEOUT_S:g} s"
-        if proxy is not None:
-            why += f" through proxy {proxy.url}"
-        raise ConnectError(f"{unable_to_connect(host)}: {why}") from None
-    except aiohttp.ClientConnectorCertificateError as exc:
-        _count_handshake(target, "error")
-        raise TrustError(f"{MSG_CERT_MISMATCH}: {host}: {exc.certificate_error}") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        _count_handshake(target, "error")
-        status = exc.status if isinstance(exc, aiohttp.WSServerHandshakeError) else None
-        raise ConnectError(f"{unable_to_connect(host)}: {describe(exc, proxy)}",
-                           http_status=status) from None
-
-
-def _count_handshake(target: Target, result: str) -> None:
-    HANDSHAKES.labels(group=target.group_id, host=target.host_name, result=result).inc()
 
 
 @dataclass(slots=True)
@@ -432,9 +318,9 @@ class Session:
         endpoint. An open connection is counted valid."""
         for action in actions:
             if isinstance(action, Opened):
-                _count_handshake(self.target, "valid")
+                count_handshake(self.target, "valid")
             elif isinstance(action, HandshakeFailed):
-                _count_handshake(self.target, action.result)
+                count_handshake(self.target, action.result)
                 self._reason = action.reason
                 await self._close_now(action.code, action.reason)
                 # Logs and /status name the host beside the reason.

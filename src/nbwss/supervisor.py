@@ -35,6 +35,7 @@ from typing import Final
 import aiohttp
 
 from nbwss.backoff import Backoff
+from nbwss.dial import Target, trim_tls_read_buffer
 from nbwss.errors import NbwssError, NotFoundError, TokenRefusedError
 from nbwss.failover import (
     Identity,
@@ -52,7 +53,7 @@ from nbwss.metrics import FAILOVERS
 from nbwss.outbound import Proxy, load_policy
 from nbwss.properties import Settings
 from nbwss.pump import GroupOutbox
-from nbwss.session import Session, Target, connect, trim_tls_read_buffer
+from nbwss.session import Session, connect
 from nbwss.store import Store
 from nbwss.trust import pinned_context
 from nbwss.values import EndpointRecord

@@ -20,6 +20,7 @@ from typing import Any
 from nbwss import admin, logs
 from nbwss.admin import Inspection, certificate_problems
 from nbwss.commands import Context, examples, print_json, print_table, seconds
+from nbwss.dial import Target
 from nbwss.endpoints import (
     FETCH_TIMEOUT_S,
     EndpointDetails,
@@ -40,7 +41,6 @@ from nbwss.errors import (
     TrustError,
 )
 from nbwss.properties import Settings
-from nbwss.session import Target
 from nbwss.status import fetch_status
 from nbwss.statusview import group_views
 from nbwss.store import Store
