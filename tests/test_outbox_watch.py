@@ -1,4 +1,4 @@
-"""`OutboxWatch`: one read of the outbox's head a period wakes every pump when it moved."""
+"""`OutboxWatch`: one read of the outbox's head a period wakes every connection when it moved."""
 
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ async def reads_reach(watch: OutboxWatch, count: int) -> None:
             await watch.read_done.wait()
 
 
-async def test_rows_queued_without_a_wake_wake_every_pump_once(store: Store) -> None:
+async def test_rows_queued_without_a_wake_wake_every_connection_once(store: Store) -> None:
     waker = Waker()
-    pumps = [asyncio.Event(), asyncio.Event()]
-    for event in pumps:
+    connections = [asyncio.Event(), asyncio.Event()]
+    for event in connections:
         waker.register(event)
     with store.transaction() as conn:  # queued before the watch starts: not news to it
         outbox.enqueue(conn, [("JOB", {"jobId": 1})], 0.0)
@@ -41,15 +41,15 @@ async def test_rows_queued_without_a_wake_wake_every_pump_once(store: Store) -> 
     task = asyncio.create_task(watch.run())
     try:
         await reads_reach(watch, 3)
-        assert not any(event.is_set() for event in pumps)  # the head did not move
+        assert not any(event.is_set() for event in connections)  # the head did not move
         with store.transaction() as conn:  # another process's commit, its datagram lost
             outbox.enqueue(conn, [("JOB", {"jobId": 2})], 0.0)
         async with asyncio.timeout(timeout(10)):
-            await asyncio.gather(*(event.wait() for event in pumps))
-        for event in pumps:
+            await asyncio.gather(*(event.wait() for event in connections))
+        for event in connections:
             event.clear()
         await reads_reach(watch, watch.reads + 3)
-        assert not any(event.is_set() for event in pumps)  # woken once, not every period
+        assert not any(event.is_set() for event in connections)  # woken once, not every period
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -60,8 +60,8 @@ async def test_rows_queued_between_start_and_run_are_news(store: Store) -> None:
     """`start()` reads the head before any connection reads: a row committed after it
     wakes every connection at the first period, though nothing moved since `run()`."""
     waker = Waker()
-    pump = asyncio.Event()
-    waker.register(pump)
+    connection = asyncio.Event()
+    waker.register(connection)
     watch = OutboxWatch(store, waker, period_s=0.01)
     await watch.start()
     with store.transaction() as conn:  # committed after the head was read, datagram lost
@@ -69,7 +69,7 @@ async def test_rows_queued_between_start_and_run_are_news(store: Store) -> None:
     task = asyncio.create_task(watch.run())
     try:
         async with asyncio.timeout(timeout(10)):
-            await pump.wait()
+            await connection.wait()
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -81,8 +81,8 @@ async def test_a_failing_store_is_logged_and_read_again_without_stopping(
 ) -> None:
     store = Store(tmp_path / "nbwss.db", tmp_path / "nbwss.key")
     waker = Waker()
-    pump = asyncio.Event()
-    waker.register(pump)
+    connection = asyncio.Event()
+    waker.register(connection)
     watch = OutboxWatch(store, waker, period_s=0.01)
     await watch.start()
     store.close()  # every read fails from now on
@@ -91,7 +91,7 @@ async def test_a_failing_store_is_logged_and_read_again_without_stopping(
         with capture_logs() as logged:
             await reads_reach(watch, 3)  # still running
         assert {e["event"] for e in logged} == {"wake.watch_failed"}
-        assert not pump.is_set()  # a failed read is no news
+        assert not connection.is_set()  # a failed read is no news
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
