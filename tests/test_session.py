@@ -22,10 +22,10 @@ from nbwss.endpoints import EndpointDetails
 from nbwss.errors import ConnectError, TrustError
 from nbwss.link import Link
 from nbwss.messages import Message, MessageType, SubType
+from nbwss.outboxes import GroupOutbox
 from nbwss.properties import Settings
 from nbwss.protocol import DeliveryLedger
 from nbwss.proxy import CommandProxy
-from nbwss.pump import GroupOutbox
 from nbwss.session import Session, connect
 from nbwss.store import Store
 from nbwss.trust import pinned_context

@@ -19,10 +19,10 @@ from nbwss import logs
 from nbwss.backoff import Backoff
 from nbwss.component import Component
 from nbwss.errors import NbwssError
+from nbwss.outboxes import DeliveryWiring
 from nbwss.properties import Settings
 from nbwss.protocol import DeliveryLedger
 from nbwss.proxy import CommandProxy
-from nbwss.pump import DeliveryWiring
 from nbwss.sdnotify import Notifier
 from nbwss.service import Service
 from nbwss.sources.poller import Poller

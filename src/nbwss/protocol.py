@@ -234,7 +234,7 @@ class DeliveryLedger:
     """What of a group's delivery outlives each connection: its machine (for the send
     count of the batch in flight, which each connection reloads from the database, and
     an acknowledgement still to commit) and when an ack was last committed. One per
-    group (`pump.DeliveryWiring`); status reads it.
+    group (`outboxes.DeliveryWiring`); status reads it.
 
     One connection at a time delivers with it (never two store calls of a group at
     once): `owner` is the generation of the connection that holds it, from `deliver`

@@ -9,7 +9,7 @@ is one loop, the only driver of the core: a reader task (the only caller of
 `receive()`) hands it frames, and it waits for a frame, the end of the delivery
 operation under way, a wake-up or the core's `next_deadline()` (pings, CONNECT's
 answer, a resend due), and carries out the actions without waiting for any: a batch
-write runs in a task of the connection, the group's store calls (`pump.GroupOutbox`)
+write runs in a task of the connection, the group's store calls (`outboxes.GroupOutbox`)
 in a worker thread (an outbox read at once when the store is free), one delivery
 operation at a time;
 COMMAND requests run in their own tasks so a slow REST call never stalls the loop.
@@ -82,7 +82,7 @@ from nbwss.protocol import (
 from nbwss.trust import check_peer
 
 if TYPE_CHECKING:
-    from nbwss.pump import GroupOutbox
+    from nbwss.outboxes import GroupOutbox
 
 log = get_logger("nbwss.session")
 T = TypeVar("T")

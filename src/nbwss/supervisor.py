@@ -51,8 +51,8 @@ from nbwss.link import CommandHandler
 from nbwss.logs import get_logger, register_secret
 from nbwss.metrics import FAILOVERS
 from nbwss.outbound import Proxy, load_policy
+from nbwss.outboxes import GroupOutbox
 from nbwss.properties import Settings
-from nbwss.pump import GroupOutbox
 from nbwss.session import Session, connect
 from nbwss.store import Store
 from nbwss.trust import pinned_context

@@ -27,9 +27,9 @@ from nbwss.dial import Target
 from nbwss.endpoints import EndpointDetails
 from nbwss.errors import ConnectError
 from nbwss.messages import Message, MessageType, SubType, encode, notification_response
+from nbwss.outboxes import DeliveryWiring, GroupOutbox, OutboxJanitor
 from nbwss.properties import Settings
 from nbwss.protocol import DeliveryLedger
-from nbwss.pump import DeliveryWiring, GroupOutbox, OutboxJanitor
 from nbwss.session import Session
 from nbwss.store import Store
 from nbwss.values import GroupPosition, OutboxEvent, PersistedBatch
