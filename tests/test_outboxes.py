@@ -886,3 +886,22 @@ async def test_a_pong_the_peer_never_reads_does_not_hold_connect_past_its_deadli
         with pytest.raises(ConnectError, match="no CONNECT response"):
             await session.handshake()
     assert endpoint.pongs == [b"still there?"]
+
+
+async def test_a_store_that_fails_on_the_loops_own_read_closes_the_connection_too(
+    tmp_path: Path,
+) -> None:
+    """The outbox read made on the event loop (the store free) fails as a read in a
+    worker thread does: `delivery.failed` and close 1011, not a crash of the driver."""
+    store = Store(tmp_path / "db", tmp_path / "key")
+    add_group(store)
+    put(store, 1)
+    with store.transaction() as conn:  # the position still loads; reading events fails
+        conn.execute("ALTER TABLE outbox RENAME TO outbox_gone")
+    endpoint = Endpoint()
+    with capture_logs() as logged:
+        run = await connected(group_outbox(store), endpoint, link_settings())
+        async with asyncio.timeout(timeout(5)):
+            assert await run.task == "delivery failed"
+    assert endpoint.close_code == 1011
+    assert "delivery.failed" in [e["event"] for e in logged]

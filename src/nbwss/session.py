@@ -201,10 +201,14 @@ def _in_thread(call: Callable[..., T], *args: Any) -> asyncio.Future[T]:
 def _read_events(outbox: GroupOutbox, wanted: EventRange) -> asyncio.Future[Any]:
     """The read at once when the store is free (a WAL read waits for no writer, and two
     thread hand-offs cost as much as the read), else in a worker thread."""
-    events = outbox.read_events_if_free(wanted)
+    done = asyncio.get_running_loop().create_future()
+    try:
+        events = outbox.read_events_if_free(wanted)
+    except Exception as exc:  # as from a worker thread: `delivery.failed`, close 1011
+        done.set_exception(exc)
+        return done
     if events is None:
         return _in_thread(outbox.read_events, wanted)
-    done = asyncio.get_running_loop().create_future()
     done.set_result(events)
     return done
 
