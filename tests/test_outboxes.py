@@ -905,3 +905,33 @@ async def test_a_store_that_fails_on_the_loops_own_read_closes_the_connection_to
             assert await run.task == "delivery failed"
     assert endpoint.close_code == 1011
     assert "delivery.failed" in [e["event"] for e in logged]
+
+
+async def test_the_janitor_deletes_every_acknowledged_chunk_one_call_each(store: Store) -> None:
+    put(store, *range(outbox.PURGE_CHUNK * 2 + 7))
+    head = outbox.queued_total(store)
+    outbox.acknowledge(store, GROUP, head, 0.0, None)
+    janitor = OutboxJanitor(store, link_settings())
+    await janitor._delete_acknowledged()
+    with store.reading() as conn:
+        assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+
+
+async def test_a_janitor_whose_store_fails_logs_it_and_goes_on(tmp_path: Path) -> None:
+    """A full disk or a lock held too long fails the janitor's pass, not the daemon."""
+    store = Store(tmp_path / "db", tmp_path / "key")
+    store.close()  # every call from now on fails
+    janitor = OutboxJanitor(store, link_settings(), interval_s=0.01, purge_interval_s=0.01)
+    janitor.pass_done = asyncio.Event()
+    with capture_logs() as logged:
+        task = asyncio.create_task(janitor.run())
+        async with asyncio.timeout(timeout(5)):
+            while janitor.passes < 3:
+                await janitor.pass_done.wait()
+                janitor.pass_done.clear()
+        assert not task.done()  # still running after three failed passes
+        task.cancel()
+    failed = [e for e in logged if e["event"] == "outbox.purge_failed"]
+    assert len(failed) >= 3
+    assert failed[0]["log_level"] == "error"
+    assert "closed database" in failed[0]["reason"]

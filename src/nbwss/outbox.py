@@ -223,16 +223,23 @@ def purge(store: Store, chunk: int = PURGE_CHUNK) -> int:
 def delete_acknowledged(store: Store, chunk: int = PURGE_CHUNK) -> int:
     """Delete every event acknowledged by every group; how many were deleted.
 
-    One transaction per `chunk` events, so an ack waits at most one chunk's delete for
-    the write lock however much is deleted at once.
+    One transaction per `chunk` events. Called in one go it may take the store's lock
+    again at once after each chunk (a thread lock is not fair): the janitor's loop
+    deletes one chunk per call instead (`delete_acknowledged_chunk`), so that an ack
+    waiting for the lock gets it between two chunks.
     """
     deleted = 0
     while True:
-        with store.transaction() as conn:
-            count = _purge_acknowledged(conn, chunk)
+        count = delete_acknowledged_chunk(store, chunk)
         deleted += count
         if count < chunk:
             return deleted
+
+
+def delete_acknowledged_chunk(store: Store, chunk: int = PURGE_CHUNK) -> int:
+    """Delete at most `chunk` events acknowledged by every group, in one transaction."""
+    with store.transaction() as conn:
+        return _purge_acknowledged(conn, chunk)
 
 
 def reclaim_free_pages(store: Store, pages_per_step: int = RECLAIM_PAGES_PER_STEP) -> int:

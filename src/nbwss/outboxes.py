@@ -20,11 +20,15 @@ from dataclasses import dataclass, field
 from nbwss import outbox
 from nbwss.component import Component
 from nbwss.delivery import AckCommit, EventRange
+from nbwss.errors import StoreError
+from nbwss.logs import get_logger
 from nbwss.properties import Settings
 from nbwss.protocol import DeliveryLedger
 from nbwss.store import Store
 from nbwss.values import GroupPosition, OutboxEvent, PersistedBatch
 from nbwss.wake import OutboxWatch, WakeListener, Waker
+
+log = get_logger("nbwss.outbox")
 
 Clock = Callable[[], float]
 # How long an acknowledged event may stay in the outbox before the janitor deletes it.
@@ -94,6 +98,8 @@ class OutboxJanitor(Component):
         self._interval_s = interval_s
         self._purge_interval_s = purge_interval_s
         self._clock = clock
+        self.passes = 0  # passes ended, failed or not
+        self.pass_done: asyncio.Event | None = None  # set after each pass (for tests)
 
     def sweep(self) -> outbox.Expired:
         expired = outbox.expire(
@@ -105,13 +111,28 @@ class OutboxJanitor(Component):
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         expire_at = loop.time()
+        self.pass_done = self.pass_done or asyncio.Event()
         while True:
-            if loop.time() >= expire_at:
-                await asyncio.to_thread(self.sweep)
-                expire_at = loop.time() + self._interval_s
-            else:
-                await asyncio.to_thread(outbox.delete_acknowledged, self._store)
+            try:
+                if loop.time() >= expire_at:
+                    await asyncio.to_thread(self.sweep)
+                    expire_at = loop.time() + self._interval_s
+                else:
+                    await self._delete_acknowledged()
+            except StoreError as exc:
+                # A full disk or a lock held too long: the rows wait for the next pass;
+                # the daemon (delivery, COMMANDs, status) goes on.
+                log.error("outbox.purge_failed", reason=str(exc))
+            self.passes += 1
+            self.pass_done.set()
             await asyncio.sleep(min(self._purge_interval_s, self._interval_s))
+
+    async def _delete_acknowledged(self) -> None:
+        """One chunk a worker-thread call: between two, a waiting ack takes the lock."""
+        chunk = outbox.PURGE_CHUNK
+        delete = outbox.delete_acknowledged_chunk
+        while await asyncio.to_thread(delete, self._store, chunk) == chunk:
+            pass
 
 
 class DeliveryWiring:
