@@ -96,3 +96,31 @@ async def test_a_failing_store_is_logged_and_read_again_without_stopping(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_first_read_that_failed_wakes_every_connection_at_the_first_that_works(
+    tmp_path: Path,
+) -> None:
+    """Rows may have been committed (their datagram lost) between the failed first read
+    and the first that works: the watch cannot tell, so it wakes every connection."""
+    path = tmp_path / "nbwss.db"
+    failing = Store(path, tmp_path / "nbwss.key")
+    failing.close()  # the first read fails
+    waker, connection = Waker(), asyncio.Event()
+    waker.register(connection)
+    watch = OutboxWatch(failing, waker, period_s=0.01)
+    with capture_logs():
+        await watch.start()
+    working = Store(path, tmp_path / "nbwss.key")
+    try:
+        with working.transaction() as conn:  # committed meanwhile, no datagram
+            outbox.enqueue(conn, [("JOB", {"jobId": 1})], 0.0)
+        watch._store = working  # the store works again
+        task = asyncio.create_task(watch.run())
+        try:
+            async with asyncio.timeout(timeout(5)):
+                await connection.wait()
+        finally:
+            task.cancel()
+    finally:
+        working.close()

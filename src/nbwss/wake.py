@@ -237,7 +237,11 @@ class OutboxWatch(Component):
     async def start(self) -> None:
         import asyncio
 
-        self._seen = await asyncio.to_thread(self._head)
+        head = await asyncio.to_thread(self._head)
+        # Failed: no head is -1, so the first read that works wakes every connection
+        # (once, perhaps for nothing) rather than taking as seen a head that rows
+        # committed meanwhile, their datagram lost, have already moved.
+        self._seen = -1 if head is None else head
 
     async def run(self) -> None:
         import asyncio
