@@ -29,7 +29,9 @@ def store(short_dir: Path) -> Iterator[Store]:
     db.close()
 
 
-@pytest.mark.parametrize(("setting", "loop"), [("auto", "uvloop"), ("asyncio", "asyncio")])
+@pytest.mark.parametrize(
+    ("setting", "loop"), [("uvloop", "uvloop"), ("auto", "uvloop"), ("asyncio", "asyncio")]
+)
 async def test_nbwss_run_delivers_on_the_loop_the_property_picks(
     tls: TlsMaterial, store: Store, short_dir: Path, setting: str, loop: str
 ) -> None:

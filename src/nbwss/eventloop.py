@@ -1,11 +1,11 @@
-"""The event loop `nbwss run` runs on: uvloop when installed (`nbwss[speed]`), else asyncio's.
+"""The event loop `nbwss run` runs on: asyncio's, or uvloop's by choice (`nbwss[speed]`).
 
-uvloop (libuv, in C) runs the same code with less CPU per notification delivered and
-less RSS per connection (its TLS read buffer is allocated, not zero-filled, so an idle
-connection does not keep it resident): figures in docs/benchmarks.md. The `eventLoop`
-property picks: `auto` (uvloop when importable), `asyncio`, or `uvloop` (refused at
-start when it is not installed). Only the daemon uses it: the CLI's short calls gain
-nothing from it.
+uvloop (libuv, in C) was expected to save CPU and memory; measured here it does not
+(docs/benchmarks.md: about the same CPU per notification and idle, more RSS per
+connection than asyncio with the shared TLS read buffer), so it is not the default.
+The `eventLoop` property picks: `asyncio` (the default), `uvloop` (refused at start when
+it is not installed) or `auto` (uvloop when importable). Only the daemon uses it: the
+CLI's short calls gain nothing from it.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def choose(setting: str) -> tuple[str, LoopFactory | None]:
         if setting == "uvloop":
             raise ConfigError(
                 "eventLoop=uvloop, but uvloop is not installed: install nbwss[speed] "
-                "(pip install 'nbwss[speed]'), or set eventLoop=auto"
+                "(pip install 'nbwss[speed]'), or set eventLoop=asyncio"
             ) from None
         return "asyncio", None
     factory: LoopFactory = uvloop.new_event_loop

@@ -85,7 +85,7 @@ class Settings:
     status_max_backlog_age_s: float = 600.0
     log_level: str = "info"
     log_format: str = "auto"
-    event_loop: str = "auto"
+    event_loop: str = "asyncio"
     warnings: tuple[str, ...] = field(default=(), compare=False)
     source: Path | None = field(default=None, compare=False)
 

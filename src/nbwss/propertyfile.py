@@ -418,9 +418,10 @@ PROPERTIES: tuple[Property, ...] = (
     Property("status.maxBacklogAge", "status_max_backlog_age_s", _seconds, "600",
              "Seconds the oldest unacknowledged notification of a group may wait before "
              "`nbwss status --check` and /ready report the group as failing."),
-    Property("eventLoop", "event_loop", _choice("auto", "asyncio", "uvloop"), "auto",
-             "The daemon's event loop: auto takes uvloop when it is installed (nbwss[speed]), "
-             "else asyncio's; uvloop refuses to start without it."),
+    Property("eventLoop", "event_loop", _choice("auto", "asyncio", "uvloop"), "asyncio",
+             "The daemon's event loop: asyncio's; uvloop (nbwss[speed]) refuses to start "
+             "without it; auto takes uvloop when it is installed. uvloop measured no "
+             "better here (docs/benchmarks.md)."),
     Property("log.level", "log_level", _choice("debug", "info", "warning", "error"), "info",
              "Least severe log events written.",
              applies=Applies.NOW),
