@@ -409,7 +409,7 @@ def test_a_new_store_gives_back_the_pages_a_drained_backlog_freed(tmp_path: Path
 def test_an_older_store_without_auto_vacuum_keeps_and_reuses_its_free_pages(
     tmp_path: Path,
 ) -> None:
-    """A store made before release 2 has auto_vacuum=NONE: reclaiming does nothing (and
+    """A store made by an earlier version has auto_vacuum=NONE: reclaiming does nothing (and
     does not loop), and the free pages serve the next backlog instead of growing the file."""
     path = tmp_path / "nbwss.db"
     old = sqlite3.connect(path)

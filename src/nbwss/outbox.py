@@ -248,7 +248,7 @@ def reclaim_free_pages(store: Store, pages_per_step: int = RECLAIM_PAGES_PER_STE
 
     Free pages are reused by later inserts anyway; giving them back is for the disk
     (a backlog of 1,000,000 leaves about 220 MiB). Only a store with
-    auto_vacuum=INCREMENTAL (every store created since release 2) can; for an older
+    auto_vacuum=INCREMENTAL (every store created by this version or later) can; for an older
     one this does nothing (docs/operations.md says how to convert it).
     """
     returned = 0

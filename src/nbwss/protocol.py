@@ -151,7 +151,7 @@ class PersistBatch:
 
 @dataclass(frozen=True, slots=True)
 class WriteBatch:
-    """Write `batch.message` as one text frame within `notification.sendTimeout`;
+    """Write `batch.text` as one text frame within `notification.sendTimeout`;
     answer `batch_written` or `batch_write_timed_out` (a lost connection: `close`)."""
 
     batch: Batch
