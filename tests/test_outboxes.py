@@ -391,13 +391,8 @@ async def test_a_lost_connection_under_a_write_closes_it_saying_so(store: Store)
     assert endpoint.close_code == 1001
 
 
-async def test_a_store_that_fails_closes_the_connection_and_logs_why(
-    tmp_path: Path,
-) -> None:
-    store = Store(tmp_path / "db", tmp_path / "key")
-    add_group(store)
-    put(store, 1)
-    store.close()  # every call from now on fails
+async def delivery_fails(store: Store) -> None:
+    """Delivery over `store` ends its connection: `delivery.failed`, close 1011."""
     endpoint = Endpoint()
     with capture_logs() as logged:
         run = await connected(group_outbox(store), endpoint, link_settings())
@@ -405,6 +400,16 @@ async def test_a_store_that_fails_closes_the_connection_and_logs_why(
             assert await run.task == "delivery failed"
     assert endpoint.close_code == 1011
     assert "delivery.failed" in [e["event"] for e in logged]
+
+
+async def test_a_store_that_fails_closes_the_connection_and_logs_why(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "db", tmp_path / "key")
+    add_group(store)
+    put(store, 1)
+    store.close()  # every call from now on fails
+    await delivery_fails(store)
 
 
 def test_janitor_applies_retention(store: Store) -> None:
@@ -898,13 +903,7 @@ async def test_a_store_that_fails_on_the_loops_own_read_closes_the_connection_to
     put(store, 1)
     with store.transaction() as conn:  # the position still loads; reading events fails
         conn.execute("ALTER TABLE outbox RENAME TO outbox_gone")
-    endpoint = Endpoint()
-    with capture_logs() as logged:
-        run = await connected(group_outbox(store), endpoint, link_settings())
-        async with asyncio.timeout(timeout(5)):
-            assert await run.task == "delivery failed"
-    assert endpoint.close_code == 1011
-    assert "delivery.failed" in [e["event"] for e in logged]
+    await delivery_fails(store)
 
 
 async def test_the_janitor_deletes_every_acknowledged_chunk_one_call_each(store: Store) -> None:
