@@ -40,6 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.delivery import ENV, SCRIPT, job, setup_state  # noqa: E402
+from bench.limits import cpu_s  # noqa: E402
 from bench.tlsfiles import write_server_cert  # noqa: E402
 from nbwss import logs, outbox  # noqa: E402
 from nbwss.daemon import build_service  # noqa: E402
@@ -122,12 +123,6 @@ def queue_backlog(store: Store, first: int, count: int) -> int:
         with store.transaction() as conn:
             _, last_seq = outbox.enqueue_encoded(conn, rows, time.time())
     return last_seq
-
-
-def cpu_s() -> float:
-    """This process's CPU seconds, all threads (finer than `os.times`' 10 ms ticks: a
-    small backlog drains in about 100 ms of CPU)."""
-    return time.process_time()
 
 
 @dataclass(frozen=True)

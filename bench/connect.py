@@ -82,11 +82,6 @@ async def serve_endpoints(cert_file: str, key_file: str) -> None:
 # -- the daemon side ----------------------------------------------------------------------
 
 
-def cpu_s() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
 async def connect_groups(store: Store, groups: int) -> tuple[float, float, int]:
     """Run the connection process until all `groups` are CONNECTED.
 
@@ -95,7 +90,7 @@ async def connect_groups(store: Store, groups: int) -> tuple[float, float, int]:
     settings = Settings(store_path=store.path, connection_period_s=60.0, send_timeout_s=10.0)
     service = build_service(settings, store, status=False, notifier=Notifier(None))
     supervisor = service.supervisor
-    cpu_before = cpu_s()
+    cpu_before = limits.cpu_s()
     started = time.perf_counter()
     task = asyncio.create_task(service.async_run(handle_signals=False))
     try:
@@ -104,7 +99,7 @@ async def connect_groups(store: Store, groups: int) -> tuple[float, float, int]:
             before = rss_kib()  # so the growth is the connections' alone
             await supervisor.wait_for(lambda: supervisor.connected_count == groups)
         took = time.perf_counter() - started
-        cpu = cpu_s() - cpu_before
+        cpu = limits.cpu_s() - cpu_before
         grown = rss_kib() - before
     finally:
         service.handle_exit()  # every connection closed with a close frame, then stopped

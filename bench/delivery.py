@@ -223,18 +223,18 @@ async def throughput(
             # then the clock starts with the wake-up: delivery of a durable backlog.
             with store.transaction() as conn:
                 outbox.enqueue(conn, ((obj, data) for obj, data in items), time.time())
-            cpu_before, started = cpu_s(), time.monotonic()
+            cpu_before, started = limits.cpu_s(), time.monotonic()
             if profile is not None:
                 profile.enable()
             send_wake(settings.wake_socket)
         else:
-            cpu_before, started = cpu_s(), time.monotonic()
+            cpu_before, started = limits.cpu_s(), time.monotonic()
             await notify_process(config, lines)
         await arrivals.until(lambda: all(arrivals.last_id.get(p) == events - 1 for p in paths))
         if profile is not None:
             profile.disable()
         ended = max(arrivals.arrived_at.values()) if groups == 1 else time.monotonic()
-        return ended - started, cpu_s() - cpu_before
+        return ended - started, limits.cpu_s() - cpu_before
 
     try:
         took, cpu = await with_daemon(store, groups, arrivals, work)
@@ -257,12 +257,6 @@ async def throughput(
 
 class OrderBroken(Exception):
     """A correctness failure, not a missed goal: `main` exits 2 for it (1 is a goal)."""
-
-
-def cpu_s() -> float:
-    """This process's CPU seconds (the daemon's, all threads): a figure load does not skew."""
-    times = os.times()
-    return times.user + times.system
 
 
 async def latency(

@@ -31,6 +31,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.connect import rss_kib  # noqa: E402
+from bench.limits import cpu_s  # noqa: E402
 from bench.tlsfiles import write_server_cert  # noqa: E402
 from nbwss import logs  # noqa: E402
 from nbwss.daemon import build_service  # noqa: E402
@@ -44,11 +45,6 @@ BENCHMARK = True
 GOAL_CPU_PERCENT = 1.0
 GOAL_KIB = 50.0
 SETTLE_S = 5.0
-
-
-def cpu_s() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 async def idle(store: Store, groups: int, seconds: float, settings: Settings) -> tuple[float, int]:
