@@ -5,7 +5,7 @@ then the daemon (if any) is poked through the wake socket.
 
 `--object JOB|IMAGE --data JSON` queues one object or an array, in one transaction.
 `-` reads JSON lines (`{"object": ..., "data": {...}}`) from stdin to the end, checking
-each line as it is read and holding it in a temporary table (SQLite's, spilled to a
+each line as it is read and holding it in a temporary database (SQLite's, spilled to a
 file: memory stays flat however long the input); only once every line is in does it
 commit them to the outbox, in transactions of 5,000 (waking the daemon after each). So
 a refused input (a bad line anywhere, named by its number) queues nothing, and a
