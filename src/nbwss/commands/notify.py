@@ -29,7 +29,15 @@ from nbwss import intake, strictjson
 from nbwss.commands import Context, examples
 from nbwss.errors import NbwssError, NotificationError
 from nbwss.intake import Queued
-from nbwss.notifications import DATA_MAX_DEPTH, OBJECTS, check_depth, encode_data, validate
+from nbwss.notifications import (
+    DATA_MAX_DEPTH,
+    FAST_CHECKS,
+    OBJECTS,
+    all_fit_fast,
+    check_depth,
+    encode_data,
+    validate,
+)
 from nbwss.store import Store
 from nbwss.wake import send_wake
 
@@ -109,32 +117,46 @@ def rows_from_lines(
 ) -> Iterator[tuple[str, str]]:
     """Every JSON line validated, in order, as it is read; the first bad one (or, with
     `max_bytes`, one too large for any frame) raises, and its caller queues nothing."""
-    # `_parse`, `_row` and the cheap half of `_check_size`, inline: the calls were a tenth
-    # of intake's time at 100,000 lines (issue 14, item 4).
+    # A notification line that fits (nearly every one) is proved in C calls and checked
+    # in one loop per rule, without a Python call per line beyond these (they were a
+    # tenth of intake's time at 100,000 lines, issue 14 item 4); any other line, blank
+    # or bad or of another shape, goes `_line_row`'s full way, which names what is wrong.
     count = 0
-    loads, encode, fits_any_frame = strictjson.loads, encode_data, (max_bytes or 0) - 300
+    quick, fast_checks, all_fit = strictjson.quick_record, FAST_CHECKS, all_fit_fast
+    encode, fits_any_frame = encode_data, (max_bytes or 0) - 300
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
+        record = quick(line, "data") if type(line) is bytes else None
+        obj: Any = record.get("object") if record is not None else None
+        check = fast_checks.get(obj) if type(obj) is str else None
+        if record is not None and check is not None and all_fit(check, record["data"]):
+            row: tuple[str, str] | None = obj, encode(record["data"])
+        else:
+            row = _line_row(line, f"line {number}")
+        if row is None:
             continue
-        where = f"line {number}"
-        brackets = (line.count(b"[") + line.count(b"{") if type(line) is bytes
-                    else _brackets(line))  # fmt: skip
-        try:
-            record = loads(line, where, brackets=brackets)
-        except strictjson.StrictJsonError as exc:
-            raise NotificationError(str(exc)) from None
-        if type(record) is not dict or "object" not in record or "data" not in record:
-            raise NotificationError(f'{where}: expected {{"object": ..., "data": {{...}}}}')
-        obj, data = validate(record["object"], record["data"], where)
-        if brackets > DATA_MAX_DEPTH:  # `_may_nest`, counted once for both checks
-            check_depth(obj, data, where)
-        row = obj, encode(data)
         count += 1
         if max_bytes is not None and 4 * len(row[1]) > fits_any_frame:
             _check_size(count, row, max_bytes)
         yield row
     if not count:
         raise NotificationError("stdin: no notifications")
+
+
+def _line_row(line: str | bytes, where: str) -> tuple[str, str] | None:
+    """One line the full way: its row, None when blank, or the error naming what is wrong."""
+    if not line.strip():
+        return None
+    brackets = _brackets(line)
+    try:
+        record = strictjson.loads(line, where, brackets=brackets)
+    except strictjson.StrictJsonError as exc:
+        raise NotificationError(str(exc)) from None
+    if type(record) is not dict or "object" not in record or "data" not in record:
+        raise NotificationError(f'{where}: expected {{"object": ..., "data": {{...}}}}')
+    obj, data = validate(record["object"], record["data"], where)
+    if brackets > DATA_MAX_DEPTH:  # `_may_nest`, counted once for both checks
+        check_depth(obj, data, where)
+    return obj, encode_data(data)
 
 
 def _may_nest(text: str | bytes) -> bool:
