@@ -117,10 +117,11 @@ def rows_from_lines(
 ) -> Iterator[tuple[str, str]]:
     """Every JSON line validated, in order, as it is read; the first bad one (or, with
     `max_bytes`, one too large for any frame) raises, and its caller queues nothing."""
-    # A notification line that fits (nearly every one) is proved in C calls and checked
-    # in one loop per rule, without a Python call per line beyond these (they were a
-    # tenth of intake's time at 100,000 lines, issue 14 item 4); any other line, blank
-    # or bad or of another shape, goes `_line_row`'s full way, which names what is wrong.
+    # A notification line that fits (nearly every one) takes the quick way: proved in C
+    # calls (`strictjson.quick_record`) and checked inline, one loop per rule, with no
+    # other Python call (per-line calls were a tenth of intake's time at 100,000 lines,
+    # issue 14 item 4). Any other line (blank, bad, another shape) goes `_line_row`'s
+    # full way, which names what is wrong.
     count = 0
     quick, fast_checks, all_fit = strictjson.quick_record, FAST_CHECKS, all_fit_fast
     encode, fits_any_frame = encode_data, (max_bytes or 0) - 300
