@@ -12,6 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nbwss import strictjson
+from nbwss.commands import notify
+from nbwss.errors import NotificationError
 
 _KEYS = st.sampled_from(["a", "b", "a:b", ":", "data", "object"])
 _SCALARS = (
@@ -90,3 +92,41 @@ def test_a_line_the_rules_refuse_is_never_taken_quickly(line: bytes) -> None:
 )
 def test_a_line_the_rules_take_is_taken_quickly(line: bytes) -> None:
     assert strictjson.quick_record(line, "data") == strictjson.loads(line, "line 1")
+
+
+_JOB = {
+    "scheduleType": "ST_FULL", "clientName": "c1", "status": 0, "startTime": 1459829698,
+    "state": "DONE", "policyName": "p", "parentJobId": 1, "jobId": 7, "policyType": "VMWARE",
+    "jobType": "BACKUP",
+}  # fmt: skip
+
+
+@st.composite
+def _notification_lines(draw: st.DrawFn) -> bytes:
+    """A JOB line, often valid, with members added, replaced or repeated."""
+    members = list(_JOB.items()) + draw(
+        st.lists(st.tuples(_KEYS | st.sampled_from(sorted(_JOB)), _SCALARS), max_size=3)
+    )
+    data = _object(draw(st.permutations(members)), [])
+    text = '{"object": "JOB", "data": ' + data + "}"
+    return (text + draw(st.sampled_from(["", "\n", "\r\n"]))).encode()
+
+
+def _queued(line: bytes) -> tuple[str, str] | str:
+    try:
+        (row,) = notify.rows_from_lines([line], 1 << 20)
+        return row
+    except NotificationError as exc:
+        return str(exc)
+
+
+def _the_full_way(line: bytes) -> tuple[str, str] | str | None:
+    try:
+        return notify._line_row(line, "line 1")
+    except NotificationError as exc:
+        return str(exc)
+
+
+@given(_notification_lines() | _lines())
+def test_a_line_is_queued_or_refused_alike_the_quick_way_and_the_full_way(line: bytes) -> None:
+    assert _queued(line) == _the_full_way(line)
