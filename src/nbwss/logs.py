@@ -23,6 +23,7 @@ import io
 import os
 import sys
 import threading
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
@@ -163,9 +164,10 @@ def is_journal(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
     return expected == f"{status.st_dev}:{status.st_ino}"
 
 
-def _render_json(event_dict: Mapping[str, Any], **_: Any) -> str:
-    """One event as a JSON line, by an encoder made once (`json.dumps` with `default`
-    makes one per call); what JSON cannot hold is written as its repr()."""
+def _render_json(_: Any, __: str, event_dict: Mapping[str, Any]) -> str:
+    """structlog processor, the last: one event as a JSON line, by an encoder made once
+    (`json.dumps` with `default` makes one per call, and structlog's `JSONRenderer` adds
+    a layer); what JSON cannot hold is written as its repr()."""
     global _json_encoder
     if _json_encoder is None:
         import json
@@ -176,6 +178,37 @@ def _render_json(event_dict: Mapping[str, Any], **_: Any) -> str:
 
 
 _json_encoder: Any = None
+
+# What structlog's `add_log_level` writes for a method name (`map_method_name`).
+_LEVEL_OF_METHOD = {"warn": "warning", "exception": "error"}
+# The second the cached time stamp text is for, and that text (`_stamp`).
+_stamped_second = -1
+_stamped_prefix = ""
+
+
+def _stamp(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: `level`, then `timestamp` (as `TimeStamper(fmt="iso", utc=True)`
+    writes it: `2026-12-02T17:31:37.123456Z`, no fraction on a whole second), then a
+    traceback for `exc_info` (`format_exc_info`), in one step. The date and time of day
+    are formatted once a second: every COMMAND logs an event (issue 14)."""
+    global _stamped_second, _stamped_prefix
+    event_dict["level"] = _LEVEL_OF_METHOD.get(method, method)
+    now = time.time()
+    second = int(now)
+    if second != _stamped_second:
+        import datetime
+
+        moment = datetime.datetime.fromtimestamp(second, datetime.UTC)
+        _stamped_prefix, _stamped_second = moment.strftime("%Y-%m-%dT%H:%M:%S"), second
+    micro = int((now - second) * 1_000_000)
+    event_dict["timestamp"] = (
+        f"{_stamped_prefix}.{micro:06d}Z" if micro else f"{_stamped_prefix}Z"
+    )
+    if "exc_info" in event_dict:
+        from structlog.processors import format_exc_info
+
+        return format_exc_info(_, method, event_dict)
+    return event_dict
 
 
 def _with_priority(renderer: Any) -> Any:
@@ -238,26 +271,71 @@ def _apply_pending() -> None:
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=False)
         if fmt == "console"
-        else structlog.processors.JSONRenderer(_render_json)
+        else _render_json
     )
     if is_journal(stream):
         renderer = _with_priority(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
+            _stamp,  # level, time stamp and traceback
             redact,
             truncate,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        wrapper_class=_lean_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        # write() and flush() a line: print() costs more for the same text.
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+
+
+# structlog's level methods and their numbers (`structlog.make_filtering_bound_logger`).
+_LEVEL_METHODS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+def _lean_bound_logger(min_level: int) -> Any:
+    """structlog's filtering bound logger for `min_level`, each enabled level method
+    doing in one call what structlog's does in three (the method, `_proxy_to_logger`,
+    `_process_event`, each passing the fields on as a new dict): every COMMAND logs an
+    event (issue 14). Same events, same processors, same logger method called."""
+    import structlog
+
+    base = structlog.make_filtering_bound_logger(min_level)
+    methods = {
+        name: _lean_method(base, name)
+        for name, level in _LEVEL_METHODS.items()
+        if level >= min_level
+    }
+    return type("LeanBoundLogger", (base,), methods)
+
+
+def _lean_method(base: Any, name: str) -> Any:
+    from structlog import DropEvent
+
+    structlogs_own = getattr(base, name)
+
+    def method(self: Any, event: str | None = None, *args: Any, **fields: Any) -> Any:
+        if args:  # %-interpolation (nbwss logs fields, not formats): structlog's way
+            return structlogs_own(self, event, *args, **fields)
+        # `fields` is this call's own dict: the context's fields first, the call's win.
+        event_dict: Any = {**self._context, **fields} if self._context else fields
+        if event is not None:
+            event_dict["event"] = event
+        try:
+            for processor in self._processors:
+                event_dict = processor(self._logger, name, event_dict)
+        except DropEvent:
+            return None
+        write = getattr(self._logger, name)
+        if isinstance(event_dict, str | bytes | bytearray):
+            return write(event_dict)
+        if isinstance(event_dict, tuple):
+            return write(*event_dict[0], **event_dict[1])
+        return write(**event_dict)
+
+    method.__name__ = name
+    return method
 
 
 class _Logger:
