@@ -269,41 +269,78 @@ def check_headers(headers: Any) -> tuple[tuple[str, str], ...] | Refusal:
         return _malformed("headers", "must be an object of strings")
     if len(headers) > MAX_HEADERS:
         return _malformed("headers", f"more than {MAX_HEADERS} headers")
-    return _check_header_items(tuple(headers.items()))
+    return _check_header_items(headers.items())
 
 
 def _check_header_items(
-    items: tuple[tuple[Any, Any], ...],
+    items: Iterable[tuple[Any, Any]],
 ) -> tuple[tuple[str, str], ...] | Refusal:
-    # Not cached, unlike `_check_uri_text`: a cache would keep the app's Authorization
-    # values after their call, and up to 256 header sets of 100 values of 16 KiB each.
-    forwarded: list[tuple[str, str]] = []
+    # Values are never cached, unlike `_check_uri_text`: a cache would keep the app's
+    # Authorization values after their call, and up to 256 header sets of 100 values of
+    # 16 KiB each. Only what a short name says is (`_name_rule`).
+    forwarded: list[tuple[str, str, bool]] = []  # (name, value, always dropped)
+    listed_options = False  # a Connection header, whose options are dropped too
     for name, value in items:
         if not isinstance(name, str) or not isinstance(value, str):
             return _malformed("headers", "must be an object of strings")
-        if value.isascii() and value.isprintable() and _TOKEN.fullmatch(name):
+        rule = _name_rule(name) if len(name) <= _CACHED_NAME_LENGTH else _name_rule_of(name)
+        if value.isascii() and value.isprintable() and rule.is_token:
             # The usual header, in C: no CR, LF or control character, so encodable.
             if len(value) > MAX_HEADER_VALUE_LENGTH:
                 return _malformed("headers", f"the value of {name} is too long")
-            forwarded.append((name, value))
-            continue
-        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
-            return _malformed("headers", "names and values must not contain CR or LF")
-        if not _TOKEN.fullmatch(name):
-            return _malformed("headers", "a header name is not a valid HTTP field name")
-        if _CONTROL.search(value.replace("\t", "")):
-            return _malformed("headers", f"the value of {name} has control characters")
-        if not _encodable(name + value):
-            return _malformed("headers", f"the value of {name} is not valid Unicode")
-        if len(value) > MAX_HEADER_VALUE_LENGTH:
-            return _malformed("headers", f"the value of {name} is too long")
-        forwarded.append((name, value))
-    dropped = _ALWAYS_DROPPED | connection_options(forwarded)
+        else:
+            refusal = _check_unusual_header(name, value, rule.is_token)
+            if refusal is not None:
+                return refusal
+        forwarded.append((name, value, rule.always_dropped))
+        listed_options = listed_options or rule.is_connection
+    if not listed_options:
+        return tuple((n, v) for n, v, always_dropped in forwarded if not always_dropped)
+    options = connection_options((n, v) for n, v, _ in forwarded)
     return tuple(
-        (n, v)
-        for n, v in forwarded
-        if n.lower() not in dropped and not n.lower().startswith(ROUTING_HEADER_PREFIXES)
+        (n, v) for n, v, always_dropped in forwarded
+        if not always_dropped and n.lower() not in options
+    )  # fmt: skip
+
+
+def _check_unusual_header(name: str, value: str, is_token: bool) -> Refusal | None:
+    """The checks of a header with a control or non-ASCII character, or a bad name."""
+    if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+        return _malformed("headers", "names and values must not contain CR or LF")
+    if not is_token:
+        return _malformed("headers", "a header name is not a valid HTTP field name")
+    if _CONTROL.search(value.replace("\t", "")):
+        return _malformed("headers", f"the value of {name} has control characters")
+    if not _encodable(name + value):
+        return _malformed("headers", f"the value of {name} is not valid Unicode")
+    if len(value) > MAX_HEADER_VALUE_LENGTH:
+        return _malformed("headers", f"the value of {name} is too long")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _NameRule:
+    """What a header's name alone decides."""
+
+    is_token: bool  # a valid HTTP field name
+    always_dropped: bool  # hop-by-hop, Host, Content-Length or a routing header
+    is_connection: bool  # Connection: its options are hop-by-hop too
+
+
+# Names no longer than this are remembered (an app sends the same few on every call).
+_CACHED_NAME_LENGTH: Final = 64
+
+
+def _name_rule_of(name: str) -> _NameRule:
+    lowered = name.lower()
+    return _NameRule(
+        _TOKEN.fullmatch(name) is not None,
+        lowered in _ALWAYS_DROPPED or lowered.startswith(ROUTING_HEADER_PREFIXES),
+        lowered == "connection",
     )
+
+
+_name_rule = functools.lru_cache(maxsize=256)(_name_rule_of)
 
 
 def _encodable(text: str) -> bool:
