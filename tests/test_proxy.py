@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,6 +260,37 @@ async def test_a_slow_api_answers_504_after_command_timeout(
     assert "0.2 s" in json.loads(payload["body"])["errorMessage"]
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["with-length", "chunked"])
+async def test_a_body_that_stalls_after_the_headers_answers_504(
+    tls: TlsMaterial, chunked: bool
+) -> None:
+    """`command.timeout` covers reading the whole body, not only the wait for headers."""
+    release = asyncio.Event()
+
+    async def stall(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if chunked:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = 100
+        await response.prepare(request)
+        await response.write(b'{"data": [')
+        await release.wait()
+        return response
+
+    async with raw_api_handling(tls, stall) as base_url:
+        settings = Settings(
+            rest_api_base_url=base_url, rest_api_ca_file=tls.ca_file, command_timeout_s=0.3
+        )
+        try:
+            async with CommandProxy(settings) as proxy, asyncio.timeout(timeout(10)):
+                payload = answer(await proxy(command("/netbackup/admin/jobs"), FakeLink()))
+        finally:
+            release.set()
+    assert payload["responseCode"] == 504
+    assert "0.3 s" in json.loads(payload["body"])["errorMessage"]
+
+
 async def test_an_oversized_response_answers_502(standin: Standin, tls: TlsMaterial) -> None:
     for job_id in range(20):
         standin.api.upsert_job(job_id, clientName="client-with-a-long-name")
@@ -330,8 +361,17 @@ async def raw_api(tls: TlsMaterial, response: web.Response) -> AsyncIterator[str
     async def answer_all(request: web.Request) -> web.Response:
         return response
 
+    async with raw_api_handling(tls, answer_all) as base_url:
+        yield base_url
+
+
+@asynccontextmanager
+async def raw_api_handling(
+    tls: TlsMaterial, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> AsyncIterator[str]:
+    """A REST API answering every call by `handler`."""
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer_all)
+    app.router.add_route("*", "/{tail:.*}", handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.server_context())

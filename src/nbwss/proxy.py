@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 import ssl
 import time
 import zlib
@@ -179,7 +180,12 @@ class CommandProxy:
             # What the app sends is what the API gets: no guessed Content-Type, and no
             # compression the app did not ask for (the body is handed over as text).
             skip_auto_headers=("Content-Type", "Accept-Encoding"),
-            timeout=aiohttp.ClientTimeout(total=None),
+            # `command.timeout` over each REST call, as aiohttp keeps it: one timer per
+            # request, which `asyncio.timeout` around it would double (CPU every COMMAND
+            # pays, issue 14). Not rounded up to a whole second (aiohttp's ceil_threshold).
+            timeout=aiohttp.ClientTimeout(
+                total=self._settings.command_timeout_s, ceil_threshold=math.inf
+            ),
             # No cookie crosses from one group's COMMAND to another's (see the docstring).
             cookie_jar=aiohttp.DummyCookieJar(),
             # Inflated by `_read_body` in counted steps, never whole before the cap applies.
@@ -247,17 +253,18 @@ class CommandProxy:
             raise RuntimeError("CommandProxy used before start()")
         url = URL(self._base_url + api_request.target, encoded=True)
         try:
-            async with asyncio.timeout(self._settings.command_timeout_s):
-                async with self._session.request(
-                    api_request.method,
-                    url,
-                    # The checked pairs as they are: aiohttp builds its own multidict.
-                    headers=api_request.headers,
-                    data=api_request.body,
-                    allow_redirects=False,
-                ) as response:
-                    raw = await self._read_body(response)
-                    return _api_answer(response.status, response.headers, raw)
+            # The session's timeout (`command.timeout`) covers connect, send and reading
+            # the whole body.
+            async with self._session.request(
+                api_request.method,
+                url,
+                # The checked pairs as they are: aiohttp builds its own multidict.
+                headers=api_request.headers,
+                data=api_request.body,
+                allow_redirects=False,
+            ) as response:
+                raw = await self._read_body(response)
+                return _api_answer(response.status, response.headers, raw)
         except TimeoutError:
             seconds = self._settings.command_timeout_s
             return _own_answer(504, f"the REST API did not answer within {seconds:g} s")
