@@ -353,3 +353,15 @@ def test_checked_headers_are_not_kept_after_the_call() -> None:
     token = "Bearer " + secrets.token_hex(32)
     assert check_headers({"Authorization": token, "Accept": "application/json"}) != ()
     assert not [holder for holder in gc.get_referrers(token) if isinstance(holder, tuple)]
+
+
+def test_long_header_names_are_judged_as_short_ones() -> None:
+    """Rules of names up to 64 characters are remembered; longer ones are worked out
+    each call, with the same answer."""
+    routed, kept = "X-Forwarded-" + "a" * 80, "X-" + "b" * 100
+    request = accepted(command(headers={routed: "1", kept: "2", "Accept": "x"}))
+    assert request.headers == ((kept, "2"), ("Accept", "x"))
+    refusal = refused(command(headers={"X-" + "c" * 100 + " bad": "1"}))
+    assert (refusal.status, refusal.field) == (400, "headers")
+    listed = accepted(command(headers={"Connection": kept, kept: "2", "Accept": "x"}))
+    assert listed.headers == (("Accept", "x"),)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
+import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nbwss import logs
 from nbwss.logs import (
     MAX_FIELD_LENGTH,
     REDACTED,
@@ -232,3 +236,39 @@ def test_a_reload_after_the_log_stream_closed_does_not_fail() -> None:
     configure("info", "auto", stream)
     stream.close()
     reconfigure("debug", "auto")
+
+
+def test_the_time_stamp_reads_as_structlogs_iso_utc_one(output: io.StringIO) -> None:
+    """`_stamp` formats the date once a second: the text stays `TimeStamper(fmt="iso",
+    utc=True)`'s (microseconds, 'Z'), for each event, across a second's change."""
+    log = get_logger("nbwss.test")
+    before = datetime.datetime.now(datetime.UTC)
+    for _ in range(3):
+        log.info("stamped")
+    stamps = [event["timestamp"] for event in events(output)]
+    after = datetime.datetime.now(datetime.UTC)
+    for stamp in stamps:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", stamp)
+        moment = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        assert before <= moment <= after
+    assert stamps == sorted(stamps)
+
+
+def test_bound_fields_come_first_and_the_calls_win(output: io.StringIO) -> None:
+    log = get_logger("nbwss.test").bind(group="G1", host="h1")
+    log.info("endpoint.connected", host="h2", took_ms=1.5)
+    log.warning("stamped %s", "once")  # %-interpolation, as structlog's own does
+    first, second = events(output)
+    assert list(first)[:4] == ["group", "host", "took_ms", "event"]
+    assert (first["group"], first["host"], first["level"]) == ("G1", "h2", "info")
+    assert (second["event"], second["level"]) == ("stamped once", "warning")
+
+
+def test_a_whole_second_is_stamped_without_a_fraction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As `datetime.isoformat` writes it (and structlog's `TimeStamper` with it)."""
+    monkeypatch.setattr(time, "time", lambda: 1_764_694_897.0)
+    whole = logs._stamp(None, "info", {})["timestamp"]
+    monkeypatch.setattr(time, "time", lambda: 1_764_694_897.25)
+    fraction = logs._stamp(None, "warn", {})
+    assert whole == "2025-12-02T17:01:37Z"
+    assert (fraction["timestamp"], fraction["level"]) == ("2025-12-02T17:01:37.250000Z", "warning")
