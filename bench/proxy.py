@@ -10,6 +10,10 @@ first release's set-up: then at 64 in flight the proxy's CPU and the API's queue
 behind each other, and the added latency is mostly that).
 
     .venv/bin/python -m bench proxy [--calls 2000] [--rounds 3] [--api-in-process]
+                                    [--profile 25]
+
+`--profile N` then profiles proxied calls at 64 in flight (cProfile, CPU time) and
+prints the top N functions by their own time: where the proxy's CPU per call goes.
 """
 
 from __future__ import annotations
@@ -135,10 +139,40 @@ async def api_serving(directory: Path, in_process: bool) -> AsyncIterator[tuple[
 
 
 async def run(
-    calls: int, rounds: int, directory: Path, log_stream: TextIO, in_process: bool
+    calls: int, rounds: int, directory: Path, log_stream: TextIO, in_process: bool,
+    profile_top: int = 0,
 ) -> bool:
     async with api_serving(directory, in_process) as (base_url, token):
-        return await compare(calls, rounds, directory / "ca.pem", base_url, token, log_stream)
+        met = await compare(calls, rounds, directory / "ca.pem", base_url, token, log_stream)
+        if profile_top:
+            await profile(calls, directory / "ca.pem", base_url, token, profile_top)
+        return met
+
+
+async def profile(calls: int, ca_file: Path, base_url: str, token: str, top: int) -> None:
+    """Print the top `top` functions by own CPU time over `calls` proxied calls at 64."""
+    import cProfile
+    import pstats
+
+    settings = Settings(
+        rest_api_base_url=base_url, rest_api_ca_file=ca_file, command_max_concurrent=64
+    )
+    headers = {"Content-Type": "application/json", "Authorization": token}
+    message = request(MessageType.COMMAND, {"uri": URI, "method": "GET", "headers": headers},
+                      now=time.time())  # fmt: skip
+    link = _BenchLink()
+    async with CommandProxy(settings) as proxy:
+
+        async def proxy_call() -> None:
+            await proxy(message, link)
+
+        await measure(proxy_call, 200, 64)
+        profiler = cProfile.Profile(time.process_time)
+        profiler.enable()
+        await measure(proxy_call, calls, 64)
+        profiler.disable()
+    print(f"cProfile of {calls} proxied calls at 64 in flight (CPU time, own time first):")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
 
 
 async def compare(
@@ -217,10 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--api-in-process", action="store_true",
                         help="serve the API from this process and event loop")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="then profile proxied calls at 64 in flight: the top N functions")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as directory, open(os.devnull, "w") as devnull:
         met = asyncio.run(
-            run(args.calls, args.rounds, Path(directory), devnull, args.api_in_process)
+            run(args.calls, args.rounds, Path(directory), devnull, args.api_in_process,
+                args.profile)
         )
     return 0 if met else 1
 
