@@ -272,3 +272,11 @@ def test_a_whole_second_is_stamped_without_a_fraction(monkeypatch: pytest.Monkey
     fraction = logs._stamp(None, "warn", {})
     assert whole == "2025-12-02T17:01:37Z"
     assert (fraction["timestamp"], fraction["level"]) == ("2025-12-02T17:01:37.250000Z", "warning")
+
+
+@given(st.dictionaries(st.text(max_size=8), _fields, max_size=5))
+def test_a_json_line_is_what_json_writes(fields: dict[str, Any]) -> None:
+    """The renderer runs json's C encoder made once: the same text as `json`'s own."""
+    fields["odd"] = [float("nan"), Path("/etc/nbwss"), b"bytes", {"é": ("\u2028", None)}]
+    expected = json.JSONEncoder(default=repr).encode(fields)
+    assert logs._render_json(None, "info", fields) == expected

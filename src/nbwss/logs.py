@@ -165,16 +165,23 @@ def is_journal(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
 
 
 def _render_json(_: Any, __: str, event_dict: Mapping[str, Any]) -> str:
-    """structlog processor, the last: one event as a JSON line, by an encoder made once
-    (`json.dumps` with `default` makes one per call, and structlog's `JSONRenderer` adds
-    a layer); what JSON cannot hold is written as its repr()."""
+    """structlog processor, the last: one event as a JSON line, as
+    `json.JSONEncoder(default=repr).encode` writes it (what JSON cannot hold is written
+    as its repr()), by json's C encoder made once: `encode` makes one per call, and
+    structlog's `JSONRenderer` adds a layer (every COMMAND logs an event, issue 14)."""
     global _json_encoder
     if _json_encoder is None:
-        import json
+        _json_encoder = _make_json_encoder()
+    return "".join(_json_encoder(event_dict, 0))
 
-        _json_encoder = json.JSONEncoder(default=repr)
-    line: str = _json_encoder.encode(event_dict)
-    return line
+
+def _make_json_encoder() -> Any:
+    from _json import make_encoder  # CPython's C encoder, what `json.dumps` runs
+    from json.encoder import encode_basestring_ascii
+
+    # No circular-reference markers: `redact` and `truncate` walk every value first, and
+    # a value that holds itself stops there (RecursionError) before it gets here.
+    return make_encoder(None, repr, encode_basestring_ascii, None, ": ", ", ", False, False, True)
 
 
 _json_encoder: Any = None
