@@ -130,14 +130,39 @@ def truncate(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMa
     """structlog processor, after `redact`: cut every long string value (see the module
     docstring); a secret is masked before it can be cut in half."""
     for key, value in event_dict.items():  # values replaced in place: the keys stay
-        if type(value) is str:
+        if type(value) not in _PLAIN_TYPES:
+            event_dict[key] = _cut_field(key, value)
+    return event_dict
+
+
+def _cut_field(key: str, value: Any) -> Any:
+    """One field's value cut as `truncate` cuts it (a traceback has a longer limit)."""
+    if type(value) is str:
+        return _cut_text(value, MAX_TRACEBACK_LENGTH if key == "exception" else MAX_FIELD_LENGTH)
+    if key == "exception" and isinstance(value, str):
+        return _cut_text(value, MAX_TRACEBACK_LENGTH)
+    return _cut(value)
+
+
+def redact_and_truncate(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: `redact`, then `truncate`, in one pass over the fields (the
+    chain runs this: every COMMAND logs an event). The same result as the two in turn
+    (a test compares them); a field's secret is masked before its value is cut."""
+    secrets = _ordered_secrets
+    for key, value in event_dict.items():  # values replaced in place: the keys stay
+        if key.lower() in SECRET_FIELDS:
+            event_dict[key] = REDACTED
+        elif type(value) is str:
+            cleaned = _scrub_text(value) if secrets else value
             limit = MAX_TRACEBACK_LENGTH if key == "exception" else MAX_FIELD_LENGTH
-            if len(value) > limit:
-                event_dict[key] = _cut_text(value, limit)
-        elif key == "exception" and isinstance(value, str):
-            event_dict[key] = _cut_text(value, MAX_TRACEBACK_LENGTH)
+            if len(cleaned) > limit:
+                cleaned = _cut_text(cleaned, limit)
+            if cleaned is not value:
+                event_dict[key] = cleaned
         elif type(value) not in _PLAIN_TYPES:
-            event_dict[key] = _cut(value)
+            event_dict[key] = _cut_field(key, _scrub(value))
     return event_dict
 
 
@@ -286,8 +311,7 @@ def _apply_pending() -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             _stamp,  # level, time stamp and traceback
-            redact,
-            truncate,
+            redact_and_truncate,
             renderer,
         ],
         wrapper_class=_lean_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
