@@ -213,9 +213,9 @@ _json_encoder: Any = None
 
 # What structlog's `add_log_level` writes for a method name (`map_method_name`).
 _LEVEL_OF_METHOD = {"warn": "warning", "exception": "error"}
-# The second the cached time stamp text is for, and that text (`_stamp`).
-_stamped_second = -1
-_stamped_prefix = ""
+# The second the cached time stamp text is for, and that text (`_stamp`): one tuple,
+# replaced whole, so a thread logging meanwhile never pairs one second with another's text.
+_stamped: tuple[int, str] = (-1, "")
 
 
 def _stamp(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -223,19 +223,20 @@ def _stamp(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> Mutable
     writes it: `2026-12-02T17:31:37.123456Z`, no fraction on a whole second), then a
     traceback for `exc_info` (`format_exc_info`), in one step. The date and time of day
     are formatted once a second: every COMMAND logs an event (issue 14)."""
-    global _stamped_second, _stamped_prefix
+    global _stamped
     event_dict["level"] = _LEVEL_OF_METHOD.get(method, method)
     now = time.time()
     second = int(now)
-    if second != _stamped_second:
+    stamped_second, prefix = _stamped
+    if second != stamped_second:
         import datetime
 
-        moment = datetime.datetime.fromtimestamp(second, datetime.UTC)
-        _stamped_prefix, _stamped_second = moment.strftime("%Y-%m-%dT%H:%M:%S"), second
+        prefix = datetime.datetime.fromtimestamp(second, datetime.UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S"
+        )
+        _stamped = (second, prefix)
     micro = int((now - second) * 1_000_000)
-    event_dict["timestamp"] = (
-        f"{_stamped_prefix}.{micro:06d}Z" if micro else f"{_stamped_prefix}Z"
-    )
+    event_dict["timestamp"] = f"{prefix}.{micro:06d}Z" if micro else f"{prefix}Z"
     if "exc_info" in event_dict:
         from structlog.processors import format_exc_info
 
