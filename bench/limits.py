@@ -12,6 +12,10 @@ The baselines:
 - delivery: a bare aiohttp client against the same `websockets` peer and batch size as
   the daemon, durable (events read from SQLite by seq range, the cursor committed per
   ack, WAL, synchronous=NORMAL) and in memory (frames built before the clock starts);
+- many groups: the same durable client over G connections at once (each its own
+  cursor), in one process (one event loop: what a one-process daemon can reach) and
+  spread over one process per core this process may use (what a daemon of several
+  processes could reach on this machine, the peer included);
 - connect: bare aiohttp WebSocket connections, each sending CONNECT and reading the
   answer, as many at once as the daemon dials.
 """
@@ -21,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import multiprocessing
+import os
 import sqlite3
 import ssl
 import statistics
@@ -30,6 +36,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import aiohttp
@@ -135,8 +142,9 @@ def intake_limit_argv(db: Path, data: str | None = None) -> list[str]:
 # -- delivery: the bare client ---------------------------------------------------------------
 
 
-def write_events(db: Path, texts: Sequence[str]) -> None:
-    """An outbox of JOB events (`texts`: each one's compact JSON) and a cursor at 0."""
+def write_events(db: Path, texts: Sequence[str], cursors: Sequence[str] = ("LIMIT",)) -> None:
+    """An outbox of JOB events (`texts`: each one's compact JSON) and, for each name in
+    `cursors`, a cursor at 0."""
     conn = sqlite3.connect(db)
     try:
         conn.execute("PRAGMA journal_mode = WAL")
@@ -147,7 +155,7 @@ def write_events(db: Path, texts: Sequence[str]) -> None:
             conn.executemany(
                 "INSERT INTO outbox VALUES (?, 'JOB', ?)", enumerate(texts, start=1)
             )
-            conn.execute("INSERT INTO cursor VALUES ('LIMIT', 0)")
+            conn.executemany("INSERT INTO cursor VALUES (?, 0)", ((c,) for c in cursors))
     finally:
         conn.close()
 
@@ -256,6 +264,113 @@ async def deliver_in_memory(peer: Peer, texts: Sequence[str], batch: int) -> tup
         return len(texts), time.perf_counter() - started
 
 
+# -- many groups: the same durable client over G connections -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    """What one process of the many-groups client did: events delivered, the monotonic
+    times (CLOCK_MONOTONIC, shared by every process) it started and ended, its CPU."""
+
+    events: int
+    started: float
+    ended: float
+    cpu_s: float
+
+
+async def _drain_group(
+    conn: sqlite3.Connection, ws: aiohttp.ClientWebSocketResponse, cursor: str, batch: int
+) -> int:
+    """`deliver_durable`'s loop for one group of several sharing `conn` (one thread)."""
+    acked = sent = 0
+    while True:
+        rows = conn.execute(
+            "SELECT seq, data FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (acked, batch)
+        ).fetchall()
+        if not rows:
+            return sent
+        await _round_trip(ws, _frame([text for _, text in rows]))
+        acked = rows[-1][0]
+        conn.execute("UPDATE cursor SET acked_seq = ? WHERE group_id = ?", (acked, cursor))
+        sent += len(rows)
+
+
+async def deliver_durable_groups(
+    peer: Peer, db: Path, paths: Sequence[str], batch: int, go: Barrier | None = None
+) -> Drained:
+    """Every group at `paths` drains the whole outbox at `db` over its own connection,
+    all at once in this event loop, one SQLite connection between them (as the daemon
+    has): the cursor named after the path committed per ack. The clock starts when
+    every connection is open (and, with `go`, when every process got there)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    try:
+        async with _client(peer) as (http, context), contextlib.AsyncExitStack() as opened:
+            sockets = [
+                await opened.enter_async_context(_connected(http, context, peer, path))
+                for path in paths
+            ]
+            if go is not None:
+                go.wait()  # blocks the loop: nothing runs on it before the clock starts
+            cpu_before, started = cpu_s(), time.monotonic()
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(_drain_group(conn, ws, path, batch))
+                    for ws, path in zip(sockets, paths, strict=True)
+                ]
+            ended = time.monotonic()
+            return Drained(sum(t.result() for t in tasks), started, ended, cpu_s() - cpu_before)
+    finally:
+        conn.close()
+
+
+def _drain_share(
+    port: int, der: bytes, db: str, paths: list[str], batch: int, go: Barrier,
+    results: multiprocessing.SimpleQueue[Drained | str],
+) -> None:  # fmt: skip
+    """One process of the many-groups client (spawned: a fresh interpreter)."""
+    try:
+        drained = asyncio.run(deliver_durable_groups(Peer(port, der), Path(db), paths, batch, go))
+    except BaseException as exc:
+        go.abort()  # the others must not wait for this one for ever
+        results.put(f"{type(exc).__name__}: {exc}")
+        raise
+    results.put(drained)
+
+
+async def deliver_durable_processes(
+    peer: Peer, db: Path, paths: Sequence[str], batch: int, processes: int
+) -> Drained:
+    """`deliver_durable_groups` with the groups dealt over `processes` processes, each
+    with its own event loop and SQLite connection, started together once every one has
+    its connections open: events of all, from the first start to the last end, and the
+    CPU of all of them."""
+    spawn = multiprocessing.get_context("spawn")
+    go = spawn.Barrier(processes)
+    results: multiprocessing.SimpleQueue[Drained | str] = spawn.SimpleQueue()
+    shares = [list(paths[n::processes]) for n in range(processes)]
+    children = [
+        spawn.Process(target=_drain_share, args=(peer.port, peer.der, str(db), share, batch,
+                                                 go, results), daemon=True)
+        for share in shares
+    ]  # fmt: skip
+    for child in children:
+        child.start()
+    try:
+        found = [await asyncio.to_thread(results.get) for _ in children]
+    finally:
+        for child in children:
+            await asyncio.to_thread(child.join, 30)
+    failed = [f for f in found if isinstance(f, str)]
+    if failed:
+        raise RuntimeError(f"limit client: a process failed: {failed[0]}")
+    drained = [f for f in found if isinstance(f, Drained)]
+    return Drained(
+        sum(d.events for d in drained), min(d.started for d in drained),
+        max(d.ended for d in drained), sum(d.cpu_s for d in drained),
+    )  # fmt: skip
+
+
 @contextlib.asynccontextmanager
 async def draining(stream: asyncio.StreamReader | None) -> AsyncIterator[None]:
     """Read and drop a peer's stdout while a baseline runs, so the peer never blocks on it."""
@@ -326,11 +441,86 @@ async def delivery_against_limits(
     return met, durable_count / durable_s
 
 
+async def durable_limit(
+    peer: Peer, texts: Sequence[str], batch: int, workdir: Path,
+    peer_stdout: asyncio.StreamReader | None,
+) -> float:  # fmt: skip
+    """The durable bare client's rate for one group, alone (no nbwss figure beside it)."""
+    db = workdir / f"limit-alone-{len(texts)}.db"
+    write_events(db, texts)
+    async with draining(peer_stdout):
+        count, seconds = await deliver_durable(peer, db, batch)
+    print(f"bare client, durable, one group: {count / seconds:,.0f} notifications/s",
+          flush=True)  # fmt: skip
+    return count / seconds
+
+
+async def many_groups_against_limits(
+    name: str, nbwss_rate: float, peer: Peer, texts: Sequence[str], groups: int, batch: int,
+    workdir: Path, peer_stdout: asyncio.StreamReader | None, durable_limit: float,
+    nbwss_cpu_us: float | None = None, peer_pid: int | None = None,
+) -> bool:  # fmt: skip
+    """The bare durable client doing the daemon's many-groups work (`groups` connections,
+    each draining all of `texts`), in one process and in one process per core, and
+    nbwss's rate beside each; then the issue's own line, `durable_limit` (one group's)
+    times the cores. Whether the goal is met: the goal is on the issue's line (issue 14,
+    item 2), the others are there to judge it by. With `peer_pid`, the peer's CPU
+    per notification in each run: a peer near one core's worth is the limit itself."""
+    cores = len(os.sched_getaffinity(0))
+    paths = [f"/limit-g{n}" for n in range(groups)]
+    db = workdir / f"limit-groups-{groups}x{len(texts)}.db"
+    write_events(db, texts, paths)
+    write_events(db.with_suffix(".many.db"), texts, paths)
+    async with draining(peer_stdout):
+        peer_before = process_cpu_s(peer_pid) if peer_pid else 0.0
+        one = await deliver_durable_groups(peer, db, paths, batch)
+        peer_between = process_cpu_s(peer_pid) if peer_pid else 0.0
+        spread = await deliver_durable_processes(
+            peer, db.with_suffix(".many.db"), paths, batch, cores
+        )
+        peer_after = process_cpu_s(peer_pid) if peer_pid else 0.0
+    unit = "notifications/s"
+    one_rate = one.events / (one.ended - one.started)
+    spread_rate = spread.events / (spread.ended - spread.started)
+    if peer_pid:
+        print(
+            f"bare client, {groups} groups: one process {one_rate:,.0f} {unit}, "
+            f"client_cpu_us_per_notification={one.cpu_s / one.events * 1e6:.2f} "
+            f"peer_cpu_us_per_notification={(peer_between - peer_before) / one.events * 1e6:.2f}; "
+            f"{cores} processes {spread_rate:,.0f} {unit}, "
+            f"client_cpu_us_per_notification={spread.cpu_s / spread.events * 1e6:.2f} "
+            f"peer_cpu_us_per_notification={(peer_after - peer_between) / spread.events * 1e6:.2f}",
+            flush=True,
+        )
+    figure(f"{name} vs bare client, durable, {groups} groups in one process", nbwss_rate,
+           one_rate, unit, RATE)  # fmt: skip
+    figure(f"{name} vs bare client, durable, {groups} groups over {cores} processes",
+           nbwss_rate, spread_rate, unit, RATE)  # fmt: skip
+    figure(f"bare client, {groups} groups: {cores} processes vs one", spread_rate, one_rate,
+           unit, RATE)  # fmt: skip
+    if nbwss_cpu_us is not None:
+        figure(f"{name}, CPU per notification vs bare client in one process", nbwss_cpu_us,
+               one.cpu_s / one.events * 1e6, "us", COST)  # fmt: skip
+    return figure(f"{name} vs the durable limit x {cores} cores (the goal's line)", nbwss_rate,
+                  durable_limit * cores, unit, DELIVERY_GOAL)  # fmt: skip
+
+
 def cpu_s() -> float:
     """This process's CPU seconds, all threads (the daemon's, when it runs in this
     process: a figure load does not skew). `process_time` rather than `os.times`, whose
     10 ms ticks are too coarse for a small backlog's 100 ms of CPU."""
     return time.process_time()
+
+
+def process_cpu_s(pid: int) -> float:
+    """Another process's CPU seconds so far (user + system, from /proc: 10 ms ticks), say
+    the peer's, to tell whether it is the bottleneck; 0.0 where /proc is not there."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After the command's ")": state is field 3, utime and stime fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def connect_against_limit(groups: int, nbwss_s: float, peer: Peer, at_once: int) -> None:
