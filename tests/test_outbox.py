@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from nbwss import outbox
 from nbwss.endpoints import EndpointDetails
-from nbwss.errors import NotificationError
+from nbwss.errors import NotificationError, StoreError
 from nbwss.notifications import encode_data
 from nbwss.outbox import Queued
 from nbwss.store import Store
@@ -434,3 +434,41 @@ def test_an_older_store_without_auto_vacuum_keeps_and_reuses_its_free_pages(
         assert path.stat().st_size < grown * 1.05  # not twice: the free pages were reused
     finally:
         store.close()
+
+
+def test_acks_of_several_groups_commit_together_as_each_would_alone(store: Store) -> None:
+    for group in ("G1", "G2", "G3"):
+        add_group(store, group)
+    put(store, 1, 2, 3)
+    with store.transaction() as conn:  # G3 deleted and added again at a later head
+        conn.execute("UPDATE group_cursors SET acked_seq = 3 WHERE group_id = 'G3'")
+    next_batch = PersistedBatch("ID-B", 3, 3, T0)
+    outcomes = outbox.acknowledge_together(store, [
+        outbox.GroupAck("G1", 2, T0, next_batch), outbox.GroupAck("G2", 1, T0),
+        outbox.GroupAck("G3", 2, T0, PersistedBatch("ID-C", 3, 3, T0)),
+        outbox.GroupAck("GONE", 2, T0),
+    ])  # fmt: skip
+    assert outcomes == [2, 1, 3, None]
+    assert outbox.load_position(store, "G1", T0) == GroupPosition(2, next_batch)
+    assert outbox.load_position(store, "G2", T0) == GroupPosition(1, None)
+    assert outbox.load_position(store, "G3", T0) == GroupPosition(3, None)
+
+
+def test_a_joint_ack_that_fails_fails_only_the_failing_group(store: Store) -> None:
+    for group in ("G1", "BAD", "G2"):
+        add_group(store, group)
+    put(store, 1, 2)
+    with store.transaction() as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON group_cursors WHEN NEW.group_id = 'BAD'"
+            " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+    outcomes = outbox.acknowledge_together(
+        store, [outbox.GroupAck(g, 2, T0) for g in ("G1", "BAD", "G2")]
+    )
+    assert outcomes[0] == outcomes[2] == 2
+    assert isinstance(outcomes[1], StoreError)
+    assert "refused by the test" in str(outcomes[1])
+    assert [outbox.load_position(store, g, T0).acked_seq for g in ("G1", "BAD", "G2")] == [
+        2, 0, 2,
+    ]  # fmt: skip

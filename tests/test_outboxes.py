@@ -27,7 +27,7 @@ from nbwss.dial import Target
 from nbwss.endpoints import EndpointDetails
 from nbwss.errors import ConnectError
 from nbwss.messages import Message, MessageType, SubType, encode, notification_response
-from nbwss.outboxes import DeliveryWiring, GroupOutbox, OutboxJanitor
+from nbwss.outboxes import AckCommitter, DeliveryWiring, GroupOutbox, OutboxJanitor
 from nbwss.properties import Settings
 from nbwss.protocol import DeliveryLedger
 from nbwss.session import Session
@@ -934,3 +934,56 @@ async def test_a_janitor_whose_store_fails_logs_it_and_goes_on(tmp_path: Path) -
     assert len(failed) >= 3
     assert failed[0]["log_level"] == "error"
     assert "closed database" in failed[0]["reason"]
+
+
+async def test_acks_that_come_while_one_commits_are_committed_together(store: Store) -> None:
+    """The committer's next transaction carries every ack queued meanwhile, and each
+    group is told its own cursor once it is committed."""
+    put(store, 1, 2, 3)
+    with store.transaction() as conn:
+        conn.executemany(
+            "INSERT INTO group_cursors (group_id, acked_seq, updated_at) VALUES (?, 0, 0)",
+            [("A",), ("B",), ("C",)],
+        )
+    committer = AckCommitter(store)
+    entered, release = threading.Event(), threading.Event()
+
+    def hold_the_store() -> None:
+        with store.transaction():
+            entered.set()
+            release.wait(timeout(5))
+
+    holder = asyncio.ensure_future(asyncio.to_thread(hold_the_store))
+    await asyncio.to_thread(entered.wait, timeout(5))
+    first = committer.commit(outbox.GroupAck("A", 1, 0.0))  # its thread waits for the store
+    others = [committer.commit(outbox.GroupAck(g, n, 0.0)) for g, n in (("B", 2), ("C", 3))]
+    release.set()
+    async with asyncio.timeout(timeout(5)):
+        assert await first == 1
+        assert await asyncio.gather(*others) == [2, 3]
+        await holder
+    assert committer.commits == 2
+    with store.reading() as conn:
+        cursors = dict(conn.execute("SELECT group_id, acked_seq FROM group_cursors"))
+    assert cursors == {GROUP: 0, "A": 1, "B": 2, "C": 3}
+
+
+async def test_a_joint_ack_commit_that_fails_closes_the_connection_and_logs_why(
+    store: Store,
+) -> None:
+    put(store, 1)
+    with store.transaction() as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON group_cursors"
+            " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+    endpoint = Endpoint()
+    delivery = GroupOutbox(store, DeliveryLedger(GROUP), Waker(), acks=AckCommitter(store))
+    with capture_logs() as logged:
+        run = await connected(delivery, endpoint, link_settings())
+        async with asyncio.timeout(timeout(5)):
+            assert await run.task == "delivery failed"
+    assert endpoint.job_ids() == [1]  # sent, acknowledged, its commit refused
+    assert endpoint.close_code == 1011
+    assert "delivery.failed" in [e["event"] for e in logged]
+    assert acked_seq(store) == 0

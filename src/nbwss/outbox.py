@@ -14,9 +14,11 @@ CLI calls them directly. Queueing (`enqueue`, `queue_chunked`, `queue_stream`) i
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nbwss import logs
+from nbwss.errors import StoreError
 from nbwss.intake import INTAKE_CHUNK as INTAKE_CHUNK  # re-exported: intake was here
 from nbwss.intake import Queued as Queued
 from nbwss.intake import enqueue as enqueue
@@ -177,25 +179,65 @@ def acknowledge(
     (`purge`).
     """
     with store.transaction() as conn:
-        conn.execute(
-            "UPDATE group_cursors SET acked_seq = MAX(acked_seq, ?), updated_at = ?"
-            " WHERE group_id = ?",
-            (last_seq, now, group_id),
-        )
-        # The common case in two statements (each one a GIL round trip): the next batch
-        # replaces the row of the acknowledged one, where the cursor is where it moved.
-        if next_batch is not None and conn.execute(
-            "INSERT OR REPLACE INTO group_batches (group_id, message_id, first_seq, last_seq,"
-            " sent_at) SELECT group_id, ?, ?, ?, ? FROM group_cursors"
-            " WHERE group_id = ? AND acked_seq = ?",
-            (next_batch.message_id, next_batch.first_seq, next_batch.last_seq,
-             next_batch.sent_at, group_id, last_seq),
-        ).rowcount:  # fmt: skip
-            return last_seq
-        conn.execute("DELETE FROM group_batches WHERE group_id = ?", (group_id,))
-        row = conn.execute(
-            "SELECT acked_seq FROM group_cursors WHERE group_id = ?", (group_id,)
-        ).fetchone()
+        return _acknowledge(conn, GroupAck(group_id, last_seq, now, next_batch))
+
+
+@dataclass(frozen=True, slots=True)
+class GroupAck:
+    """One group's acknowledgement to commit: `acknowledge`'s arguments."""
+
+    group_id: str
+    last_seq: int
+    now: float
+    next_batch: PersistedBatch | None = None
+
+
+def acknowledge_together(store: Store, acks: Sequence[GroupAck]) -> list[int | StoreError | None]:
+    """`acknowledge` for several groups (one ack each) in one transaction; each one's
+    cursor after it, in order.
+
+    Each group's statements are `acknowledge`'s, so each outcome is the one it would
+    have had alone; one commit instead of one each saves a transaction's lock, WAL
+    append and thread hand-off per ack when many groups are acknowledged at once. If
+    the joint transaction fails, each is tried alone, so a failure is only the failing
+    group's (its `StoreError` is its outcome).
+    """
+    try:
+        with store.transaction() as conn:
+            return [_acknowledge(conn, ack) for ack in acks]
+    except StoreError as joint_failure:
+        if len(acks) == 1:
+            return [joint_failure]
+    outcomes: list[int | StoreError | None] = []
+    for ack in acks:
+        try:
+            outcomes.append(acknowledge(store, ack.group_id, ack.last_seq, ack.now, ack.next_batch))
+        except StoreError as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+def _acknowledge(conn: sqlite3.Connection, ack: GroupAck) -> int | None:
+    group_id, last_seq, next_batch = ack.group_id, ack.last_seq, ack.next_batch
+    conn.execute(
+        "UPDATE group_cursors SET acked_seq = MAX(acked_seq, ?), updated_at = ?"
+        " WHERE group_id = ?",
+        (last_seq, ack.now, group_id),
+    )
+    # The common case in two statements (each one a GIL round trip): the next batch
+    # replaces the row of the acknowledged one, where the cursor is where it moved.
+    if next_batch is not None and conn.execute(
+        "INSERT OR REPLACE INTO group_batches (group_id, message_id, first_seq, last_seq,"
+        " sent_at) SELECT group_id, ?, ?, ?, ? FROM group_cursors"
+        " WHERE group_id = ? AND acked_seq = ?",
+        (next_batch.message_id, next_batch.first_seq, next_batch.last_seq,
+         next_batch.sent_at, group_id, last_seq),
+    ).rowcount:  # fmt: skip
+        return last_seq
+    conn.execute("DELETE FROM group_batches WHERE group_id = ?", (group_id,))
+    row = conn.execute(
+        "SELECT acked_seq FROM group_cursors WHERE group_id = ?", (group_id,)
+    ).fetchone()
     return None if row is None else int(row[0])
 
 

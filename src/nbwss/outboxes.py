@@ -7,7 +7,8 @@ in turn). What must survive a reconnect or failover is the group's
 `protocol.DeliveryLedger`, kept here, one per group, for the next connection and for
 `/status`: the delivery machine (each connection reloads the batch in flight from the
 database; only its send count carries over), an ack judged but not yet committed, and
-when an ack was last committed.
+when an ack was last committed. The groups' acknowledgements are committed together
+when they come together (`AckCommitter`, one per store).
 """
 
 from __future__ import annotations
@@ -35,17 +36,81 @@ Clock = Callable[[], float]
 PURGE_INTERVAL_S = 10.0
 
 
+class AckCommitter:
+    """Commits the acknowledgements of every group of a store, those that come while a
+    commit is under way together in the next one (`outbox.acknowledge_together`, in a
+    worker thread): with 100 groups draining, one transaction, one WAL append and one
+    thread hand-off carry several groups' acks instead of one each.
+
+    Each group still has its ack committed before it is told (`commit()`'s future), and
+    a group has one ack at a time, so its order and durability are `acknowledge`'s.
+    One commit at a time: the store serialises them anyway.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._queued: list[tuple[outbox.GroupAck, asyncio.Future[int | None]]] = []
+        self._committing = False
+        self.commits = 0  # transactions started (for tests and benchmarks)
+
+    def commit(self, ack: outbox.GroupAck) -> asyncio.Future[int | None]:
+        """The group's cursor once `ack` is committed (None: the group has no cursor);
+        from the loop's thread. Never cancel it: a commit cannot be stopped."""
+        done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._queued.append((ack, done))
+        if not self._committing:
+            self._start()
+        return done
+
+    def _start(self) -> None:
+        queued, self._queued = self._queued, []
+        self._committing = True
+        self.commits += 1
+        acks = [ack for ack, _ in queued]
+        running = asyncio.get_running_loop().run_in_executor(
+            None, outbox.acknowledge_together, self._store, acks
+        )
+        running.add_done_callback(lambda finished: self._finished(queued, finished))
+
+    def _finished(
+        self,
+        queued: list[tuple[outbox.GroupAck, asyncio.Future[int | None]]],
+        finished: asyncio.Future[list[int | StoreError | None]],
+    ) -> None:
+        self._committing = False
+        outcomes: list[int | BaseException | None]
+        if finished.cancelled():  # never by this module; the loop closing, say
+            outcomes = [StoreError("the acknowledgement's commit was abandoned")] * len(queued)
+        elif (error := finished.exception()) is not None:
+            outcomes = [error] * len(queued)
+        else:
+            outcomes = list(finished.result())
+        for (_, done), outcome in zip(queued, outcomes, strict=True):
+            if done.done():  # cancelled by its connection, against the contract
+                continue
+            if isinstance(outcome, BaseException):
+                done.set_exception(outcome)
+            else:
+                done.set_result(outcome)
+        if self._queued:
+            self._start()
+
+
 @dataclass(frozen=True, slots=True)
 class GroupOutbox:
     """One group's outbox as its connections deliver it: the blocking store calls the
     core asks for (run in a worker thread by the driver), the group's ledger, and the
     waker that announces new rows; `released` is set whenever a connection released
-    the ledger (`DeliveryLedger.owner`), for the next one waiting to deliver."""
+    the ledger (`DeliveryLedger.owner`), for the next one waiting to deliver.
+
+    `acks`, when given, commits the group's acknowledgements together with other
+    groups' (`commit_ack`); without it each is its own transaction (`acknowledge`)."""
 
     store: Store
     ledger: DeliveryLedger
     waker: Waker
     released: asyncio.Event = field(default_factory=asyncio.Event, compare=False)
+    acks: AckCommitter | None = field(default=None, compare=False)
 
     @property
     def group_id(self) -> str:
@@ -71,6 +136,15 @@ class GroupOutbox:
         """Commit the ack's transaction; the group's cursor after it (None: no cursor)."""
         return outbox.acknowledge(
             self.store, self.group_id, commit.last_seq, now, commit.next_row
+        )
+
+    def commit_ack(self, commit: AckCommit, now: float) -> asyncio.Future[int | None] | None:
+        """`acknowledge` through `acks`, with other groups' acks: a future of its outcome
+        (from the loop's thread); None without `acks` (the caller runs `acknowledge`)."""
+        if self.acks is None:
+            return None
+        return self.acks.commit(
+            outbox.GroupAck(self.group_id, commit.last_seq, now, commit.next_row)
         )
 
 
@@ -150,6 +224,7 @@ class DeliveryWiring:
         self.listener = WakeListener(settings.wake_socket, self.waker)
         self.watch = OutboxWatch(store, self.waker, settings.notification_rate_s)
         self.janitor = OutboxJanitor(store, settings)
+        self.acks = AckCommitter(store)
         self._store = store
         self._outboxes: dict[str, GroupOutbox] = {}
 
@@ -158,7 +233,7 @@ class DeliveryWiring:
         found = self._outboxes.get(group_id)
         if found is None:
             found = self._outboxes[group_id] = GroupOutbox(
-                self._store, DeliveryLedger(group_id), self.waker
+                self._store, DeliveryLedger(group_id), self.waker, acks=self.acks
             )
         return found
 

@@ -549,8 +549,9 @@ class Session:
             future = _read_events(outbox, operation.range)
         elif isinstance(operation, PersistBatch):
             future = _in_thread(outbox.persist_batch, operation.row)
-        elif isinstance(operation, CommitAck):
-            future = _in_thread(outbox.acknowledge, operation.commit, now)
+        elif isinstance(operation, CommitAck):  # with other groups' acks, when it can
+            joint = outbox.commit_ack(operation.commit, now)
+            future = joint or _in_thread(outbox.acknowledge, operation.commit, now)
         else:
             future = _in_thread(outbox.load_position, now)
         self._pending = _Pending(operation, future, now)
