@@ -90,6 +90,7 @@ T = TypeVar("T")
 _ENDINGS: Final = frozenset({aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE,
                               aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED})
 _MAX_REASON_BYTES: Final = 123  # RFC 6455: a close reason fits in a control frame
+_TIMER_SLACK_S: Final = 0.001  # how far from the core's deadline its timer may fire
 
 
 async def connect(
@@ -243,6 +244,7 @@ class Session:
         self._pending: _Pending | None = None
         self._ledger_free = False  # the group's ledger was released to this connection
         self._pong_due: bytes | None = None  # the latest ping's data, not answered yet
+        self._timer: asyncio.TimerHandle | None = None  # the core's next deadline
         self._ponging = False  # a pong write is outstanding
         # Done when `run()` returned. A future, not an `asyncio.Event`: one of these per
         # connection, and an Event brings a deque of waiters (~0.7 KiB a connection).
@@ -359,6 +361,8 @@ class Session:
                 for task in (reader, *self._tasks):
                     task.cancel()
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
             if waker is not None:
                 waker.unregister(self._wake)
             # Cancelled from outside (shutdown): still say goodbye with a close frame.
@@ -423,12 +427,28 @@ class Session:
         core's next deadline (seen from `now`, the time last fed to it): the loop's one
         wait and one timer."""
         if not self._attention.is_set():
-            deadline = self._core.next_deadline()
-            delay = None if deadline is None else max(0.0, deadline - now)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._attention.wait()
+            self._set_timer(self._core.next_deadline(), now)
+            await self._attention.wait()
         self._attention.clear()
+
+    def _set_timer(self, deadline: float | None, now: float) -> None:
+        """The loop timer that ends `_attend`'s wait at the core's `deadline`, moved only
+        when the deadline moves: a new timer (an `asyncio.timeout`) every pass cost more
+        than the rest of the wait, at four passes a batch and a hundred connections.
+        Kept while it fires within `_TIMER_SLACK_S` of the deadline (the loop's timers
+        are no finer; early, the pass finds nothing due and waits again)."""
+        loop = asyncio.get_running_loop()
+        when = None if deadline is None else loop.time() + max(0.0, deadline - now)
+        timer = self._timer
+        if timer is not None and when is not None and abs(when - timer.when()) < _TIMER_SLACK_S:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timer = None if when is None else loop.call_at(when, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._attention.set()
 
     def _deliver(self, group: asyncio.TaskGroup) -> None:
         assert self._delivery is not None
