@@ -79,8 +79,8 @@ class AckCommitter:
     ) -> None:
         self._committing = False
         outcomes: list[int | BaseException | None]
-        if finished.cancelled():  # never by this module; the loop closing, say
-            outcomes = [StoreError("the acknowledgement's commit was abandoned")] * len(queued)
+        if finished.cancelled():  # never by this module: as for one group's own call
+            outcomes = [asyncio.CancelledError()] * len(queued)
         elif (error := finished.exception()) is not None:
             outcomes = [error] * len(queued)
         else:
@@ -88,7 +88,9 @@ class AckCommitter:
         for (_, done), outcome in zip(queued, outcomes, strict=True):
             if done.done():  # cancelled by its connection, against the contract
                 continue
-            if isinstance(outcome, BaseException):
+            if isinstance(outcome, asyncio.CancelledError):
+                done.cancel()
+            elif isinstance(outcome, BaseException):
                 done.set_exception(outcome)
             else:
                 done.set_result(outcome)
