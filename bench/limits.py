@@ -32,9 +32,10 @@ import ssl
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -296,12 +297,14 @@ async def _drain_group(
 
 
 async def deliver_durable_groups(
-    peer: Peer, db: Path, paths: Sequence[str], batch: int, go: Barrier | None = None
-) -> Drained:
+    peer: Peer, db: Path, paths: Sequence[str], batch: int, go: Barrier | None = None,
+    on_start: Callable[[], object] | None = None,
+) -> Drained:  # fmt: skip
     """Every group at `paths` drains the whole outbox at `db` over its own connection,
     all at once in this event loop, one SQLite connection between them (as the daemon
     has): the cursor named after the path committed per ack. The clock starts when
-    every connection is open (and, with `go`, when every process got there)."""
+    every connection is open (and, with `go`, when every process got there); `on_start`
+    is called then."""
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA synchronous = NORMAL")
     try:
@@ -312,6 +315,8 @@ async def deliver_durable_groups(
             ]
             if go is not None:
                 go.wait()  # blocks the loop: nothing runs on it before the clock starts
+            if on_start is not None:
+                on_start()
             cpu_before, started = cpu_s(), time.monotonic()
             async with asyncio.TaskGroup() as group:
                 tasks = [
@@ -339,14 +344,15 @@ def _drain_share(
 
 
 async def deliver_durable_processes(
-    peer: Peer, db: Path, paths: Sequence[str], batch: int, processes: int
-) -> Drained:
+    peer: Peer, db: Path, paths: Sequence[str], batch: int, processes: int,
+    on_start: Callable[[], object] | None = None,
+) -> Drained:  # fmt: skip
     """`deliver_durable_groups` with the groups dealt over `processes` processes, each
     with its own event loop and SQLite connection, started together once every one has
-    its connections open: events of all, from the first start to the last end, and the
-    CPU of all of them."""
+    its connections open (`on_start` is called then, here): events of all, from the
+    first start to the last end, and the CPU of all of them."""
     spawn = multiprocessing.get_context("spawn")
-    go = spawn.Barrier(processes)
+    go = spawn.Barrier(processes + 1)  # and this process, to call `on_start`
     results: multiprocessing.SimpleQueue[Drained | str] = spawn.SimpleQueue()
     shares = [list(paths[n::processes]) for n in range(processes)]
     children = [
@@ -357,6 +363,10 @@ async def deliver_durable_processes(
     for child in children:
         child.start()
     try:
+        with contextlib.suppress(threading.BrokenBarrierError):  # a child failed: see below
+            await asyncio.to_thread(go.wait, 120)
+        if on_start is not None:
+            on_start()
         found = [await asyncio.to_thread(results.get) for _ in children]
     finally:
         for child in children:
@@ -471,14 +481,19 @@ async def many_groups_against_limits(
     db = workdir / f"limit-groups-{groups}x{len(texts)}.db"
     write_events(db, texts, paths)
     write_events(db.with_suffix(".many.db"), texts, paths)
+    peer_cpu: list[float] = []  # at each start and end: the connections' TLS not counted
+
+    def peer_now() -> None:
+        peer_cpu.append(process_cpu_s(peer_pid) if peer_pid else 0.0)
+
     async with draining(peer_stdout):
-        peer_before = process_cpu_s(peer_pid) if peer_pid else 0.0
-        one = await deliver_durable_groups(peer, db, paths, batch)
-        peer_between = process_cpu_s(peer_pid) if peer_pid else 0.0
+        one = await deliver_durable_groups(peer, db, paths, batch, on_start=peer_now)
+        peer_now()
         spread = await deliver_durable_processes(
-            peer, db.with_suffix(".many.db"), paths, batch, cores
+            peer, db.with_suffix(".many.db"), paths, batch, cores, on_start=peer_now
         )
-        peer_after = process_cpu_s(peer_pid) if peer_pid else 0.0
+        peer_now()
+    peer_before, peer_between, peer_again, peer_after = peer_cpu
     unit = "notifications/s"
     one_rate = one.events / (one.ended - one.started)
     spread_rate = spread.events / (spread.ended - spread.started)
@@ -489,7 +504,7 @@ async def many_groups_against_limits(
             f"peer_cpu_us_per_notification={(peer_between - peer_before) / one.events * 1e6:.2f}; "
             f"{cores} processes {spread_rate:,.0f} {unit}, "
             f"client_cpu_us_per_notification={spread.cpu_s / spread.events * 1e6:.2f} "
-            f"peer_cpu_us_per_notification={(peer_after - peer_between) / spread.events * 1e6:.2f}",
+            f"peer_cpu_us_per_notification={(peer_after - peer_again) / spread.events * 1e6:.2f}",
             flush=True,
         )
     figure(f"{name} vs bare client, durable, {groups} groups in one process", nbwss_rate,
