@@ -987,3 +987,33 @@ async def test_a_joint_ack_commit_that_fails_closes_the_connection_and_logs_why(
     assert endpoint.close_code == 1011
     assert "delivery.failed" in [e["event"] for e in logged]
     assert acked_seq(store) == 0
+
+
+async def test_a_read_that_finds_the_acks_commit_holding_the_store_is_made_on_the_loop_after(
+    store: Store,
+) -> None:
+    """No worker thread for it: the read waits for the commit under way and is made on
+    the loop's thread as soon as the commit ends, before the next commit starts."""
+    put(store, 1, 2, 3)
+    committer = AckCommitter(store)
+    delivery = GroupOutbox(store, DeliveryLedger(GROUP), Waker(), acks=committer)
+    assert delivery.read_events_after_commit(EventRange(0, 10)) is None  # none under way
+    entered, release = threading.Event(), threading.Event()
+
+    def hold_the_store() -> None:
+        with store.transaction():
+            entered.set()
+            release.wait(timeout(5))
+
+    holder = asyncio.ensure_future(asyncio.to_thread(hold_the_store))
+    await asyncio.to_thread(entered.wait, timeout(5))
+    acked = committer.commit(outbox.GroupAck(GROUP, 1, 0.0))
+    read = delivery.read_events_after_commit(EventRange(1, 10))
+    assert read is not None
+    assert delivery.read_events_if_free(EventRange(1, 10)) is None  # the store is held
+    release.set()
+    async with asyncio.timeout(timeout(5)):
+        events = await read
+        assert acked.done()  # the commit ended first
+        await holder
+    assert [event.seq for event in events] == [2, 3]

@@ -14,6 +14,8 @@ when they come together (`AckCommitter`, one per store).
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -51,7 +53,16 @@ class AckCommitter:
         self._store = store
         self._queued: list[tuple[outbox.GroupAck, asyncio.Future[int | None]]] = []
         self._committing = False
+        self._after_commit: list[Callable[[], None]] = []
         self.commits = 0  # transactions started (for tests and benchmarks)
+
+    def after_commit(self, call: Callable[[], None]) -> bool:
+        """Call `call` on the loop when the commit under way has ended, before the next
+        one starts (the store is free then); False, and no call, when none is under way."""
+        if not self._committing:
+            return False
+        self._after_commit.append(call)
+        return True
 
     def commit(self, ack: outbox.GroupAck) -> asyncio.Future[int | None]:
         """The group's cursor once `ack` is committed (None: the group has no cursor);
@@ -94,6 +105,9 @@ class AckCommitter:
                 done.set_exception(outcome)
             else:
                 done.set_result(outcome)
+        waiting, self._after_commit = self._after_commit, []
+        for call in waiting:
+            call()
         if self._queued:
             self._start()
 
@@ -131,6 +145,36 @@ class GroupOutbox:
             self.store, wanted.after_seq, wanted.limit, wanted.up_to_seq
         )
 
+    def read_events_after_commit(
+        self, wanted: EventRange
+    ) -> asyncio.Future[list[OutboxEvent]] | None:
+        """For a read that found the store busy: when the busy one is the acks' commit,
+        a future of the read made on the loop as soon as the commit ends (the store is
+        free then: no worker thread, whose read of 500 rows takes the GIL back 500
+        times while the loop runs); None otherwise (the caller reads in a thread)."""
+        if self.acks is None:
+            return None
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[OutboxEvent]] = loop.create_future()
+        context = contextvars.copy_context()
+
+        def read() -> None:
+            try:
+                events = self.read_events_if_free(wanted)
+            except Exception as exc:  # as from a worker thread
+                done.set_exception(exc)
+                return
+            if events is not None:
+                done.set_result(events)
+                return
+            # Someone else has the store (the janitor, say): the read goes to a thread.
+            in_thread = loop.run_in_executor(
+                None, functools.partial(context.run, self.read_events, wanted)
+            )
+            in_thread.add_done_callback(functools.partial(_copy_outcome, done))
+
+        return done if self.acks.after_commit(read) else None
+
     def persist_batch(self, row: PersistedBatch) -> None:
         outbox.persist_batch(self.store, self.group_id, row)
 
@@ -148,6 +192,19 @@ class GroupOutbox:
         return self.acks.commit(
             outbox.GroupAck(self.group_id, commit.last_seq, now, commit.next_row)
         )
+
+
+def _copy_outcome(
+    to: asyncio.Future[list[OutboxEvent]], source: asyncio.Future[list[OutboxEvent]]
+) -> None:
+    if to.done():
+        return
+    if source.cancelled():
+        to.cancel()
+    elif (error := source.exception()) is not None:
+        to.set_exception(error)
+    else:
+        to.set_result(source.result())
 
 
 class OutboxJanitor(Component):

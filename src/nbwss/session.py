@@ -208,8 +208,9 @@ def _read_events(outbox: GroupOutbox, wanted: EventRange) -> asyncio.Future[Any]
     except Exception as exc:  # as from a worker thread: `delivery.failed`, close 1011
         done.set_exception(exc)
         return done
-    if events is None:
-        return _in_thread(outbox.read_events, wanted)
+    if events is None:  # after the acks' commit that holds the store, else in a thread
+        later = outbox.read_events_after_commit(wanted)
+        return later if later is not None else _in_thread(outbox.read_events, wanted)
     done.set_result(events)
     return done
 
