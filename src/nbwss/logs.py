@@ -201,12 +201,21 @@ def _render_json(_: Any, __: str, event_dict: Mapping[str, Any]) -> str:
 
 
 def _make_json_encoder() -> Any:
-    from _json import make_encoder  # CPython's C encoder, what `json.dumps` runs
-    from json.encoder import encode_basestring_ascii
+    """CPython's C encoder (what `json.dumps` runs), made once; where it is missing or its
+    private signature has changed, json's own encoder, which gives the same text."""
+    try:
+        from _json import make_encoder
+        from json.encoder import encode_basestring_ascii
 
-    # No circular-reference markers: `redact` and `truncate` walk every value first, and
-    # a value that holds itself stops there (RecursionError) before it gets here.
-    return make_encoder(None, repr, encode_basestring_ascii, None, ": ", ", ", False, False, True)
+        # No circular-reference markers: `redact` and `truncate` walk every value first,
+        # and a value that holds itself stops there (RecursionError) before it gets here.
+        return make_encoder(
+            None, repr, encode_basestring_ascii, None, ": ", ", ", False, False, True
+        )
+    except (ImportError, TypeError):
+        import json
+
+        return json.JSONEncoder(default=repr).iterencode
 
 
 _json_encoder: Any = None
@@ -225,8 +234,9 @@ def _stamp(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> Mutable
     are formatted once a second: every COMMAND logs an event (issue 14)."""
     global _stamped
     event_dict["level"] = _LEVEL_OF_METHOD.get(method, method)
-    now = time.time()
-    second = int(now)
+    # Nanoseconds, floored to microseconds as `datetime.now` does: a float's last
+    # microsecond is rounded (one line in ten would differ from structlog's).
+    second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
     stamped_second, prefix = _stamped
     if second != stamped_second:
         import datetime
@@ -235,7 +245,7 @@ def _stamp(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> Mutable
             "%Y-%m-%dT%H:%M:%S"
         )
         _stamped = (second, prefix)
-    micro = int((now - second) * 1_000_000)
+    micro = nanoseconds // 1000
     event_dict["timestamp"] = f"{prefix}.{micro:06d}Z" if micro else f"{prefix}Z"
     if "exc_info" in event_dict:
         from structlog.processors import format_exc_info
@@ -347,7 +357,7 @@ def _lean_method(base: Any, name: str) -> Any:
 
     structlogs_own = getattr(base, name)
 
-    def method(self: Any, event: str | None = None, *args: Any, **fields: Any) -> Any:
+    def method(self: Any, event: str, *args: Any, **fields: Any) -> Any:
         if args:  # %-interpolation (nbwss logs fields, not formats): structlog's way
             return structlogs_own(self, event, *args, **fields)
         # `fields` is this call's own dict: the context's fields first, the call's win.
