@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -126,6 +127,21 @@ async def test_service_starts_reports_to_systemd_and_stops_with_close_frames(
         assert peer.connections[0].close_code == 1000
         assert peer.connections[0].close_reason == "daemon stopping"
         assert not store.endpoint("ep1.test").connected
+
+
+async def test_a_running_daemon_keeps_start_up_out_of_the_collector_and_undoes_it_at_stop(
+    store: Store,
+) -> None:
+    thresholds = gc.get_threshold()
+    service = build_service(
+        Settings(store_path=store.path, connection_period_s=30.0), store, status=False,
+        notifier=Notifier(None),
+    )
+    async with running(service):
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] > thresholds[0]  # fewer young collections
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == thresholds
 
 
 async def test_a_second_stop_request_does_not_wait_for_a_hung_endpoint(

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
 from nbwss import logs, properties
@@ -31,6 +32,33 @@ log = logs.get_logger("nbwss.service")
 
 # How long shutdown waits for close frames to be exchanged before cancelling.
 SHUTDOWN_GRACE_S: Final = 5.0
+
+# The collector's first generation runs after this many net allocations (CPython: 700).
+GC_YOUNG_THRESHOLD: Final = 10_000
+
+
+@contextlib.contextmanager
+def collector_tuned_for_a_daemon() -> Iterator[None]:
+    """Start-up's objects out of the collector's way while the daemon runs; undone at stop.
+
+    The daemon keeps what it built at start-up (modules, settings, the store, the
+    supervisor, the components) for its whole life, and the cyclic collector walks all of
+    it in every full collection; busy, the daemon's delivery also triggers a young
+    collection every 700 net allocations. Measured (docs/benchmarks.md, "Garbage
+    collection"): about 19% of the daemon's CPU in the 100-groups drain went to the
+    collector; with start-up frozen and the first threshold at 10,000, about 6%, and
+    13% less CPU per notification. Connections are not frozen: a frozen object is never
+    collected, so a closed connection's cycles would leak; so the freeze is taken before
+    the first dial. A `gc.collect()` first, so no garbage is frozen for good."""
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 class Service:
@@ -91,6 +119,7 @@ class Service:
             for component in self.components:
                 stopping.push_async_callback(component.stop)
                 await component.start()
+            stopping.enter_context(collector_tuned_for_a_daemon())  # before the first dial
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self.handle_exit, sig)
