@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import structlog
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from nbwss import logs
@@ -331,9 +331,6 @@ _long_leaf = st.one_of(
 )
 
 
-# No deadline: a first example on a loaded machine (regexes compiled, a 16 KiB traceback
-# copied three times) took 292 ms once; what is tested is the text, not the time.
-@settings(deadline=None)
 @given(
     st.dictionaries(
         st.sampled_from(["id", "uri", "Token", "exception", "reason", "body", "nested"]),
