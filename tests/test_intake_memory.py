@@ -1,15 +1,21 @@
 """`nbwss notify -` streams: its memory does not grow with the number of lines (issue 14,
-item 4). Peak RSS of the real command, read by the benchmarks' launcher (a child's
-high-water mark must not start from this test process's)."""
+item 4) nor with their size. Peak RSS of the real command, read by the benchmarks'
+launcher (a child's high-water mark must not start from this test process's), and
+peak traced memory of `queue_lines`, the command's path."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.limits import run_process
+
+from nbwss.commands.notify import queue_lines
+from nbwss.store import Store
 
 JOB = {
     "scheduleType": "ST_FULL", "clientName": "c1", "status": 0, "startTime": 1459829698,
@@ -33,3 +39,24 @@ def test_notify_stdin_memory_is_flat_in_the_number_of_lines(tmp_path: Path) -> N
     small = peak_rss_kib(tmp_path / "small", 2_000)
     large = peak_rss_kib(tmp_path / "large", 40_000)  # about 20 MiB of rows if held
     assert large - small < 6 * 1024, (small, large)
+
+
+def test_notify_stdin_memory_is_flat_in_the_size_of_the_lines(tmp_path: Path) -> None:
+    """200 lines of 256 KiB (50 MiB in all): the spool's batches end at 1 MiB of data,
+    not only at 1,000 rows (which held all 200 lines, more than 50 MiB traced)."""
+    store = Store(tmp_path / "nbwss.db", tmp_path / "nbwss.key")
+    line = json.dumps({"object": "JOB", "data": {**JOB, "jobId": 1, "note": "x" * (256 << 10)}})
+
+    def lines() -> Iterator[str]:
+        for _ in range(200):
+            yield line
+
+    tracemalloc.start()
+    try:
+        queued = queue_lines(store, lines(), 16 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        store.close()
+    assert queued.count == 200
+    assert peak < 8 << 20, f"peak traced {peak / 2**20:.1f} MiB"

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
-from itertools import islice
 from typing import Any
 
 from nbwss.errors import StoreError
@@ -25,8 +24,11 @@ INTAKE_CHUNK = 5_000
 # Rows handed to the spool this many at a time: checking a batch of lines, then inserting
 # it, measured 2-4% less CPU for `nbwss notify -` at 100,000 lines than one line's check
 # and insert after the other (likely each stage keeping its data in the CPU's caches).
-# Memory holds at most this many rows more.
+# A batch also ends at SPOOL_BATCH_CHARS of data, so that memory holds at most about
+# that much more however long the lines (up to `message.maxBytes` each: 1,000 of
+# 16 MiB would be 16 GiB), and stays flat in the size of the lines as in their number.
 SPOOL_BATCH = 1_000
+SPOOL_BATCH_CHARS = 1 << 20
 
 
 class Queued:
@@ -190,8 +192,7 @@ def _spool(store: Store, rows: Iterable[tuple[str, str]]) -> int:
             conn.execute("BEGIN")  # deferred: it touches the spool only
             try:
                 insert = "INSERT INTO intake_spool.rows (object, data) VALUES (?, ?)"
-                pending = iter(rows)
-                while batch := list(islice(pending, SPOOL_BATCH)):
+                for batch in _batches(rows):
                     conn.executemany(insert, batch)
             except BaseException:
                 # COMMIT, not ROLLBACK: without a journal ROLLBACK is undefined, and the
@@ -213,6 +214,21 @@ def _spool(store: Store, rows: Iterable[tuple[str, str]]) -> int:
                 raise _spool_error(exc) from None
             raise
     return int(count)
+
+
+def _batches(rows: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+    """`rows` in lists of SPOOL_BATCH, or fewer once their data reach SPOOL_BATCH_CHARS."""
+    batch: list[tuple[str, str]] = []
+    chars = 0
+    for row in rows:
+        batch.append(row)
+        chars += len(row[1])
+        if chars >= SPOOL_BATCH_CHARS or len(batch) >= SPOOL_BATCH:
+            yield batch
+            batch = []
+            chars = 0
+    if batch:
+        yield batch
 
 
 def _detach_spool(conn: sqlite3.Connection) -> None:
