@@ -28,6 +28,11 @@ class StoreError(NbwssError):
     """The SQLite store or the key file cannot be read or written."""
 
 
+class StoreBusyError(StoreError):
+    """Another connection held the database's lock past the busy timeout: nothing
+    wrong with what was asked, it may succeed later."""
+
+
 class NotFoundError(StoreError):
     """The endpoint (or list) named does not exist in the store."""
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nbwss import logs
-from nbwss.errors import StoreError
+from nbwss.errors import StoreBusyError
 from nbwss.intake import INTAKE_CHUNK as INTAKE_CHUNK  # re-exported: intake was here
 from nbwss.intake import Queued as Queued
 from nbwss.intake import enqueue as enqueue
@@ -195,27 +195,32 @@ class GroupAck:
     next_batch: PersistedBatch | None = None
 
 
-def acknowledge_together(store: Store, acks: Sequence[GroupAck]) -> list[int | StoreError | None]:
+def acknowledge_together(store: Store, acks: Sequence[GroupAck]) -> list[int | Exception | None]:
     """`acknowledge` for several groups (one ack each) in one transaction; each one's
     cursor after it, in order.
 
     Each group's statements are `acknowledge`'s, so each outcome is the one it would
     have had alone; one commit instead of one each saves a transaction's lock, WAL
     append and thread hand-off per ack when many groups are acknowledged at once. If
-    the joint transaction fails, each is tried alone, so a failure is only the failing
-    group's (its `StoreError` is its outcome).
+    the joint transaction fails, whatever the exception, each is tried alone, so a
+    failure is only the failing group's (its exception is its outcome). Except when
+    the store was busy (`StoreBusyError`: another process held the lock past the busy
+    timeout): that is no group's fault, and a retry each would wait the timeout again
+    each, so every group has that error at once.
     """
     try:
         with store.transaction() as conn:
             return [_acknowledge(conn, ack) for ack in acks]
-    except StoreError as joint_failure:
+    except StoreBusyError as busy:
+        return [busy] * len(acks)
+    except Exception as joint_failure:
         if len(acks) == 1:
             return [joint_failure]
-    outcomes: list[int | StoreError | None] = []
+    outcomes: list[int | Exception | None] = []
     for ack in acks:
         try:
             outcomes.append(acknowledge(store, ack.group_id, ack.last_seq, ack.now, ack.next_batch))
-        except StoreError as exc:
+        except Exception as exc:
             outcomes.append(exc)
     return outcomes
 

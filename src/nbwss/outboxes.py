@@ -86,7 +86,7 @@ class AckCommitter:
     def _finished(
         self,
         queued: list[tuple[outbox.GroupAck, asyncio.Future[int | None]]],
-        finished: asyncio.Future[list[int | StoreError | None]],
+        finished: asyncio.Future[list[int | Exception | None]],
     ) -> None:
         self._committing = False
         outcomes: list[int | BaseException | None]

@@ -25,6 +25,7 @@ from nbwss.errors import (
     MSG_TRUSTSTORE_WRITE,
     AlreadyExistsError,
     NotFoundError,
+    StoreBusyError,
     StoreError,
 )
 from nbwss.vault import TokenVault, create_private_file
@@ -123,6 +124,8 @@ BUSY_TIMEOUT_MS = 10_000
 JOURNAL_SIZE_LIMIT_BYTES = 8 << 20
 # SQLite's words for a file that is damaged, not merely busy or read-only.
 _DAMAGED = ("malformed", "not a database", "corrupt")
+# SQLITE_BUSY and SQLITE_LOCKED (primary codes): another connection has the lock.
+_BUSY_CODES = (5, 6)
 
 
 def store_error(path: Path, exc: sqlite3.Error) -> StoreError:
@@ -135,7 +138,8 @@ def store_error(path: Path, exc: sqlite3.Error) -> StoreError:
             f"; the file is damaged: check it with sqlite3 {path} 'PRAGMA integrity_check'"
             " (with the daemon stopped) and restore it from a backup"
         )
-    return StoreError(f"database {path}: {text}{hint}")
+    busy = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _BUSY_CODES
+    return (StoreBusyError if busy else StoreError)(f"database {path}: {text}{hint}")
 
 
 def open_database(path: Path) -> sqlite3.Connection:
