@@ -990,10 +990,21 @@ async def test_a_joint_ack_commit_that_fails_closes_the_connection_and_logs_why(
 
 
 async def test_a_read_that_finds_the_acks_commit_holding_the_store_is_made_on_the_loop_after(
-    store: Store,
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No worker thread for it: the read waits for the commit under way and is made on
     the loop's thread as soon as the commit ends, before the next commit starts."""
+    read_in: list[int] = []
+    for name in ("read_events", "read_events_if_free"):
+        real = getattr(outbox, name)
+
+        def reading(*args: Any, real: Callable[..., Any] = real) -> Any:
+            result = real(*args)
+            if result is not None:
+                read_in.append(threading.get_ident())
+            return result
+
+        monkeypatch.setattr(outbox, name, reading)
     put(store, 1, 2, 3)
     committer = AckCommitter(store)
     delivery = GroupOutbox(store, DeliveryLedger(GROUP), Waker(), acks=committer)
@@ -1017,3 +1028,4 @@ async def test_a_read_that_finds_the_acks_commit_holding_the_store_is_made_on_th
         assert acked.done()  # the commit ended first
         await holder
     assert [event.seq for event in events] == [2, 3]
+    assert read_in == [threading.get_ident()]  # one read, on the loop's thread

@@ -14,10 +14,11 @@ when they come together (`AckCommitter`, one per store).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from nbwss import outbox
@@ -46,19 +47,25 @@ class AckCommitter:
 
     Each group still has its ack committed before it is told (`commit()`'s future), and
     a group has one ack at a time, so its order and durability are `acknowledge`'s.
-    One commit at a time: the store serialises them anyway.
+    One commit at a time: the store serialises them anyway. Whatever fails (the
+    executor refusing the work at shutdown, a read parked with `after_commit`), every
+    future is settled and the next ack is committed: no group waits for ever.
     """
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._queued: list[tuple[outbox.GroupAck, asyncio.Future[int | None]]] = []
         self._committing = False
-        self._after_commit: list[Callable[[], None]] = []
+        self._after_commit: collections.deque[Callable[[], None]] = collections.deque()
         self.commits = 0  # transactions started (for tests and benchmarks)
 
     def after_commit(self, call: Callable[[], None]) -> bool:
         """Call `call` on the loop when the commit under way has ended, before the next
-        one starts (the store is free then); False, and no call, when none is under way."""
+        one starts (the store is free then); False, and no call, when none is under way.
+
+        The calls are made one a loop iteration (each is a read of up to a batch: ten
+        back to back would hold the loop for several milliseconds); acks that come
+        meanwhile wait for the last of them. An exception from one is logged."""
         if not self._committing:
             return False
         self._after_commit.append(call)
@@ -69,19 +76,23 @@ class AckCommitter:
         from the loop's thread. Never cancel it: a commit cannot be stopped."""
         done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._queued.append((ack, done))
-        if not self._committing:
+        if not self._committing and not self._after_commit:
             self._start()
         return done
 
     def _start(self) -> None:
         queued, self._queued = self._queued, []
+        acks = [ack for ack, _ in queued]
+        try:
+            running = asyncio.get_running_loop().run_in_executor(
+                None, outbox.acknowledge_together, self._store, acks
+            )
+        except Exception as exc:  # the executor shut down (the daemon's teardown)
+            _settle(queued, [exc] * len(queued))
+            return
         self._committing = True
         self.commits += 1
-        acks = [ack for ack, _ in queued]
-        running = asyncio.get_running_loop().run_in_executor(
-            None, outbox.acknowledge_together, self._store, acks
-        )
-        running.add_done_callback(lambda finished: self._finished(queued, finished))
+        running.add_done_callback(functools.partial(self._finished, queued))
 
     def _finished(
         self,
@@ -89,27 +100,48 @@ class AckCommitter:
         finished: asyncio.Future[list[int | Exception | None]],
     ) -> None:
         self._committing = False
-        outcomes: list[int | BaseException | None]
-        if finished.cancelled():  # never by this module: as for one group's own call
-            outcomes = [asyncio.CancelledError()] * len(queued)
-        elif (error := finished.exception()) is not None:
-            outcomes = [error] * len(queued)
-        else:
-            outcomes = list(finished.result())
-        for (_, done), outcome in zip(queued, outcomes, strict=True):
-            if done.done():  # cancelled by its connection, against the contract
-                continue
-            if isinstance(outcome, asyncio.CancelledError):
-                done.cancel()
-            elif isinstance(outcome, BaseException):
-                done.set_exception(outcome)
+        try:
+            outcomes: list[int | BaseException | None]
+            if finished.cancelled():  # never by this module: as for one group's own call
+                outcomes = [asyncio.CancelledError()] * len(queued)
+            elif (error := finished.exception()) is not None:
+                outcomes = [error] * len(queued)
             else:
-                done.set_result(outcome)
-        waiting, self._after_commit = self._after_commit, []
-        for call in waiting:
-            call()
-        if self._queued:
-            self._start()
+                outcomes = list(finished.result())
+            _settle(queued, outcomes)
+        finally:
+            self._next_after_commit()
+
+    def _next_after_commit(self) -> None:
+        """The next parked call, then (its own loop iteration each) the rest; after the
+        last, the acks that came meanwhile."""
+        try:
+            if self._after_commit:
+                call = self._after_commit.popleft()
+                try:
+                    call()
+                except Exception:  # its own caller's loss; the other calls go on
+                    log.exception("outbox.after_commit_failed")
+        finally:
+            if self._after_commit:
+                asyncio.get_running_loop().call_soon(self._next_after_commit)
+            elif self._queued and not self._committing:
+                self._start()
+
+
+def _settle(
+    queued: list[tuple[outbox.GroupAck, asyncio.Future[int | None]]],
+    outcomes: Sequence[int | BaseException | None],
+) -> None:
+    for (_, done), outcome in zip(queued, outcomes, strict=True):
+        if done.done():  # cancelled by its connection, against the contract
+            continue
+        if isinstance(outcome, asyncio.CancelledError):
+            done.cancel()
+        elif isinstance(outcome, BaseException):
+            done.set_exception(outcome)
+        else:
+            done.set_result(outcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,17 +193,19 @@ class GroupOutbox:
         def read() -> None:
             try:
                 events = self.read_events_if_free(wanted)
+                if events is None:
+                    # Someone else has the store (the janitor, say): a thread reads.
+                    in_thread = loop.run_in_executor(
+                        None, functools.partial(context.run, self.read_events, wanted)
+                    )
+                    in_thread.add_done_callback(functools.partial(_copy_outcome, done))
+                    return
             except Exception as exc:  # as from a worker thread
-                done.set_exception(exc)
+                if not done.done():
+                    done.set_exception(exc)
                 return
-            if events is not None:
+            if not done.done():
                 done.set_result(events)
-                return
-            # Someone else has the store (the janitor, say): the read goes to a thread.
-            in_thread = loop.run_in_executor(
-                None, functools.partial(context.run, self.read_events, wanted)
-            )
-            in_thread.add_done_callback(functools.partial(_copy_outcome, done))
 
         return done if self.acks.after_commit(read) else None
 
