@@ -116,8 +116,8 @@ def queue_stream(
 
     The rows go first to a spool: a private temporary database attached to this
     connection (SQLite's, in its temporary directory, spilled to a file past its page
-    cache), so memory stays flat however long the input, and the outbox's write lock is
-    not held while the input is read and checked. An exception from `rows` (the first
+    cache), so memory stays flat however long the input and its lines, and the outbox's
+    write lock is not held while the input is read and checked. An exception from `rows` (the first
     bad line) leaves the outbox untouched. Then the rows are copied to the outbox in
     their order, in chunks, as `queue_chunked` does (the same write-lock and wake-up
     rhythm), and the spool is detached (`_detach_spool`).
