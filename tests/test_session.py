@@ -335,6 +335,44 @@ async def test_the_connections_of_a_loop_share_one_tls_read_buffer(
             tls._get_app_transport().close()  # type: ignore[attr-defined]
 
 
+async def test_a_tls_connection_keeps_no_decoded_peer_certificate_but_gives_it_on_request(
+    http: aiohttp.ClientSession, peer: Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """About 2 KiB per idle connection that nothing reads: decoded again when asked."""
+    protocol = asyncio.sslproto.SSLProtocol
+    for hook in ("_on_handshake_complete", "_get_extra_info"):  # undone after the test
+        monkeypatch.setattr(protocol, hook, getattr(protocol, hook))
+    dial_module.keep_no_peercert_dict()
+    dial_module.keep_no_peercert_dict()  # once only: not wrapped twice
+    session = await dial(http, peer)
+    try:
+        ws: Any = session._ws
+        tls = ws._response.connection.transport._ssl_protocol
+        assert "peercert" not in tls._extra
+        decoded = ws.get_extra_info("peercert")
+        assert decoded == ws.get_extra_info("ssl_object").getpeercert()
+        assert decoded["subjectAltName"]
+    finally:
+        await session.abort()
+
+
+async def test_an_open_websocket_keeps_nothing_of_the_http_upgrade(
+    http: aiohttp.ClientSession, peer: Peer
+) -> None:
+    """The upgrade's headers, parser and timer go once frames flow (~3 KiB a connection);
+    the connection works as before."""
+    running = Running(await dial(http, peer))
+    ws: Any = running.session._ws
+    response = ws._response
+    assert response.raw_headers == ()
+    assert len(response.headers) == 0
+    assert len(response.request_info.headers) == 0
+    assert response._protocol._parser is None
+    await peer.wait_for(lambda: bool(peer.received("CONNECT")))
+    await peer.close(4000, "bye")
+    assert await running.ended() == "closed by the endpoint (code 4000)"
+
+
 def test_a_target_never_shows_its_token() -> None:
     assert TOKEN not in repr(Target("G", "h", "wss://h/x", TOKEN, b"der"))
 

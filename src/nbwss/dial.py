@@ -2,8 +2,9 @@
 through an outbound proxy when one is configured, with one deadline and one-line errors.
 
 `session.connect()` dials with `dial()`, then checks the pinned certificate and sends
-CONNECT. Also here: the process-wide trim of asyncio's TLS read buffer (memory per idle
-connection, issue 14) and the handshake counter.
+CONNECT. Also here: the process-wide trims of asyncio's TLS connections and what a dial
+leaves behind once the upgrade is done (memory per idle connection, issue 14), and the
+handshake counter.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
+from aiohttp.helpers import TimerNoop
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from nbwss.errors import MSG_CERT_MISMATCH, ConnectError, TrustError, unable_to_connect
 from nbwss.metrics import HANDSHAKES
@@ -30,6 +33,14 @@ DIAL_TIMEOUT_S: Final = 10.0
 # other undecodable one.
 HARD_SIZE_FACTOR: Final = 2
 TLS_READ_BUFFER_BYTES: Final = 16 * 1024
+
+
+def trim_tls_connections() -> None:
+    """The process-wide trims of asyncio's TLS connections: one shared read buffer
+    (`trim_tls_read_buffer`) and no decoded peer certificate kept per connection
+    (`keep_no_peercert_dict`). Idempotent."""
+    trim_tls_read_buffer()
+    keep_no_peercert_dict()
 
 
 def trim_tls_read_buffer() -> None:
@@ -63,6 +74,43 @@ def trim_tls_read_buffer() -> None:
 
     init.shares_read_buffer = True  # type: ignore[attr-defined]
     protocol.__init__ = init  # type: ignore[method-assign]
+
+
+def keep_no_peercert_dict() -> None:
+    """Have asyncio's TLS transports decode the peer certificate into a dict when asked
+    (`get_extra_info("peercert")`), not keep one per connection from the handshake on.
+
+    asyncio stores `SSLObject.getpeercert()` in the transport's extra info when the
+    handshake completes: about 2 KiB of dicts and strings per connection, a tenth of
+    what an idle nbwss connection costs, that nothing reads (the pin is checked on the
+    DER form: `check_peer`). The handshake still decodes it once, as before (a failure
+    there still fails the handshake); only the result is not kept, and the same value
+    is decoded again from the `ssl_object` on request. Verification is OpenSSL's and
+    unchanged. Leaves a Python version whose SSLProtocol lacks these hooks alone.
+    """
+    protocol = asyncio.sslproto.SSLProtocol
+    completed = getattr(protocol, "_on_handshake_complete", None)
+    extra_info = getattr(protocol, "_get_extra_info", None)
+    if completed is None or extra_info is None or getattr(completed, "keeps_no_peercert", False):
+        return
+
+    def on_handshake_complete(self: Any, handshake_exc: BaseException | None) -> None:
+        completed(self, handshake_exc)
+        extra = getattr(self, "_extra", None)
+        if isinstance(extra, dict) and "ssl_object" in extra:
+            extra.pop("peercert", None)
+
+    def get_extra_info(self: Any, name: str, default: Any = None) -> Any:
+        if name == "peercert":
+            extra = getattr(self, "_extra", {})
+            ssl_object = extra.get("ssl_object")
+            if "peercert" not in extra and ssl_object is not None:
+                return ssl_object.getpeercert()
+        return extra_info(self, name, default)
+
+    on_handshake_complete.keeps_no_peercert = True  # type: ignore[attr-defined]
+    protocol._on_handshake_complete = on_handshake_complete  # type: ignore[method-assign]
+    protocol._get_extra_info = get_extra_info  # type: ignore[method-assign]
 
 
 _read_buffers = threading.local()
@@ -100,7 +148,7 @@ async def dial(
     host = target.host_name
     try:
         async with asyncio.timeout(DIAL_TIMEOUT_S):
-            return await http.ws_connect(
+            ws = await http.ws_connect(
                 target.url,
                 ssl=context,  # through a proxy too: TLS is end to end, inside the tunnel
                 **request_options(proxy),
@@ -124,6 +172,44 @@ async def dial(
         status = exc.status if isinstance(exc, aiohttp.WSServerHandshakeError) else None
         raise ConnectError(f"{unable_to_connect(host)}: {describe(exc, proxy)}",
                            http_status=status) from None
+    release_upgrade(ws)
+    return ws
+
+
+_NO_HEADERS: Final = CIMultiDictProxy(CIMultiDict[str]())
+_NO_TIMER: Final = TimerNoop()
+
+
+def release_upgrade(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Let go of what aiohttp keeps of the HTTP upgrade once the WebSocket is open.
+
+    The connection's `ClientResponse` lives as long as the WebSocket (it closes the
+    connection), and with it the upgrade answer's headers (raw and parsed), the
+    request's (`request_info`), the HTTP parser that read them and the dial's timer:
+    about 3 KiB per connection that nothing reads once frames flow (a WebSocket answer
+    has no body; the upgrade's headers were checked by `ws_connect`). Private
+    attributes of aiohttp's, each set only if present: another aiohttp version keeps
+    what it keeps, nothing breaks.
+    """
+    response: Any = getattr(ws, "_response", None)
+    if response is None:
+        return
+    for name, empty in (("_raw_headers", ()), ("_headers", _NO_HEADERS), ("_history", ())):
+        if hasattr(response, name):
+            setattr(response, name, empty)
+    cache = getattr(response, "_cache", None)
+    if isinstance(cache, dict):
+        cache.clear()  # the parsed headers' derived values (content type, links...)
+    request = getattr(response, "_request_info", None)
+    if isinstance(request, aiohttp.RequestInfo):
+        response._request_info = aiohttp.RequestInfo(
+            request.url, request.method, _NO_HEADERS, request.real_url
+        )
+    if hasattr(response, "_timer"):
+        response._timer = _NO_TIMER
+    protocol: Any = getattr(response, "_protocol", None)
+    if getattr(protocol, "upgraded", False) and hasattr(protocol, "_parser"):
+        protocol._parser = None  # frames go to the WebSocket reader from now on
 
 
 def count_handshake(target: Target, result: str) -> None:

@@ -35,7 +35,7 @@ from typing import Final
 import aiohttp
 
 from nbwss.backoff import Backoff
-from nbwss.dial import Target, trim_tls_read_buffer
+from nbwss.dial import Target, trim_tls_connections
 from nbwss.errors import NbwssError, NotFoundError, TokenRefusedError
 from nbwss.failover import (
     Identity,
@@ -165,7 +165,7 @@ class Supervisor:
 
     async def run(self) -> None:
         """Run the connection process until cancelled; every group task is owned here."""
-        trim_tls_read_buffer()
+        trim_tls_connections()
         connector = aiohttp.TCPConnector(limit=0)
         # No cookie jar: every group is a separate cloud app, even on one host name, so
         # a cookie one endpoint's handshake sets must not ride on another's.
