@@ -472,3 +472,26 @@ async def test_a_write_past_the_send_timeout_raises_timeout_not_connection_error
         finally:
             proxy.resume_all()
             await session.abort()
+
+
+async def test_the_driver_loops_wait_ends_when_set_and_misses_no_set() -> None:
+    attention = session_module._Attention()
+    attention.set()  # before the wait: not lost
+    async with asyncio.timeout(timeout(1)):
+        await attention.wait()
+    attention.clear()
+    waiting = asyncio.create_task(attention.wait())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    attention.set()
+    async with asyncio.timeout(timeout(1)):
+        await waiting
+    attention.clear()
+    waiting = asyncio.create_task(attention.wait())
+    await asyncio.sleep(0)
+    waiting.cancel()  # a cancelled wait leaves nothing behind: the next one works
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    attention.set()
+    async with asyncio.timeout(timeout(1)):
+        await attention.wait()
