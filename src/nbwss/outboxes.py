@@ -25,6 +25,7 @@ from nbwss import outbox
 from nbwss.component import Component
 from nbwss.delivery import AckCommit, EventRange
 from nbwss.errors import StoreError
+from nbwss.flag import Flag
 from nbwss.logs import get_logger
 from nbwss.properties import Settings
 from nbwss.protocol import DeliveryLedger
@@ -157,7 +158,7 @@ class GroupOutbox:
     store: Store
     ledger: DeliveryLedger
     waker: Waker
-    released: asyncio.Event = field(default_factory=asyncio.Event, compare=False)
+    released: Flag = field(default_factory=Flag, compare=False)  # an Event, lean
     acks: AckCommitter | None = field(default=None, compare=False)
 
     @property

@@ -47,6 +47,7 @@ from nbwss.failover import (
     retry_delay,
     token_digest,
 )
+from nbwss.flag import Flag
 from nbwss.link import CommandHandler
 from nbwss.logs import get_logger, register_secret
 from nbwss.metrics import FAILOVERS
@@ -104,7 +105,7 @@ class Supervisor:
         self._groups: Mapping[str, tuple[EndpointRecord, ...]] = {}
         self._known_hosts: set[str] = set()
         self._group_tasks: dict[str, asyncio.Task[None]] = {}
-        self._kicks: dict[str, asyncio.Event] = {}
+        self._kicks: dict[str, Flag] = {}  # one per group: lean Events
         self._live: dict[str, LiveConnection] = {}  # by host name
         self._dialling: set[str] = set()  # host names being dialled (up to CONNECT's answer)
         self._last_host: dict[str, str] = {}  # by group: the host it was last connected to
@@ -204,7 +205,7 @@ class Supervisor:
                 if woken or changed:
                     self._kicks[group_id].set()  # a waiting group tries its list now
             elif not self._stopping:
-                self._kicks[group_id] = asyncio.Event()
+                self._kicks[group_id] = Flag()
                 keeper = self._keep_connected(http, group_id)
                 self._group_tasks[group_id] = tasks.create_task(keeper)
         self._signatures = {g: s for g, s in self._signatures.items() if g in decision.groups}
