@@ -271,7 +271,6 @@ class Session:
         self._delivery = delivery
         self._command_handler = command_handler
         self._clock = clock
-        self._log = log.bind(group=target.group_id, host=target.host_name)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._close_task: asyncio.Task[bool] | None = None
         self._reason: str | None = None
@@ -290,6 +289,12 @@ class Session:
         # Done when `run()` returned. A future, not an `asyncio.Event`: one of these per
         # connection, and an Event brings a deque of waiters (~0.7 KiB a connection).
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @functools.cached_property
+    def _log(self) -> Any:
+        """The session's logger, bound on first use: most idle connections never log
+        after CONNECT, and a bound logger costs ~0.3 KiB a connection."""
+        return log.bind(group=self.target.group_id, host=self.target.host_name)
 
     # -- Link ------------------------------------------------------------------------------
 
