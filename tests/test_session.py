@@ -495,3 +495,15 @@ async def test_the_driver_loops_wait_ends_when_set_and_misses_no_set() -> None:
     attention.set()
     async with asyncio.timeout(timeout(1)):
         await attention.wait()
+
+
+async def test_a_connected_session_keeps_no_copy_of_the_pinned_certificate(
+    http: aiohttp.ClientSession, peer: Peer
+) -> None:
+    """Checked once at the dial; the group's endpoint record holds it (issue 14)."""
+    session = await dial(http, peer)
+    try:
+        assert session.target.certificate_der == b""
+        assert session.target.host_name == "ep1.test"
+    finally:
+        await session.abort()

@@ -132,6 +132,29 @@ def store(state_dir: Path) -> Iterator[Store]:
     db.close()
 
 
+def test_each_read_of_the_records_shares_certificates_and_names_with_the_last(
+    store: Store,
+) -> None:
+    """A keeper holds the record it dialled with; a re-read must not make it a second
+    copy of the certificate and names per live connection (issue 14)."""
+    supervisor = Supervisor(settings(30.0), store)
+
+    def fresh(host: str) -> EndpointRecord:  # equal values, objects of their own
+        made = record(host)
+        return replace(made, url="".join(made.url), host_name="".join(host),
+                       certificate_der=bytes(bytearray(b"der" * 300)))
+
+    [first] = supervisor._share_with_last_read([fresh("h1")])
+    [again] = supervisor._share_with_last_read([fresh("h1")])
+    assert again == first
+    assert again.certificate_der is first.certificate_der
+    assert again.url is first.url
+    assert again.host_name is first.host_name
+    [other] = supervisor._share_with_last_read([replace(fresh("h1"), certificate_der=b"new")])
+    assert other.certificate_der == b"new"  # a changed certificate is the new one
+    assert supervisor._record_certificates == {b"new": b"new"}  # and the old one is let go
+
+
 def settings(period_s: float) -> Settings:
     return Settings(send_timeout_s=1.0, connection_period_s=period_s, keepalive_rate_s=30.0)
 

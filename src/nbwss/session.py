@@ -33,7 +33,7 @@ import functools
 import ssl
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import aiohttp
@@ -112,7 +112,12 @@ async def connect(
     """
     async with dial_slots or contextlib.nullcontext():
         ws = await dial(http, target, settings, ssl_context, proxy)
-    session = Session(ws, target, settings, delivery, command_handler, clock)
+    # The pin is checked here, once: the session keeps its target without the pinned
+    # certificate, which the group's endpoint record holds anyway (a re-read of the
+    # records every `connectionInfo.period` would leave each live session the only
+    # holder of a second copy: ~1 KiB a connection).
+    unpinned = replace(target, certificate_der=b"")
+    session = Session(ws, unpinned, settings, delivery, command_handler, clock)
     try:
         ssl_object = ws.get_extra_info("ssl_object")
         presented = ssl_object.getpeercert(binary_form=True) if ssl_object else None

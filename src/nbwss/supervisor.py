@@ -29,7 +29,7 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import aiohttp
@@ -110,6 +110,8 @@ class Supervisor:
         self._dialling: set[str] = set()  # host names being dialled (up to CONNECT's answer)
         self._last_host: dict[str, str] = {}  # by group: the host it was last connected to
         self._contexts: dict[str, ssl.SSLContext] = {}  # by certificate fingerprint
+        self._record_texts: dict[str, str] = {}  # the last read's names and fingerprints
+        self._record_certificates: dict[bytes, bytes] = {}  # and its certificates
         self._dial_slots = asyncio.Semaphore(MAX_CONCURRENT_DIALS)
         self.runs = 0
 
@@ -213,7 +215,7 @@ class Supervisor:
         self._notify()
 
     def _read_store(self, live_hosts: list[str]) -> tuple[list[EndpointRecord], dict[str, str]]:
-        records = self._store.endpoints()
+        records = self._share_with_last_read(self._store.endpoints())
         present = {record.host_name for record in records}
         digests = {}
         for host in live_hosts:
@@ -226,6 +228,32 @@ class Supervisor:
             register_secret(token)
             digests[host] = token_digest(token)
         return records, digests
+
+    def _share_with_last_read(self, records: list[EndpointRecord]) -> list[EndpointRecord]:
+        """`records` with their names, fingerprints and certificates the very objects of
+        the last read's where equal. A group's keeper holds the record it dialled with
+        until its connection ends, so each read every `connectionInfo.period` would
+        otherwise leave a second copy per live connection (~1 KiB; issue 14)."""
+        last_texts, last_certificates = self._record_texts, self._record_certificates
+        texts: dict[str, str] = {}
+        certificates: dict[bytes, bytes] = {}
+
+        def text(value: str) -> str:
+            return texts.setdefault(value, last_texts.get(value, value))
+
+        def certificate(value: bytes) -> bytes:
+            return certificates.setdefault(value, last_certificates.get(value, value))
+
+        shared = [
+            replace(
+                record, host_name=text(record.host_name), url=text(record.url),
+                group_id=text(record.group_id), fingerprint=text(record.fingerprint),
+                certificate_der=certificate(record.certificate_der),
+            )
+            for record in records
+        ]
+        self._record_texts, self._record_certificates = texts, certificates
+        return shared
 
     def _notify(self) -> None:
         self._changed.set()
