@@ -363,3 +363,14 @@ def _release_1_truncate(event_dict: MutableMapping[str, Any]) -> MutableMapping[
         elif type(value) not in logs._PLAIN_TYPES:
             event_dict[key] = logs._cut(value)
     return event_dict
+
+
+def test_a_secret_registered_again_does_not_rebuild_the_ordered_list() -> None:
+    """The supervisor registers each live token at every re-read: a known one is a set
+    look-up, not a sort of every secret."""
+    secret = fresh_secret()
+    register_secret(secret)
+    ordered = logs._ordered_secrets
+    register_secret(secret)
+    assert logs._ordered_secrets is ordered
+    assert scrub(note=f"a {secret} b")["note"] == f"a {REDACTED} b"

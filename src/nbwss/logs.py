@@ -47,7 +47,9 @@ _PLAIN = (int, float, bool, type(None))
 def register_secret(secret: str) -> None:
     """Scrub `secret` from every later log event (tokens, API keys, passwords, JWTs)."""
     global _ordered_secrets
-    if len(secret) >= _MIN_SECRET_LENGTH:
+    if len(secret) >= _MIN_SECRET_LENGTH and secret not in _secrets:
+        # Known already: no re-sort (the supervisor registers every live host's token
+        # at each re-read of the endpoints: 1,000 sorts of 1,000 a minute at 1,000 groups).
         with _secrets_lock:
             _secrets.add(secret)
             _ordered_secrets = tuple(sorted(_secrets, key=len, reverse=True))
