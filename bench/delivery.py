@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import io
 import json
@@ -47,7 +48,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -360,9 +361,20 @@ async def many_groups(
     )  # fmt: skip
 
 
-async def run_many_only(args: argparse.Namespace) -> bool:
-    """`--many-only`: the one-group durable limit (for the issue's line), then the
-    many-groups drain and its limits."""
+@dataclass(frozen=True)
+class Bed:
+    """What every run drives: a work directory, the endpoint process and how to reach it."""
+
+    workdir: Path
+    endpoint: asyncio.subprocess.Process
+    port: int
+    leaf_der: bytes
+
+
+@contextlib.asynccontextmanager
+async def endpoint_bed() -> AsyncIterator[Bed]:
+    """A temporary directory and the `websockets` endpoint serving in a child process,
+    with a fresh trustme certificate; the endpoint is stopped on the way out."""
     with tempfile.TemporaryDirectory(prefix="nbwb") as tmp:
         workdir = Path(tmp)
         tls = write_server_cert(workdir)
@@ -373,14 +385,23 @@ async def run_many_only(args: argparse.Namespace) -> bool:
         try:
             assert endpoint.stdout is not None
             port = int(await endpoint.stdout.readline())
-            durable_limit = await limits.durable_limit(
-                limits.Peer(port, tls.der), [encode_data(job(n)) for n in range(args.events)],
-                Settings().notification_max_batch, workdir, endpoint.stdout,
-            )  # fmt: skip
-            return await many_groups(args, workdir, port, tls.der, endpoint, durable_limit)
+            yield Bed(workdir, endpoint, port, tls.der)
         finally:
             endpoint.terminate()
             await endpoint.wait()
+
+
+async def run_many_only(args: argparse.Namespace) -> bool:
+    """`--many-only`: the one-group durable limit (for the issue's line), then the
+    many-groups drain and its limits."""
+    async with endpoint_bed() as bed:
+        durable_limit = await limits.durable_limit(
+            limits.Peer(bed.port, bed.leaf_der), [encode_data(job(n)) for n in range(args.events)],
+            Settings().notification_max_batch, bed.workdir, bed.endpoint.stdout,
+        )  # fmt: skip
+        return await many_groups(
+            args, bed.workdir, bed.port, bed.leaf_der, bed.endpoint, durable_limit
+        )
 
 
 async def run(args: argparse.Namespace) -> bool:
@@ -388,33 +409,21 @@ async def run(args: argparse.Namespace) -> bool:
         return await run_profiled(args)
     if args.many_only:
         return await run_many_only(args)
-    with tempfile.TemporaryDirectory(prefix="nbwb") as tmp:
-        workdir = Path(tmp)
-        tls = write_server_cert(workdir)
-        cert_file, key_file, leaf_der = tls.cert_file, tls.key_file, tls.der
-        endpoint = await asyncio.create_subprocess_exec(
-            sys.executable, SCRIPT, "--serve", str(cert_file),
-            str(key_file), stdout=asyncio.subprocess.PIPE, env=ENV, limit=1 << 20,
+    async with endpoint_bed() as bed:
+        workdir, endpoint, port, leaf_der = bed.workdir, bed.endpoint, bed.port, bed.leaf_der
+        await intake(workdir, args.events)
+        one, one_cpu_us = await throughput(
+            workdir, "one-group-backlog", 1, args.events, port, leaf_der, endpoint,
+            precommitted=True,
         )  # fmt: skip
-        try:
-            assert endpoint.stdout is not None
-            port = int(await endpoint.stdout.readline())
-            await intake(workdir, args.events)
-            one, one_cpu_us = await throughput(
-                workdir, "one-group-backlog", 1, args.events, port, leaf_der, endpoint,
-                precommitted=True,
-            )  # fmt: skip
-            one_met, durable_limit = await limits.delivery_against_limits(
-                "one group, backlog drained", one, limits.Peer(port, leaf_der),
-                [encode_data(job(n)) for n in range(args.events)],
-                Settings().notification_max_batch, workdir, endpoint.stdout, one_cpu_us,
-            )  # fmt: skip
-            await throughput(workdir, "one-group-notify", 1, args.events, port, leaf_der, endpoint)
-            many_met = await many_groups(args, workdir, port, leaf_der, endpoint, durable_limit)
-            p50 = await latency(workdir, args.samples, args.cli_samples, port, leaf_der, endpoint)
-        finally:
-            endpoint.terminate()
-            await endpoint.wait()
+        one_met, durable_limit = await limits.delivery_against_limits(
+            "one group, backlog drained", one, limits.Peer(port, leaf_der),
+            [encode_data(job(n)) for n in range(args.events)],
+            Settings().notification_max_batch, workdir, endpoint.stdout, one_cpu_us,
+        )  # fmt: skip
+        await throughput(workdir, "one-group-notify", 1, args.events, port, leaf_der, endpoint)
+        many_met = await many_groups(args, workdir, port, leaf_der, endpoint, durable_limit)
+        p50 = await latency(workdir, args.samples, args.cli_samples, port, leaf_der, endpoint)
     ok = one >= GOAL_RATE and p50 < GOAL_P50_MS and one_met and many_met
     print(
         f"goals: one group >= {GOAL_RATE:,.0f}/s: {'met' if one >= GOAL_RATE else 'MISSED'}; "
@@ -429,30 +438,18 @@ async def run(args: argparse.Namespace) -> bool:
 async def run_profiled(args: argparse.Namespace) -> bool:
     """The one-group backlog drain alone (or with `--profile-many`, the many-groups
     one), under cProfile (its rate is the profiled one)."""
-    with tempfile.TemporaryDirectory(prefix="nbwb") as tmp:
-        workdir = Path(tmp)
-        tls = write_server_cert(workdir)
-        endpoint = await asyncio.create_subprocess_exec(
-            sys.executable, SCRIPT, "--serve", str(tls.cert_file),
-            str(tls.key_file), stdout=asyncio.subprocess.PIPE, env=ENV, limit=1 << 20,
-        )  # fmt: skip
-        try:
-            assert endpoint.stdout is not None
-            port = int(await endpoint.stdout.readline())
-            profile = cProfile.Profile()
-            if args.profile_many:
-                await throughput(
-                    workdir, "many-groups-backlog (profiled)", args.groups, args.group_events,
-                    port, tls.der, endpoint, precommitted=True, profile=profile,
-                )  # fmt: skip
-            else:
-                await throughput(
-                    workdir, "one-group-backlog (profiled)", 1, args.events, port, tls.der,
-                    endpoint, precommitted=True, profile=profile,
-                )  # fmt: skip
-        finally:
-            endpoint.terminate()
-            await endpoint.wait()
+    profile = cProfile.Profile()
+    async with endpoint_bed() as bed:
+        if args.profile_many:
+            await throughput(
+                bed.workdir, "many-groups-backlog (profiled)", args.groups, args.group_events,
+                bed.port, bed.leaf_der, bed.endpoint, precommitted=True, profile=profile,
+            )  # fmt: skip
+        else:
+            await throughput(
+                bed.workdir, "one-group-backlog (profiled)", 1, args.events, bed.port,
+                bed.leaf_der, bed.endpoint, precommitted=True, profile=profile,
+            )  # fmt: skip
     print_profile(profile, args.profile_many or args.profile)
     return True
 

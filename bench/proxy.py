@@ -37,7 +37,7 @@ import aiohttp
 import trustme
 
 from nbwss import logs
-from nbwss.messages import MessageType, request
+from nbwss.messages import Message, MessageType, request
 from nbwss.properties import Settings
 from nbwss.proxy import CommandProxy
 from nbwss.standin.restapi import StandinApi, serving
@@ -149,17 +149,26 @@ async def run(
         return met
 
 
-async def profile(calls: int, ca_file: Path, base_url: str, token: str, top: int) -> None:
-    """Print the top `top` functions by own CPU time over `calls` proxied calls at 64."""
-    import cProfile
-    import pstats
-
+def proxied_call(
+    base_url: str, ca_file: Path, token: str
+) -> tuple[Settings, dict[str, str], Message]:
+    """The proxy's settings (64 in flight), the call's headers and the guide's vmserver
+    GET as a COMMAND."""
     settings = Settings(
         rest_api_base_url=base_url, rest_api_ca_file=ca_file, command_max_concurrent=64
     )
     headers = {"Content-Type": "application/json", "Authorization": token}
     message = request(MessageType.COMMAND, {"uri": URI, "method": "GET", "headers": headers},
                       now=time.time())  # fmt: skip
+    return settings, headers, message
+
+
+async def profile(calls: int, ca_file: Path, base_url: str, token: str, top: int) -> None:
+    """Print the top `top` functions by own CPU time over `calls` proxied calls at 64."""
+    import cProfile
+    import pstats
+
+    settings, _, message = proxied_call(base_url, ca_file, token)
     link = _BenchLink()
     async with CommandProxy(settings) as proxy:
 
@@ -179,12 +188,7 @@ async def compare(
     calls: int, rounds: int, ca_file: Path, base_url: str, token: str, log_stream: TextIO
 ) -> bool:
     """Direct and proxied calls, round after round; whether the goal at 64 is met."""
-    settings = Settings(
-        rest_api_base_url=base_url, rest_api_ca_file=ca_file, command_max_concurrent=64
-    )
-    headers = {"Content-Type": "application/json", "Authorization": token}
-    message = request(MessageType.COMMAND, {"uri": URI, "method": "GET", "headers": headers},
-                      now=time.time())  # fmt: skip
+    settings, headers, message = proxied_call(base_url, ca_file, token)
     link = _BenchLink()
     logs.configure(level="info", fmt="json", stream=log_stream)
     connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=str(ca_file)), limit=0)

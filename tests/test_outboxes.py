@@ -35,6 +35,7 @@ from nbwss.store import Store
 from nbwss.values import GroupPosition, OutboxEvent, PersistedBatch
 from nbwss.wake import OutboxWatch, WakeListener, Waker, send_wake
 from tests.conftest import timeout
+from tests.test_ack_committer import HeldStore
 from tests.test_outbox_watch import reads_reach
 
 GROUP = "G1"
@@ -946,22 +947,15 @@ async def test_acks_that_come_while_one_commits_are_committed_together(store: St
             [("A",), ("B",), ("C",)],
         )
     committer = AckCommitter(store)
-    entered, release = threading.Event(), threading.Event()
-
-    def hold_the_store() -> None:
-        with store.transaction():
-            entered.set()
-            release.wait(timeout(5))
-
-    holder = asyncio.ensure_future(asyncio.to_thread(hold_the_store))
-    await asyncio.to_thread(entered.wait, timeout(5))
+    held = HeldStore(store)
+    await held.entered()
     first = committer.commit(outbox.GroupAck("A", 1, 0.0))  # its thread waits for the store
     others = [committer.commit(outbox.GroupAck(g, n, 0.0)) for g, n in (("B", 2), ("C", 3))]
-    release.set()
+    releasing = asyncio.ensure_future(held.release())
     async with asyncio.timeout(timeout(5)):
         assert await first == 1
         assert await asyncio.gather(*others) == [2, 3]
-        await holder
+        await releasing
     assert committer.commits == 2
     with store.reading() as conn:
         cursors = dict(conn.execute("SELECT group_id, acked_seq FROM group_cursors"))
@@ -1009,23 +1003,16 @@ async def test_a_read_that_finds_the_acks_commit_holding_the_store_is_made_on_th
     committer = AckCommitter(store)
     delivery = GroupOutbox(store, DeliveryLedger(GROUP), Waker(), acks=committer)
     assert delivery.read_events_after_commit(EventRange(0, 10)) is None  # none under way
-    entered, release = threading.Event(), threading.Event()
-
-    def hold_the_store() -> None:
-        with store.transaction():
-            entered.set()
-            release.wait(timeout(5))
-
-    holder = asyncio.ensure_future(asyncio.to_thread(hold_the_store))
-    await asyncio.to_thread(entered.wait, timeout(5))
+    held = HeldStore(store)
+    await held.entered()
     acked = committer.commit(outbox.GroupAck(GROUP, 1, 0.0))
     read = delivery.read_events_after_commit(EventRange(1, 10))
     assert read is not None
     assert delivery.read_events_if_free(EventRange(1, 10)) is None  # the store is held
-    release.set()
+    releasing = asyncio.ensure_future(held.release())
     async with asyncio.timeout(timeout(5)):
         events = await read
         assert acked.done()  # the commit ended first
-        await holder
+        await releasing
     assert [event.seq for event in events] == [2, 3]
     assert read_in == [threading.get_ident()]  # one read, on the loop's thread
