@@ -65,11 +65,13 @@ class HeldStore:
         await self._holder
 
 
-async def test_an_executor_refusing_a_commit_fails_its_acks_and_later_acks_commit(
+async def test_an_executor_refusing_a_commit_cancels_its_acks_and_later_acks_commit(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """At teardown the executor may refuse work: those acks fail, and the committer is
-    not left believing a commit is under way (every later ack only queued, never run)."""
+    """At teardown the executor may refuse work: those acks end as cancelled calls
+    (nothing committed, nothing for their sessions to report as a failure), and the
+    committer is not left believing a commit is under way (every later ack only queued,
+    never run)."""
     loop = asyncio.get_running_loop()
     real = loop.run_in_executor
     calls = 0
@@ -86,7 +88,7 @@ async def test_an_executor_refusing_a_commit_fails_its_acks_and_later_acks_commi
     refused = committer.commit(outbox.GroupAck("A", 1, 0.0))
     later = committer.commit(outbox.GroupAck("B", 2, 0.0))
     async with asyncio.timeout(timeout(5)):
-        with pytest.raises(RuntimeError, match="shutdown"):
+        with pytest.raises(asyncio.CancelledError):
             await refused
         assert await later == 2
     assert cursors(store) == {"A": 0, "B": 2, "C": 0}
@@ -224,3 +226,44 @@ def test_a_group_specific_failure_still_retries_each_group_alone(
     assert outcomes[2] == 1
     assert isinstance(outcomes[1], StoreError)
     assert not isinstance(outcomes[1], StoreBusyError)
+
+
+def test_a_solo_retry_that_finds_the_store_busy_gives_the_rest_its_error(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a group-specific joint failure, a retry alone that waited the busy timeout
+    is no group's fault either: the groups not yet tried are not made to wait it again."""
+    batch = PersistedBatch("m1", 2, 2, 0.0)
+    broken: Any = object()  # no message_id: the joint transaction fails on it
+    tried: list[str] = []
+    busy = StoreBusyError("database x: database is locked")
+
+    def acknowledge(store: Store, group_id: str, *args: Any) -> int:
+        tried.append(group_id)
+        if group_id == "B":
+            raise busy
+        return 1
+
+    monkeypatch.setattr(outbox, "acknowledge", acknowledge)
+    outcomes = outbox.acknowledge_together(
+        store,
+        [outbox.GroupAck("A", 1, 0.0, batch), outbox.GroupAck("B", 1, 0.0, broken),
+         outbox.GroupAck("C", 1, 0.0, batch)],
+    )  # fmt: skip
+    assert tried == ["A", "B"]
+    assert outcomes == [1, busy, busy]
+
+
+@pytest.mark.parametrize(
+    ("code", "busy"),
+    [(5, True), (261, True), (517, False), (6, False), (262, False), (1, False)],
+    ids=["BUSY", "BUSY_RECOVERY", "BUSY_SNAPSHOT", "LOCKED", "LOCKED_SHAREDCACHE", "ERROR"],
+)
+def test_only_sqlite_busy_is_a_busy_store(code: int, busy: bool, tmp_path: Path) -> None:
+    """StoreBusyError says waiting may help: SQLITE_BUSY after the busy timeout. Not
+    BUSY_SNAPSHOT or LOCKED, which SQLite returns at once and waiting does not change."""
+    from nbwss.store import store_error
+
+    error = sqlite3.OperationalError("database is locked")
+    error.sqlite_errorcode = code
+    assert isinstance(store_error(tmp_path / "nbwss.db", error), StoreBusyError) is busy

@@ -12,6 +12,7 @@ import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from bench.limits import run_process
 
 from nbwss.commands.notify import queue_lines
@@ -41,11 +42,17 @@ def test_notify_stdin_memory_is_flat_in_the_number_of_lines(tmp_path: Path) -> N
     assert large - small < 6 * 1024, (small, large)
 
 
-def test_notify_stdin_memory_is_flat_in_the_size_of_the_lines(tmp_path: Path) -> None:
-    """200 lines of 256 KiB (50 MiB in all): the spool's batches end at 1 MiB of data,
-    not only at 1,000 rows (which held all 200 lines, more than 50 MiB traced)."""
+@pytest.mark.parametrize("character", ["x", "é", "\U0001f600"], ids=["ascii", "latin", "emoji"])
+def test_notify_stdin_memory_is_flat_in_the_size_of_the_lines(
+    character: str, tmp_path: Path
+) -> None:
+    """200 lines of 256 Ki characters: the spool's batches end at 1 MiB of memory, not
+    only at 1,000 rows (which held all 200 lines, more than 50 MiB traced), counted in
+    bytes (a str of emoji takes 4 a character), and the previous batch is let go of
+    while the next is built."""
     store = Store(tmp_path / "nbwss.db", tmp_path / "nbwss.key")
-    line = json.dumps({"object": "JOB", "data": {**JOB, "jobId": 1, "note": "x" * (256 << 10)}})
+    data = {**JOB, "jobId": 1, "note": character * (256 << 10)}
+    line = json.dumps({"object": "JOB", "data": data}, ensure_ascii=False)
 
     def lines() -> Iterator[str]:
         for _ in range(200):

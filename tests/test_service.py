@@ -144,6 +144,23 @@ async def test_a_running_daemon_keeps_start_up_out_of_the_collector_and_undoes_i
     assert gc.get_threshold() == thresholds
 
 
+def test_services_whose_lives_overlap_keep_the_collector_tuned_until_the_last_stops() -> None:
+    """Tests and benchmarks run several services in one process: the first to stop must
+    not unfreeze the others' start-up, nor the last leave the threshold raised."""
+    from nbwss.service import collector_tuned_for_a_daemon
+
+    thresholds = gc.get_threshold()
+    first, second = collector_tuned_for_a_daemon(), collector_tuned_for_a_daemon()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert gc.get_freeze_count() > 0
+    assert gc.get_threshold()[0] > thresholds[0]
+    second.__exit__(None, None, None)
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == thresholds
+
+
 async def test_a_second_stop_request_does_not_wait_for_a_hung_endpoint(
     tls: TlsMaterial, store: Store
 ) -> None:

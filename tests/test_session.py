@@ -330,6 +330,7 @@ async def test_the_connections_of_a_loop_share_one_tls_read_buffer(
         buffer = made[0].get_buffer(-1)
         assert len(buffer) == dial_module.TLS_READ_BUFFER_BYTES
         assert buffer.obj is made[1].get_buffer(-1).obj
+        assert buffer is made[1].get_buffer(-1)  # one view too, not one per connection
     finally:
         for tls in made:  # never connected: close what each made, or it warns
             tls._get_app_transport().close()  # type: ignore[attr-defined]
@@ -343,7 +344,9 @@ async def test_a_tls_connection_keeps_no_decoded_peer_certificate_but_gives_it_o
     for hook in ("_on_handshake_complete", "_get_extra_info"):  # undone after the test
         monkeypatch.setattr(protocol, hook, getattr(protocol, hook))
     dial_module.keep_no_peercert_dict()
+    wrapped = protocol._on_handshake_complete
     dial_module.keep_no_peercert_dict()  # once only: not wrapped twice
+    assert protocol._on_handshake_complete is wrapped
     session = await dial(http, peer)
     try:
         ws: Any = session._ws
@@ -359,7 +362,7 @@ async def test_a_tls_connection_keeps_no_decoded_peer_certificate_but_gives_it_o
 async def test_an_open_websocket_keeps_nothing_of_the_http_upgrade(
     http: aiohttp.ClientSession, peer: Peer
 ) -> None:
-    """The upgrade's headers, parser and timer go once frames flow (~3 KiB a connection);
+    """The upgrade's headers and parser go once frames flow (~3 KiB a connection);
     the connection works as before."""
     running = Running(await dial(http, peer))
     ws: Any = running.session._ws
@@ -371,6 +374,27 @@ async def test_an_open_websocket_keeps_nothing_of_the_http_upgrade(
     await peer.wait_for(lambda: bool(peer.received("CONNECT")))
     await peer.close(4000, "bye")
     assert await running.ended() == "closed by the endpoint (code 4000)"
+
+
+async def test_an_aiohttp_that_refuses_the_release_keeps_the_upgrade_and_connects(
+    http: aiohttp.ClientSession, peer: Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only memory is at stake: an aiohttp whose private parts changed (a read-only
+    property, another signature) must not fail every dial; said once, not per dial."""
+
+    def refuse(ws: Any) -> None:
+        raise TypeError("RequestInfo() takes another signature")
+
+    monkeypatch.setattr(dial_module, "_release_upgrade", refuse)
+    monkeypatch.setattr(dial_module, "_upgrade_kept_logged", False)
+    with capture_logs() as logged:
+        running = Running(await dial(http, peer))
+        await peer.wait_for(lambda: bool(peer.received("CONNECT")))
+        await peer.close(4000, "bye")
+        assert await running.ended() == "closed by the endpoint (code 4000)"
+        await (await dial(http, peer)).abort()
+    kept = [e for e in logged if e["event"] == "dial.upgrade_kept"]
+    assert [e["reason"] for e in kept] == ["TypeError: RequestInfo() takes another signature"]
 
 
 def test_a_target_never_shows_its_token() -> None:

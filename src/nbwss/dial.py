@@ -17,14 +17,16 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
-from aiohttp.helpers import TimerNoop
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from nbwss import logs
 from nbwss.errors import MSG_CERT_MISMATCH, ConnectError, TrustError, unable_to_connect
 from nbwss.metrics import HANDSHAKES
 from nbwss.neterrors import describe
 from nbwss.outbound import Proxy, request_options
 from nbwss.properties import Settings
+
+log = logs.get_logger("nbwss.dial")
 
 # TCP + TLS + HTTP upgrade; the CONNECT answer then has `connect.responseTimeout`.
 DIAL_TIMEOUT_S: Final = 10.0
@@ -179,7 +181,6 @@ async def dial(
 
 
 _NO_HEADERS: Final = CIMultiDictProxy(CIMultiDict[str]())
-_NO_TIMER: Final = TimerNoop()
 
 
 def release_upgrade(ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -187,12 +188,26 @@ def release_upgrade(ws: aiohttp.ClientWebSocketResponse) -> None:
 
     The connection's `ClientResponse` lives as long as the WebSocket (it closes the
     connection), and with it the upgrade answer's headers (raw and parsed), the
-    request's (`request_info`), the HTTP parser that read them and the dial's timer:
-    about 3 KiB per connection that nothing reads once frames flow (a WebSocket answer
-    has no body; the upgrade's headers were checked by `ws_connect`). Private
-    attributes of aiohttp's, each set only if present: another aiohttp version keeps
-    what it keeps, nothing breaks.
+    request's (`request_info`) and the HTTP parser that read them: about 3 KiB per
+    connection that nothing reads once frames flow (a WebSocket answer has no body; the
+    upgrade's headers were checked by `ws_connect`). Private attributes of aiohttp's,
+    each set only if present; and since only memory is at stake, an aiohttp that
+    refuses one (a read-only property, another signature) keeps what it keeps: the
+    connection goes on, and `dial.upgrade_kept` says so once.
     """
+    global _upgrade_kept_logged
+    try:
+        _release_upgrade(ws)
+    except Exception as exc:
+        if not _upgrade_kept_logged:
+            _upgrade_kept_logged = True
+            log.info("dial.upgrade_kept", reason=f"{type(exc).__name__}: {exc}")
+
+
+_upgrade_kept_logged = False
+
+
+def _release_upgrade(ws: aiohttp.ClientWebSocketResponse) -> None:
     response: Any = getattr(ws, "_response", None)
     if response is None:
         return
@@ -207,8 +222,6 @@ def release_upgrade(ws: aiohttp.ClientWebSocketResponse) -> None:
         response._request_info = aiohttp.RequestInfo(
             request.url, request.method, _NO_HEADERS, request.real_url
         )
-    if hasattr(response, "_timer"):
-        response._timer = _NO_TIMER
     protocol: Any = getattr(response, "_protocol", None)
     if getattr(protocol, "upgraded", False) and hasattr(protocol, "_parser"):
         protocol._parser = None  # frames go to the WebSocket reader from now on

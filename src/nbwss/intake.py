@@ -217,16 +217,19 @@ def _spool(store: Store, rows: Iterable[tuple[str, str]]) -> int:
 
 
 def _batches(rows: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
-    """`rows` in lists of SPOOL_BATCH, or fewer once their data reach SPOOL_BATCH_CHARS."""
+    """`rows` in lists of SPOOL_BATCH, or fewer once their data take SPOOL_BATCH_CHARS
+    bytes of memory (a non-ASCII str up to 4 a character). One list, emptied once the
+    caller asks for the next: the previous batch is not held while the next is built."""
     batch: list[tuple[str, str]] = []
-    chars = 0
+    size = 0
     for row in rows:
         batch.append(row)
-        chars += len(row[1])
-        if chars >= SPOOL_BATCH_CHARS or len(batch) >= SPOOL_BATCH:
+        text = row[1]
+        size += len(text) if text.isascii() else 4 * len(text)
+        if size >= SPOOL_BATCH_CHARS or len(batch) >= SPOOL_BATCH:
             yield batch
-            batch = []
-            chars = 0
+            batch.clear()
+            size = 0
     if batch:
         yield batch
 

@@ -206,7 +206,8 @@ def acknowledge_together(store: Store, acks: Sequence[GroupAck]) -> list[int | E
     failure is only the failing group's (its exception is its outcome). Except when
     the store was busy (`StoreBusyError`: another process held the lock past the busy
     timeout): that is no group's fault, and a retry each would wait the timeout again
-    each, so every group has that error at once.
+    each, so every group has that error at once; the same when a retry alone finds the
+    store busy: the groups not yet tried have its error.
     """
     try:
         with store.transaction() as conn:
@@ -220,6 +221,8 @@ def acknowledge_together(store: Store, acks: Sequence[GroupAck]) -> list[int | E
     for ack in acks:
         try:
             outcomes.append(acknowledge(store, ack.group_id, ack.last_seq, ack.now, ack.next_batch))
+        except StoreBusyError as busy:
+            return [*outcomes, *[busy] * (len(acks) - len(outcomes))]
         except Exception as exc:
             outcomes.append(exc)
     return outcomes

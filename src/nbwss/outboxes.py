@@ -88,8 +88,11 @@ class AckCommitter:
             running = asyncio.get_running_loop().run_in_executor(
                 None, outbox.acknowledge_together, self._store, acks
             )
-        except Exception as exc:  # the executor shut down (the daemon's teardown)
-            _settle(queued, [exc] * len(queued))
+        except RuntimeError:
+            # The executor shut down: the daemon's teardown, after its sessions were
+            # cancelled. Nothing was committed, as for a cancelled call: nothing to
+            # report (the endpoint has the batches again after the restart).
+            _settle(queued, [asyncio.CancelledError()] * len(queued))
             return
         self._committing = True
         self.commits += 1
@@ -194,19 +197,23 @@ class GroupOutbox:
         def read() -> None:
             try:
                 events = self.read_events_if_free(wanted)
-                if events is None:
-                    # Someone else has the store (the janitor, say): a thread reads.
-                    in_thread = loop.run_in_executor(
-                        None, functools.partial(context.run, self.read_events, wanted)
-                    )
-                    in_thread.add_done_callback(functools.partial(_copy_outcome, done))
-                    return
             except Exception as exc:  # as from a worker thread
                 if not done.done():
                     done.set_exception(exc)
                 return
-            if not done.done():
-                done.set_result(events)
+            if events is not None:
+                if not done.done():
+                    done.set_result(events)
+                return
+            # Someone else has the store (the janitor, say): a thread reads.
+            try:
+                in_thread = loop.run_in_executor(
+                    None, functools.partial(context.run, self.read_events, wanted)
+                )
+            except RuntimeError:  # the executor shut down (teardown): as cancelled
+                done.cancel()
+                return
+            in_thread.add_done_callback(functools.partial(_copy_outcome, done))
 
         return done if self.acks.after_commit(read) else None
 

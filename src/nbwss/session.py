@@ -199,6 +199,7 @@ class _Attention:
         """Until set (at once if it is); one waiter at a time."""
         if self._is_set:
             return
+        assert self._waiter is None, "one waiter at a time"  # a second would strand the first
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         try:
             await waiter

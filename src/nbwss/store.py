@@ -124,8 +124,11 @@ BUSY_TIMEOUT_MS = 10_000
 JOURNAL_SIZE_LIMIT_BYTES = 8 << 20
 # SQLite's words for a file that is damaged, not merely busy or read-only.
 _DAMAGED = ("malformed", "not a database", "corrupt")
-# SQLITE_BUSY and SQLITE_LOCKED (primary codes): another connection has the lock.
-_BUSY_CODES = (5, 6)
+# SQLITE_BUSY: another connection held the lock past the busy timeout. Not
+# SQLITE_BUSY_SNAPSHOT (a WAL read snapshot too old to write, returned at once) nor
+# SQLITE_LOCKED (a clash inside this one connection): waiting would not change those.
+_SQLITE_BUSY = 5
+_SQLITE_BUSY_SNAPSHOT = 517
 
 
 def store_error(path: Path, exc: sqlite3.Error) -> StoreError:
@@ -138,7 +141,8 @@ def store_error(path: Path, exc: sqlite3.Error) -> StoreError:
             f"; the file is damaged: check it with sqlite3 {path} 'PRAGMA integrity_check'"
             " (with the daemon stopped) and restore it from a backup"
         )
-    busy = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _BUSY_CODES
+    code = getattr(exc, "sqlite_errorcode", 0)
+    busy = code & 0xFF == _SQLITE_BUSY and code != _SQLITE_BUSY_SNAPSHOT
     return (StoreBusyError if busy else StoreError)(f"database {path}: {text}{hint}")
 
 
