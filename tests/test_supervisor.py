@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from nbwss import heap
 from nbwss.backoff import Backoff
 from nbwss.failover import (
     STABLE_AFTER_S,
@@ -392,3 +393,30 @@ async def test_an_admin_change_cuts_short_only_the_wait_of_the_group_it_changed(
     assert [m["payload"]["token"] for m in peer.received("CONNECT")] == [
         "old-token-1", "new-token-2",
     ]
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+
+def test_the_heap_is_trimmed_where_glibc_can() -> None:
+    """On glibc (this machine, the supported platforms) `malloc_trim` is found and
+    called; where it is not, `trim` says so rather than failing."""
+    assert heap.trim() is True
+
+
+async def test_each_run_gives_the_allocators_free_pages_back(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-read of the endpoints each period leaves freed pages in a worker thread's
+    arena (RSS grew about 1 KiB per idle connection a minute): each run trims them."""
+    trims: list[int] = []
+
+    def trim() -> bool:
+        trims.append(1)
+        return True
+
+    monkeypatch.setattr(heap, "trim", trim)
+    fast_runs = Settings(connection_period_s=0.05)
+    async with supervising(Supervisor(fast_runs, store)) as supervisor:
+        await until(supervisor, lambda: supervisor.runs >= 3)
+        await until(supervisor, lambda: len(trims) >= 3)
